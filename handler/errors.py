@@ -31,8 +31,9 @@ _HTTP = {
 class U2ServeError(Exception):
     """A request the handler cannot serve; `code` says whose fault it is.
 
-    Bad input is INVALID_ARGUMENT (the caller's fault, HTTP 400); an input over a size limit
-    is RESOURCE_EXHAUSTED (HTTP 413); a fault of ours is INTERNAL.
+    Bad input, an image over the pixel limit included, is INVALID_ARGUMENT: the caller's fault,
+    HTTP 400, never worth a retry. RESOURCE_EXHAUSTED and UNAVAILABLE mean "try later" and are
+    left to overload; a fault of ours is INTERNAL.
     """
 
     def __init__(self, message: str, code: Code = Code.INVALID_ARGUMENT) -> None:
