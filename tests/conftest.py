@@ -19,3 +19,29 @@ def reference_dir() -> Path:
     if not (path / "images").is_dir():
         pytest.skip(f"U²-Net reference data not found at {path}; set U2SERVE_REFERENCE_DIR")
     return path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def model_store() -> Path:
+    """The archives `make archives` built; U2SERVE_MODEL_STORE overrides the folder."""
+    store = Path(os.environ.get("U2SERVE_MODEL_STORE", ROOT / "model_store"))
+    missing = [m for m in ("u2netp", "u2net") if not (store / f"{m}.mar").is_file()]
+    if missing:
+        pytest.fail(f"no {missing} archives in {store}: run `make archives` (make test does)")
+    return store
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
+    """A real TorchServe serving u2netp and u2net on free ports, for the whole session."""
+    from tools.torchserve import Ports, start
+
+    srv = start(tmp_path_factory.mktemp("torchserve"), model_store, ["u2netp", "u2net"], Ports.free())
+    try:
+        srv.wait_ready(timeout=600)
+        yield srv
+    finally:
+        srv.stop()

@@ -11,10 +11,10 @@ from google.protobuf import message as pb_message
 from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from u2net_client._generated import u2serve_pb2 as pb
 
 from handler import wire
 from handler.errors import Code, U2ServeError
+from u2net_client._generated import u2serve_pb2 as pb
 
 SCHEMAS = {
     "SegmentRequest": wire.SEGMENT_REQUEST,

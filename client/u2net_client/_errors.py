@@ -1,0 +1,89 @@
+"""The SDK's one exception type, and the mapping from gRPC failures onto it."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+
+# TorchServe appends the Java exception's class on a line of its own: "Model not found: x\norg.pytorch...".
+_JAVA_CLASS = re.compile(r"\n(?:org|java)\.[\w.$]+\s*$")
+_MODEL_NOT_FOUND = ("ModelNotFoundException", "ModelVersionNotFoundException", "Model not found")
+_TOKEN_REFUSED = "Token Authorization failed"
+_MODEL_API_DISABLED = "Model API disabled"
+
+
+class U2NetError(Exception):
+    """Any failure of a u2serve call: transport, server, or the request itself.
+
+    Attributes:
+        code: The gRPC status code: INVALID_ARGUMENT for bad input (never worth a retry),
+            NOT_FOUND for an unknown model or version, UNAVAILABLE when the server cannot be
+            reached, UNAUTHENTICATED when the token is missing or wrong, and so on.
+        message: What went wrong, in words.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"U2NetError({self.code.name}, {self.message!r})"
+
+    def __reduce__(self) -> tuple[type[U2NetError], tuple[grpc.StatusCode, str]]:
+        return (type(self), (self.code, self.message))
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    """The grpc.StatusCode with this google.rpc.Code number (UNKNOWN for a number gRPC lacks)."""
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def from_rpc_error(
+    error: grpc.RpcError,
+    *,
+    target: str,
+    credentials: str,
+    attempts: int = 1,
+    timeout: float | None = None,
+) -> U2NetError:
+    """A U2NetError for a failed gRPC call, with a message that says how to fix it.
+
+    Args:
+        error: What the gRPC call raised (a grpc.Call as well, for both sync and aio stubs).
+        target: The address called, for the message.
+        credentials: Where the token came from ("key file var/key_file.json", ...), for the message.
+        attempts: How many attempts were made.
+        timeout: The deadline the call had, in seconds.
+    """
+    code_fn = getattr(error, "code", None)
+    details_fn = getattr(error, "details", None)
+    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    details = _JAVA_CLASS.sub("", (details_fn() if callable(details_fn) else None) or str(error)).strip()
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED) and _TOKEN_REFUSED in details:
+        # TorchServe answers PERMISSION_DENIED; a missing or wrong token is UNAUTHENTICATED in gRPC's terms.
+        return U2NetError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"{target} refused the token ({credentials}): {details}. TorchServe writes new keys to "
+            "key_file.json in its working directory at every start; pass key_file=, set U2SERVE_KEY_FILE, "
+            "or pass token=/management_token= with the current keys",
+        )
+    if code == grpc.StatusCode.PERMISSION_DENIED and _MODEL_API_DISABLED in details:
+        return U2NetError(
+            code,
+            f"{details}: registering and unregistering models is turned off on {target}; "
+            "set enable_model_api=true in the server's config.properties and restart it",
+        )
+    if any(marker in details for marker in _MODEL_NOT_FOUND):
+        # TorchServe's inference API answers INTERNAL for an unknown model; management says NOT_FOUND.
+        return U2NetError(grpc.StatusCode.NOT_FOUND, details)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        return U2NetError(code, f"cannot reach u2serve at {target}{tries}: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
+        return U2NetError(code, f"no answer from {target} within {timeout:g} s; pass a longer timeout=")
+    return U2NetError(code, details or f"{target} failed the call with {code.name}")

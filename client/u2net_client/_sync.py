@@ -1,0 +1,418 @@
+"""U2NetClient: the blocking client over grpc's sync API."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from google.protobuf import empty_pb2
+
+from u2net_client import _management as mgmt
+from u2net_client._base import (
+    DEFAULT_MANAGEMENT_TARGET,
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    MAX_RECEIVE_BYTES,
+    MAX_SEND_BYTES,
+    ClientSettings,
+    healthy,
+)
+from u2net_client._concurrency import ordered_map
+from u2net_client._errors import U2NetError
+from u2net_client._generated import inference_pb2_grpc, management_pb2, management_pb2_grpc
+from u2net_client._image import ImageInput
+from u2net_client._request import CUTOUT, MASK, Color, Options, ResultT, parse_response
+from u2net_client._retry import RetryPolicy, call
+from u2net_client._types import CutoutResult, MaskResult, ModelInfo
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_NO_RETRY = RetryPolicy(max_attempts=1)
+log = logging.getLogger(__name__)
+
+
+class U2NetClient:
+    """A blocking client for u2serve's gRPC API.
+
+    One client holds two channels (inference and management) and is safe to share between
+    threads. Every call takes a `timeout` (seconds, overriding the client's), retries
+    UNAVAILABLE and RESOURCE_EXHAUSTED with backoff within that deadline, and raises
+    `U2NetError` for anything that goes wrong.
+
+    Example:
+        >>> with U2NetClient() as client:
+        ...     client.cutout("photo.jpg").image.save("photo.png")
+
+    Args:
+        target: host:port of TorchServe's gRPC inference API.
+        management_target: host:port of TorchServe's gRPC management API.
+        token: The inference key; by default read from the key file.
+        management_token: The management key; by default read from the key file.
+        key_file: TorchServe's key_file.json; by default $U2SERVE_KEY_FILE, else ./var/key_file.json
+            if it exists (where `make serve` puts it), else no token is sent.
+        timeout: Default deadline of each call in seconds, retries included; None waits forever.
+        retry: When and how to retry; RetryPolicy() by default.
+        max_send_bytes: The largest request; keep it at the server's max_request_size.
+        max_receive_bytes: The largest response; keep it at the server's max_response_size.
+        channel_credentials: TLS credentials (grpc.ssl_channel_credentials()) for a server behind TLS.
+
+    Raises:
+        U2NetError: INVALID_ARGUMENT for settings that cannot work, e.g. a key file that does not exist.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        management_target: str = DEFAULT_MANAGEMENT_TARGET,
+        *,
+        token: str | None = None,
+        management_token: str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        max_send_bytes: int = MAX_SEND_BYTES,
+        max_receive_bytes: int = MAX_RECEIVE_BYTES,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self._settings = ClientSettings(
+            target, management_target, token, management_token, key_file, timeout, retry,
+            max_send_bytes, max_receive_bytes,
+        )  # fmt: skip
+        self._channel = _channel(target, self._settings.channel_options, channel_credentials)
+        self._management_channel = _channel(management_target, self._settings.channel_options, channel_credentials)
+        self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
+        self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
+
+    def __enter__(self) -> U2NetClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close both channels; calls in flight are cancelled."""
+        self._channel.close()
+        self._management_channel.close()
+
+    def mask(
+        self,
+        image: ImageInput,
+        model: str = "u2netp",
+        *,
+        version: str | None = None,
+        threshold: float | None = None,
+        crop: bool = False,
+        crop_margin: int = 0,
+        box_threshold: float | None = None,
+        png_compression: int | None = None,
+        timeout: float | None = None,
+    ) -> MaskResult:
+        """The saliency mask of one image.
+
+        Args:
+            image: Encoded image bytes, a path, or a PIL image.
+            model: The served model: "u2netp" (small, fast) or "u2net".
+            version: The model version; None for the default one.
+            threshold: Make the mask hard: 255 where saliency >= threshold (0..1), else 0.
+            crop: Crop the mask to the salient object's bounding box.
+            crop_margin: Pixels added around the box when cropping.
+            box_threshold: Saliency (0..1) above which a pixel counts for the box; None for 0.5.
+            png_compression: zlib level 0..9 of the returned PNG; None for the server's default.
+            timeout: Deadline in seconds, retries included; None for the client's.
+
+        Returns:
+            The mask: `.image` (PIL, mode "L", the input's displayed size unless cropped),
+            `.array`, `.box`, `.model`, `.timings`.
+
+        Raises:
+            U2NetError: INVALID_ARGUMENT for an unreadable image or a bad option, NOT_FOUND for an
+                unknown model, UNAVAILABLE when the server cannot be reached, and so on.
+        """
+        options = Options(None, threshold, crop, crop_margin, box_threshold, png_compression)
+        return self._segment(MASK, image, model, version, options, timeout, MaskResult)
+
+    def cutout(
+        self,
+        image: ImageInput,
+        model: str = "u2netp",
+        *,
+        version: str | None = None,
+        background: Color | None = None,
+        threshold: float | None = None,
+        crop: bool = False,
+        crop_margin: int = 0,
+        box_threshold: float | None = None,
+        png_compression: int | None = None,
+        timeout: float | None = None,
+    ) -> CutoutResult:
+        """The foreground of one image, cut out.
+
+        Args:
+            image: Encoded image bytes, a path, or a PIL image.
+            model: The served model: "u2netp" (small, fast) or "u2net".
+            version: The model version; None for the default one.
+            background: Composite over this colour and return RGB: (r, g, b), "#rrggbb" or "r,g,b".
+                None returns RGBA with the mask as alpha.
+            threshold: Make the alpha hard: opaque where saliency >= threshold (0..1), else clear.
+            crop: Crop to the salient object's bounding box.
+            crop_margin: Pixels added around the box when cropping.
+            box_threshold: Saliency (0..1) above which a pixel counts for the box; None for 0.5.
+            png_compression: zlib level 0..9 of the returned PNG; None for the server's default.
+            timeout: Deadline in seconds, retries included; None for the client's.
+
+        Returns:
+            The cutout: `.image` (PIL, "RGBA", or "RGB" over a background), `.array`, `.box`,
+            `.model`, `.timings`.
+
+        Raises:
+            U2NetError: As for `mask`.
+        """
+        options = Options(background, threshold, crop, crop_margin, box_threshold, png_compression)
+        return self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T], *, concurrency: int = 4) -> Iterator[R | U2NetError]:
+        """`fn` over `items` with at most `concurrency` calls in flight, in input order.
+
+        A U2NetError raised for one item is yielded in its place; the other items go on.
+        Results come as they are ready, so a long input list is never held in memory at once.
+
+        Example:
+            >>> for path, result in zip(paths, client.map(lambda p: client.cutout(p, crop=True), paths)):
+            ...     print(path, result)
+        """
+        return ordered_map(fn, items, concurrency)
+
+    def mask_many(
+        self,
+        images: Iterable[ImageInput],
+        model: str = "u2netp",
+        *,
+        concurrency: int = 4,
+        version: str | None = None,
+        threshold: float | None = None,
+        crop: bool = False,
+        crop_margin: int = 0,
+        box_threshold: float | None = None,
+        png_compression: int | None = None,
+        timeout: float | None = None,
+    ) -> list[MaskResult | U2NetError]:
+        """Masks of many images, `concurrency` requests at a time (so the server can batch them).
+
+        Args:
+            images: The images, each as `mask` takes it.
+            concurrency: Requests in flight at once.
+            model, version, threshold, crop, crop_margin, box_threshold, png_compression, timeout:
+                As for `mask`, applied to every image; `timeout` is per image.
+
+        Returns:
+            One entry per image, in input order: its MaskResult, or the U2NetError it failed with.
+        """
+
+        def one(image: ImageInput) -> MaskResult:
+            return self.mask(
+                image, model, version=version, threshold=threshold, crop=crop, crop_margin=crop_margin,
+                box_threshold=box_threshold, png_compression=png_compression, timeout=timeout,
+            )  # fmt: skip
+
+        return list(self.map(one, images, concurrency=concurrency))
+
+    def cutout_many(
+        self,
+        images: Iterable[ImageInput],
+        model: str = "u2netp",
+        *,
+        concurrency: int = 4,
+        version: str | None = None,
+        background: Color | None = None,
+        threshold: float | None = None,
+        crop: bool = False,
+        crop_margin: int = 0,
+        box_threshold: float | None = None,
+        png_compression: int | None = None,
+        timeout: float | None = None,
+    ) -> list[CutoutResult | U2NetError]:
+        """Cutouts of many images, `concurrency` requests at a time (so the server can batch them).
+
+        Args:
+            images: The images, each as `cutout` takes it.
+            concurrency: Requests in flight at once.
+            model, version, background, threshold, crop, crop_margin, box_threshold, png_compression,
+                timeout: As for `cutout`, applied to every image; `timeout` is per image.
+
+        Returns:
+            One entry per image, in input order: its CutoutResult, or the U2NetError it failed with.
+        """
+
+        def one(image: ImageInput) -> CutoutResult:
+            return self.cutout(
+                image, model, version=version, background=background, threshold=threshold, crop=crop,
+                crop_margin=crop_margin, box_threshold=box_threshold, png_compression=png_compression,
+                timeout=timeout,
+            )  # fmt: skip
+
+        return list(self.map(one, images, concurrency=concurrency))
+
+    def ping(self, *, timeout: float | None = 5.0) -> bool:
+        """Whether the server answers and reports itself healthy; tried once, no retries.
+
+        Raises:
+            U2NetError: UNAUTHENTICATED when the server refuses the token (that needs fixing, not waiting).
+        """
+        try:
+            reply = self._call(self._inference.Ping, empty_pb2.Empty(), "inference", timeout, _NO_RETRY)
+        except U2NetError as exc:
+            if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            log.info("ping %s: %s", self._settings.target, exc)
+            return False
+        return healthy(reply.health)
+
+    def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Every model the server serves (the default version of each), described.
+
+        Raises:
+            U2NetError: For a transport failure or a refused management token.
+        """
+        names: list[str] = []
+        page: int | None = 0
+        while page is not None:
+            request = management_pb2.ListModelsRequest(limit=mgmt.PAGE_SIZE, next_page_token=page)
+            reply = self._call(self._management.ListModels, request, "management", timeout)
+            found, page = mgmt.parse_model_list(reply.msg)
+            names += found
+        return [self.describe(name, timeout=timeout) for name in names]
+
+    def describe(self, model: str, version: str | None = None, *, timeout: float | None = None) -> ModelInfo:
+        """One model's settings, workers and weights origin.
+
+        Raises:
+            U2NetError: NOT_FOUND for an unknown model or version.
+        """
+        request = mgmt.describe_request(model, version)
+        reply = self._call(self._management.DescribeModel, request, "management", timeout)
+        return mgmt.parse_description(reply.msg)[0]
+
+    def scale(
+        self,
+        model: str,
+        min_workers: int,
+        max_workers: int | None = None,
+        *,
+        version: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Set how many worker processes serve `model`.
+
+        Args:
+            model: The model's name.
+            min_workers: Workers kept running.
+            max_workers: The most workers; None for `min_workers`.
+            version: The model version; None for the default one.
+            wait: Return only once the workers have started or stopped.
+            timeout: Deadline in seconds; None for the client's.
+
+        Raises:
+            U2NetError: INVALID_ARGUMENT when min_workers > max_workers, NOT_FOUND for an unknown model.
+        """
+        deadline = self._settings.deadline(timeout)
+        request = mgmt.scale_request(model, min_workers, max_workers, version, wait, deadline)
+        self._call(self._management.ScaleWorker, request, "management", deadline)
+
+    def set_default(self, model: str, version: str, *, timeout: float | None = None) -> None:
+        """Make `version` answer the requests for `model` that name no version.
+
+        Raises:
+            U2NetError: NOT_FOUND for an unknown model or version.
+        """
+        self._call(self._management.SetDefault, mgmt.set_default_request(model, version), "management", timeout)
+
+    def register(
+        self,
+        mar: str,
+        *,
+        model: str | None = None,
+        initial_workers: int = 1,
+        batch_size: int | None = None,
+        max_batch_delay_ms: int | None = None,
+        response_timeout_s: int | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Load a model archive into the server.
+
+        The server must allow it: `enable_model_api=true` in its config.properties (u2serve ships
+        with it off), and the archive's URL must match `allowed_urls` (the local model store).
+
+        Args:
+            mar: The archive: a file name in the server's model store, or a URL it allows.
+            model: The name to serve it under; None for the archive's own.
+            initial_workers: Workers to start.
+            batch_size: Requests per batch; None for the archive's setting.
+            max_batch_delay_ms: How long to wait to fill a batch; None for the archive's setting.
+            response_timeout_s: How long a worker may take per batch; None for the archive's setting.
+            wait: Return only once the workers are up.
+            timeout: Deadline in seconds; None for the client's.
+
+        Raises:
+            U2NetError: PERMISSION_DENIED, saying how to enable it, when the server does not allow it.
+        """
+        request = mgmt.register_request(
+            mar, model, initial_workers, batch_size, max_batch_delay_ms, response_timeout_s, wait
+        )
+        self._call(self._management.RegisterModel, request, "management", timeout)
+
+    def unregister(self, model: str, version: str | None = None, *, timeout: float | None = None) -> None:
+        """Unload a model (one version, or the default one).
+
+        Raises:
+            U2NetError: PERMISSION_DENIED, saying how to enable it, when the server does not allow it;
+                NOT_FOUND for an unknown model.
+        """
+        self._call(self._management.UnregisterModel, mgmt.unregister_request(model, version), "management", timeout)
+
+    def _segment(
+        self,
+        task: int,
+        image: ImageInput,
+        model: str,
+        version: str | None,
+        options: Options,
+        timeout: float | None,
+        result_type: type[ResultT],
+    ) -> ResultT:
+        request = self._settings.segment_request(task, image, model, version, options)
+        reply = self._call(self._inference.Predictions, request, "inference", timeout)
+        return parse_response(reply, model, result_type)
+
+    def _call(
+        self,
+        method: Callable[..., R],
+        request: object,
+        api: str,
+        timeout: float | None,
+        retry: RetryPolicy | None = None,
+    ) -> R:
+        deadline = self._settings.deadline(timeout)
+        metadata = self._settings.metadata(api)
+        return call(
+            lambda left: method(request, timeout=left, metadata=metadata),
+            retry or self._settings.retry,
+            deadline,
+            self._settings.error_mapper(api, deadline),
+        )
+
+
+def _channel(
+    target: str, options: Iterable[tuple[str, int]], credentials: grpc.ChannelCredentials | None
+) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(target, options=list(options))
+    return grpc.secure_channel(target, credentials, options=list(options))

@@ -1,0 +1,148 @@
+"""Typed results: masks and cutouts as images or arrays, models as ModelInfo."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Box:
+    """The salient object's bounding box, in pixels of the input as displayed."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    def as_ltrb(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom), the form PIL's Image.crop takes."""
+        return (self.x, self.y, self.x + self.width, self.y + self.height)
+
+
+@dataclass(frozen=True)
+class _Result:
+    png: bytes = field(repr=False)
+    model: str
+    model_version: str
+    weights: str
+    input_size: tuple[int, int]
+    box: Box | None
+    timings: Mapping[str, float] = field(repr=False)
+    batch_size: int
+
+    @cached_property
+    def image(self) -> Image.Image:
+        """The result as a PIL image (decoded on first use)."""
+        im = Image.open(io.BytesIO(self.png))
+        im.load()
+        return im
+
+    @property
+    def array(self) -> np.ndarray:
+        """The result as a numpy uint8 array: (H, W) for a mask, (H, W, 3 or 4) for a cutout."""
+        return np.asarray(self.image)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the returned image; smaller than `input_size` when cropped."""
+        return self.image.size
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the PNG the server returned, byte for byte."""
+        with open(path, "wb") as f:
+            f.write(self.png)
+
+
+@dataclass(frozen=True)
+class MaskResult(_Result):
+    """A saliency mask.
+
+    Attributes:
+        png: The PNG bytes the server returned.
+        image: The mask as a PIL image, mode "L", the size of the input as displayed (EXIF applied),
+            or of the box when cropped.
+        array: The mask as a numpy uint8 array of shape (height, width).
+        model: The model that answered, e.g. "u2netp".
+        model_version: Its version, e.g. "1.0".
+        weights: Where the model's weights came from, e.g. "random (seed 0)".
+        input_size: (width, height) of the input as displayed.
+        box: The salient object's bounding box, None when nothing is salient.
+        timings: Server-side milliseconds per stage: decode, preprocess, inference, postprocess, encode.
+        batch_size: How many requests the server batched together with this one.
+    """
+
+
+@dataclass(frozen=True)
+class CutoutResult(_Result):
+    """A cutout: the input with the mask as alpha (RGBA), or composited over a background (RGB).
+
+    Attributes:
+        png: The PNG bytes the server returned.
+        image: The cutout as a PIL image, mode "RGBA", or "RGB" when a background colour was given.
+        array: The cutout as a numpy uint8 array of shape (height, width, 4 or 3).
+        model: The model that answered, e.g. "u2netp".
+        model_version: Its version, e.g. "1.0".
+        weights: Where the model's weights came from.
+        input_size: (width, height) of the input as displayed.
+        box: The salient object's bounding box, None when nothing is salient.
+        timings: Server-side milliseconds per stage.
+        batch_size: How many requests the server batched together with this one.
+    """
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One TorchServe worker process of a model."""
+
+    id: str
+    status: str
+    pid: int | None
+    memory_bytes: int
+    gpu: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the management API describes it.
+
+    Attributes:
+        name: The model's name, used as `model=` in requests.
+        version: The model's version.
+        url: The archive it was loaded from.
+        workers: The worker processes; `ready_workers` counts the ones serving.
+        min_workers: The lower bound set by `scale`.
+        max_workers: The upper bound set by `scale`.
+        batch_size: The most requests TorchServe batches into one handler call.
+        max_batch_delay_ms: How long TorchServe waits to fill a batch.
+        weights: Where the weights came from (e.g. "random (seed 0)"); None if the handler did not say.
+        weights_random: True when the weights are a random stand-in, not trained ones.
+        variant: The architecture, "u2net" or "u2netp"; None if the handler did not say.
+        device: Where the model runs, e.g. "cpu" or "cuda:0".
+        max_pixels: The largest input (width * height) the model accepts.
+    """
+
+    name: str
+    version: str
+    url: str
+    workers: tuple[WorkerInfo, ...]
+    min_workers: int
+    max_workers: int
+    batch_size: int
+    max_batch_delay_ms: int
+    weights: str | None = None
+    weights_random: bool | None = None
+    variant: str | None = None
+    device: str | None = None
+    max_pixels: int | None = None
+
+    @property
+    def ready_workers(self) -> int:
+        """How many workers are READY."""
+        return sum(w.status == "READY" for w in self.workers)

@@ -1,0 +1,301 @@
+"""AsyncU2NetClient: the asyncio twin of U2NetClient, over grpc.aio."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from google.protobuf import empty_pb2
+
+from u2net_client import _management as mgmt
+from u2net_client._base import (
+    DEFAULT_MANAGEMENT_TARGET,
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    MAX_RECEIVE_BYTES,
+    MAX_SEND_BYTES,
+    ClientSettings,
+    healthy,
+)
+from u2net_client._concurrency import aordered_map
+from u2net_client._errors import U2NetError
+from u2net_client._generated import inference_pb2_grpc, management_pb2, management_pb2_grpc
+from u2net_client._image import ImageInput
+from u2net_client._request import CUTOUT, MASK, Color, Options, ResultT, parse_response
+from u2net_client._retry import RetryPolicy, acall
+from u2net_client._types import CutoutResult, MaskResult, ModelInfo
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_NO_RETRY = RetryPolicy(max_attempts=1)
+log = logging.getLogger(__name__)
+
+
+class AsyncU2NetClient:
+    """An asyncio client for u2serve's gRPC API: U2NetClient's methods, awaited.
+
+    Create it inside the event loop that uses it (grpc.aio channels belong to one loop). Every
+    call takes a `timeout` (seconds, overriding the client's), retries
+    UNAVAILABLE and RESOURCE_EXHAUSTED with backoff within that deadline, and raises
+    `U2NetError` for anything that goes wrong.
+
+    Example:
+        >>> async with AsyncU2NetClient() as client:
+        ...     (await client.cutout("photo.jpg")).image.save("photo.png")
+
+    Args:
+        target: host:port of TorchServe's gRPC inference API.
+        management_target: host:port of TorchServe's gRPC management API.
+        token: The inference key; by default read from the key file.
+        management_token: The management key; by default read from the key file.
+        key_file: TorchServe's key_file.json; by default $U2SERVE_KEY_FILE, else ./var/key_file.json
+            if it exists (where `make serve` puts it), else no token is sent.
+        timeout: Default deadline of each call in seconds, retries included; None waits forever.
+        retry: When and how to retry; RetryPolicy() by default.
+        max_send_bytes: The largest request; keep it at the server's max_request_size.
+        max_receive_bytes: The largest response; keep it at the server's max_response_size.
+        channel_credentials: TLS credentials (grpc.ssl_channel_credentials()) for a server behind TLS.
+
+    Raises:
+        U2NetError: INVALID_ARGUMENT for settings that cannot work, e.g. a key file that does not exist.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        management_target: str = DEFAULT_MANAGEMENT_TARGET,
+        *,
+        token: str | None = None,
+        management_token: str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        max_send_bytes: int = MAX_SEND_BYTES,
+        max_receive_bytes: int = MAX_RECEIVE_BYTES,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self._settings = ClientSettings(
+            target, management_target, token, management_token, key_file, timeout, retry,
+            max_send_bytes, max_receive_bytes,
+        )  # fmt: skip
+        self._channel = _channel(target, self._settings.channel_options, channel_credentials)
+        self._management_channel = _channel(management_target, self._settings.channel_options, channel_credentials)
+        self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
+        self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
+
+    async def __aenter__(self) -> AsyncU2NetClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close both channels; calls in flight are cancelled."""
+        await self._channel.close()
+        await self._management_channel.close()
+
+    async def mask(
+        self,
+        image: ImageInput,
+        model: str = "u2netp",
+        *,
+        version: str | None = None,
+        threshold: float | None = None,
+        crop: bool = False,
+        crop_margin: int = 0,
+        box_threshold: float | None = None,
+        png_compression: int | None = None,
+        timeout: float | None = None,
+    ) -> MaskResult:
+        """As `U2NetClient.mask`, awaited."""
+        options = Options(None, threshold, crop, crop_margin, box_threshold, png_compression)
+        return await self._segment(MASK, image, model, version, options, timeout, MaskResult)
+
+    async def cutout(
+        self,
+        image: ImageInput,
+        model: str = "u2netp",
+        *,
+        version: str | None = None,
+        background: Color | None = None,
+        threshold: float | None = None,
+        crop: bool = False,
+        crop_margin: int = 0,
+        box_threshold: float | None = None,
+        png_compression: int | None = None,
+        timeout: float | None = None,
+    ) -> CutoutResult:
+        """As `U2NetClient.cutout`, awaited."""
+        options = Options(background, threshold, crop, crop_margin, box_threshold, png_compression)
+        return await self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
+
+    def map(
+        self, fn: Callable[[T], Awaitable[R]], items: Iterable[T], *, concurrency: int = 4
+    ) -> AsyncIterator[R | U2NetError]:
+        """As `U2NetClient.map`, for coroutine functions: `async for` over the results, in input order."""
+        return aordered_map(fn, items, concurrency)
+
+    async def mask_many(
+        self,
+        images: Iterable[ImageInput],
+        model: str = "u2netp",
+        *,
+        concurrency: int = 4,
+        version: str | None = None,
+        threshold: float | None = None,
+        crop: bool = False,
+        crop_margin: int = 0,
+        box_threshold: float | None = None,
+        png_compression: int | None = None,
+        timeout: float | None = None,
+    ) -> list[MaskResult | U2NetError]:
+        """As `U2NetClient.mask_many`, awaited."""
+
+        async def one(image: ImageInput) -> MaskResult:
+            return await self.mask(
+                image, model, version=version, threshold=threshold, crop=crop, crop_margin=crop_margin,
+                box_threshold=box_threshold, png_compression=png_compression, timeout=timeout,
+            )  # fmt: skip
+
+        return [r async for r in self.map(one, images, concurrency=concurrency)]
+
+    async def cutout_many(
+        self,
+        images: Iterable[ImageInput],
+        model: str = "u2netp",
+        *,
+        concurrency: int = 4,
+        version: str | None = None,
+        background: Color | None = None,
+        threshold: float | None = None,
+        crop: bool = False,
+        crop_margin: int = 0,
+        box_threshold: float | None = None,
+        png_compression: int | None = None,
+        timeout: float | None = None,
+    ) -> list[CutoutResult | U2NetError]:
+        """As `U2NetClient.cutout_many`, awaited."""
+
+        async def one(image: ImageInput) -> CutoutResult:
+            return await self.cutout(
+                image, model, version=version, background=background, threshold=threshold, crop=crop,
+                crop_margin=crop_margin, box_threshold=box_threshold, png_compression=png_compression,
+                timeout=timeout,
+            )  # fmt: skip
+
+        return [r async for r in self.map(one, images, concurrency=concurrency)]
+
+    async def ping(self, *, timeout: float | None = 5.0) -> bool:
+        """As `U2NetClient.ping`, awaited."""
+        try:
+            reply = await self._call(self._inference.Ping, empty_pb2.Empty(), "inference", timeout, _NO_RETRY)
+        except U2NetError as exc:
+            if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            log.info("ping %s: %s", self._settings.target, exc)
+            return False
+        return healthy(reply.health)
+
+    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """As `U2NetClient.models`, awaited."""
+        names: list[str] = []
+        page: int | None = 0
+        while page is not None:
+            request = management_pb2.ListModelsRequest(limit=mgmt.PAGE_SIZE, next_page_token=page)
+            reply = await self._call(self._management.ListModels, request, "management", timeout)
+            found, page = mgmt.parse_model_list(reply.msg)
+            names += found
+        return [await self.describe(name, timeout=timeout) for name in names]
+
+    async def describe(self, model: str, version: str | None = None, *, timeout: float | None = None) -> ModelInfo:
+        """As `U2NetClient.describe`, awaited."""
+        request = mgmt.describe_request(model, version)
+        reply = await self._call(self._management.DescribeModel, request, "management", timeout)
+        return mgmt.parse_description(reply.msg)[0]
+
+    async def scale(
+        self,
+        model: str,
+        min_workers: int,
+        max_workers: int | None = None,
+        *,
+        version: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """As `U2NetClient.scale`, awaited."""
+        deadline = self._settings.deadline(timeout)
+        request = mgmt.scale_request(model, min_workers, max_workers, version, wait, deadline)
+        await self._call(self._management.ScaleWorker, request, "management", deadline)
+
+    async def set_default(self, model: str, version: str, *, timeout: float | None = None) -> None:
+        """As `U2NetClient.set_default`, awaited."""
+        await self._call(self._management.SetDefault, mgmt.set_default_request(model, version), "management", timeout)
+
+    async def register(
+        self,
+        mar: str,
+        *,
+        model: str | None = None,
+        initial_workers: int = 1,
+        batch_size: int | None = None,
+        max_batch_delay_ms: int | None = None,
+        response_timeout_s: int | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """As `U2NetClient.register`, awaited."""
+        request = mgmt.register_request(
+            mar, model, initial_workers, batch_size, max_batch_delay_ms, response_timeout_s, wait
+        )
+        await self._call(self._management.RegisterModel, request, "management", timeout)
+
+    async def unregister(self, model: str, version: str | None = None, *, timeout: float | None = None) -> None:
+        """As `U2NetClient.unregister`, awaited."""
+        await self._call(self._management.UnregisterModel, mgmt.unregister_request(model, version), "management", timeout)
+
+    async def _segment(
+        self,
+        task: int,
+        image: ImageInput,
+        model: str,
+        version: str | None,
+        options: Options,
+        timeout: float | None,
+        result_type: type[ResultT],
+    ) -> ResultT:
+        request = self._settings.segment_request(task, image, model, version, options)
+        reply = await self._call(self._inference.Predictions, request, "inference", timeout)
+        return parse_response(reply, model, result_type)
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: object,
+        api: str,
+        timeout: float | None,
+        retry: RetryPolicy | None = None,
+    ) -> R:
+        deadline = self._settings.deadline(timeout)
+        metadata = self._settings.metadata(api)
+        return await acall(
+            lambda left: method(request, timeout=left, metadata=metadata),
+            retry or self._settings.retry,
+            deadline,
+            self._settings.error_mapper(api, deadline),
+        )
+
+
+def _channel(
+    target: str, options: Iterable[tuple[str, int]], credentials: grpc.ChannelCredentials | None
+) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=list(options))
+    return grpc.aio.secure_channel(target, credentials, options=list(options))
