@@ -53,8 +53,9 @@ class ClientSettings:
             ("grpc.max_send_message_length", max_send_bytes),
             ("grpc.max_receive_message_length", max_receive_bytes),
             # Reconnect soon after the server comes back, so retries find it; gRPC's default waits 1-120 s.
+            # (Not grpc.min_reconnect_backoff_ms: that is also the connect timeout, 20 s by default, and
+            # a fresh TorchServe can take a few hundred ms to send its first HTTP/2 SETTINGS frame.)
             ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -22,7 +22,7 @@ def check_concurrency(concurrency: int) -> None:
         raise U2NetError(grpc.StatusCode.INVALID_ARGUMENT, f"concurrency={concurrency}; must be >= 1")
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[R | U2NetError]:
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int) -> Generator[R | U2NetError, None, None]:
     """fn over items on `concurrency` threads, yielding results (or U2NetErrors) in input order."""
     check_concurrency(concurrency)
     source = iter(items)
@@ -47,7 +47,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int) -> I
 
 async def aordered_map(
     fn: Callable[[T], Awaitable[R]], items: Iterable[T], concurrency: int
-) -> AsyncIterator[R | U2NetError]:
+) -> AsyncGenerator[R | U2NetError, None]:
     """The asyncio twin of ordered_map: at most `concurrency` calls awaited at once."""
     check_concurrency(concurrency)
     source = iter(items)

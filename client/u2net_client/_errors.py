@@ -63,7 +63,8 @@ def from_rpc_error(
     code_fn = getattr(error, "code", None)
     details_fn = getattr(error, "details", None)
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
-    details = _JAVA_CLASS.sub("", (details_fn() if callable(details_fn) else None) or str(error)).strip()
+    raw = (details_fn() if callable(details_fn) else None) or str(error)
+    details = _JAVA_CLASS.sub("", raw).strip()
     if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED) and _TOKEN_REFUSED in details:
         # TorchServe answers PERMISSION_DENIED; a missing or wrong token is UNAUTHENTICATED in gRPC's terms.
         return U2NetError(
@@ -78,7 +79,7 @@ def from_rpc_error(
             f"{details}: registering and unregistering models is turned off on {target}; "
             "set enable_model_api=true in the server's config.properties and restart it",
         )
-    if any(marker in details for marker in _MODEL_NOT_FOUND):
+    if any(marker in raw for marker in _MODEL_NOT_FOUND):
         # TorchServe's inference API answers INTERNAL for an unknown model; management says NOT_FOUND.
         return U2NetError(grpc.StatusCode.NOT_FOUND, details)
     if code == grpc.StatusCode.UNAVAILABLE:

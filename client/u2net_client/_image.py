@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import grpc
 from PIL import Image
 
 from u2net_client._errors import U2NetError
 
-ImageInput = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", Image.Image]
+ImageInput = bytes | bytearray | memoryview | str | os.PathLike[str] | Image.Image
 """An image: encoded bytes (JPEG, PNG, WebP, BMP, TIFF, GIF), a path to such a file, or a PIL image."""
 
 # Modes a PNG holds as they are; anything else (CMYK, F, YCbCr, LAB...) travels as TIFF.

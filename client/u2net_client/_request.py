@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TypeVar, Union
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -20,7 +20,7 @@ CUTOUT = u2serve_pb2.CUTOUT
 # The input name the handler reads a serialised SegmentRequest from.
 PROTO_KEY = "u2serve"
 
-Color = Union[tuple[int, int, int], str]
+Color = tuple[int, int, int] | str
 """A background colour: (r, g, b) with 0-255 components, "#rrggbb", "rrggbb", or "r,g,b"."""
 
 _HEX = re.compile(r"#?([0-9a-fA-F]{6})")

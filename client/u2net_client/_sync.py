@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
 from typing import TypeVar
 
@@ -87,6 +87,16 @@ class U2NetClient:
         self._management_channel = _channel(management_target, self._settings.channel_options, channel_credentials)
         self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
         self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
+
+    @property
+    def target(self) -> str:
+        """host:port of the inference API."""
+        return self._settings.target
+
+    @property
+    def management_target(self) -> str:
+        """host:port of the management API."""
+        return self._settings.management_target
 
     def __enter__(self) -> U2NetClient:
         return self
@@ -177,7 +187,9 @@ class U2NetClient:
         options = Options(background, threshold, crop, crop_margin, box_threshold, png_compression)
         return self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T], *, concurrency: int = 4) -> Iterator[R | U2NetError]:
+    def map(
+        self, fn: Callable[[T], R], items: Iterable[T], *, concurrency: int = 4
+    ) -> Generator[R | U2NetError, None, None]:
         """`fn` over `items` with at most `concurrency` calls in flight, in input order.
 
         A U2NetError raised for one item is yielded in its place; the other items go on.
@@ -376,7 +388,8 @@ class U2NetClient:
             U2NetError: PERMISSION_DENIED, saying how to enable it, when the server does not allow it;
                 NOT_FOUND for an unknown model.
         """
-        self._call(self._management.UnregisterModel, mgmt.unregister_request(model, version), "management", timeout)
+        request = mgmt.unregister_request(model, version)
+        self._call(self._management.UnregisterModel, request, "management", timeout)
 
     def _segment(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TypeVar
 
@@ -88,6 +88,16 @@ class AsyncU2NetClient:
         self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
         self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
 
+    @property
+    def target(self) -> str:
+        """host:port of the inference API."""
+        return self._settings.target
+
+    @property
+    def management_target(self) -> str:
+        """host:port of the management API."""
+        return self._settings.management_target
+
     async def __aenter__(self) -> AsyncU2NetClient:
         return self
 
@@ -138,7 +148,7 @@ class AsyncU2NetClient:
 
     def map(
         self, fn: Callable[[T], Awaitable[R]], items: Iterable[T], *, concurrency: int = 4
-    ) -> AsyncIterator[R | U2NetError]:
+    ) -> AsyncGenerator[R | U2NetError, None]:
         """As `U2NetClient.map`, for coroutine functions: `async for` over the results, in input order."""
         return aordered_map(fn, items, concurrency)
 
@@ -259,7 +269,8 @@ class AsyncU2NetClient:
 
     async def unregister(self, model: str, version: str | None = None, *, timeout: float | None = None) -> None:
         """As `U2NetClient.unregister`, awaited."""
-        await self._call(self._management.UnregisterModel, mgmt.unregister_request(model, version), "management", timeout)
+        request = mgmt.unregister_request(model, version)
+        await self._call(self._management.UnregisterModel, request, "management", timeout)
 
     async def _segment(
         self,

@@ -1,0 +1,7 @@
+"""`python -m u2net_client`: the u2net-client command line."""
+
+import sys
+
+from u2net_client.cli import main
+
+sys.exit(main())

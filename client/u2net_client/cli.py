@@ -1,0 +1,311 @@
+"""u2net-client: masks and cutouts of files, folders and globs, and the server's state, from a shell.
+
+Exit codes: 0 all done; 1 some inputs failed (the others were written); 2 bad arguments or no
+inputs; 3 the server could not be reached in time; 4 the token was refused; 5 another server error
+(an unknown model, an internal error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+
+from u2net_client import __version__
+from u2net_client._base import DEFAULT_MANAGEMENT_TARGET, DEFAULT_TARGET, DEFAULT_TIMEOUT
+from u2net_client._errors import U2NetError
+from u2net_client._request import Options
+from u2net_client._sync import U2NetClient
+from u2net_client._types import CutoutResult, MaskResult, ModelInfo
+
+EXIT_OK = 0
+EXIT_ITEMS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_AUTH = 4
+EXIT_SERVER = 5
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+# Errors that belong to one input: report it, go on with the rest. Any other error would fail every
+# input the same way (server down, token refused, unknown model), so the run stops at the first.
+_PER_ITEM = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL})
+_EXIT_FOR = {
+    grpc.StatusCode.UNAVAILABLE: EXIT_UNREACHABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
+    grpc.StatusCode.UNAUTHENTICATED: EXIT_AUTH,
+    grpc.StatusCode.PERMISSION_DENIED: EXIT_AUTH,
+}
+
+log = logging.getLogger("u2net_client.cli")
+
+
+class UsageError(Exception):
+    """Arguments that cannot work; exit code 2."""
+
+
+def exit_code(error: U2NetError) -> int:
+    """The exit code for a run stopped by `error`."""
+    return _EXIT_FOR.get(error.code, EXIT_SERVER)
+
+
+def expand_inputs(inputs: Sequence[str], recursive: bool, output_suffix: str) -> list[Path]:
+    """Image files named by `inputs` (files, folders, globs), in order, without duplicates.
+
+    Files in folders and glob matches are taken when their suffix is an image's and they are not
+    an output of ours (…<output_suffix>.png); a file named explicitly is always taken.
+
+    Raises:
+        UsageError: For an input that names nothing.
+    """
+    found: dict[Path, None] = {}
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_file():
+            found[path] = None
+            continue
+        if path.is_dir():
+            candidates: Iterable[Path] = sorted(path.rglob("*") if recursive else path.iterdir())
+        elif glob.has_magic(arg):
+            candidates = (Path(p) for p in sorted(glob.glob(arg, recursive=recursive)))
+        else:
+            raise UsageError(f"{arg}: no such file or folder")
+        found.update((p, None) for p in candidates if _is_input_image(p, output_suffix))
+    return list(found)
+
+
+def _is_input_image(path: Path, output_suffix: str) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.endswith(output_suffix + ".png")
+
+
+def output_path(source: Path, output_dir: Path | None, suffix: str) -> Path:
+    """Where the result for `source` goes: beside it, or in `output_dir`, as <stem><suffix>.png."""
+    return (output_dir or source.parent) / f"{source.stem}{suffix}.png"
+
+
+def plan(sources: Sequence[Path], output_dir: Path | None, suffix: str) -> list[tuple[Path, Path]]:
+    """(input, output) pairs; raises UsageError when two inputs would write the same output."""
+    pairs = [(src, output_path(src, output_dir, suffix)) for src in sources]
+    seen: dict[Path, Path] = {}
+    for src, dst in pairs:
+        if dst in seen:
+            raise UsageError(f"{seen[dst]} and {src} would both be written to {dst}; process them separately")
+        seen[dst] = src
+    return pairs
+
+
+def _write(result: MaskResult | CutoutResult, path: Path) -> None:
+    # Through a temporary file: an interrupted run leaves no half-written output for --skip-existing.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    result.save(tmp)
+    os.replace(tmp, path)
+
+
+class Progress:
+    """tqdm if it is installed, else a one-line bar on stderr; silent when disabled."""
+
+    def __init__(self, total: int, enabled: bool, stream: TextIO = sys.stderr) -> None:
+        self.total, self.done, self.enabled, self.stream = total, 0, enabled, stream
+        self.started = time.monotonic()
+        self._tqdm: Any = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                self._tqdm = tqdm(total=total, unit="img", file=stream)
+
+    def update(self) -> None:
+        self.done += 1
+        if self._tqdm is not None:
+            self._tqdm.update(1)
+        elif self.enabled:
+            rate = self.done / max(time.monotonic() - self.started, 1e-9)
+            filled = 30 * self.done // max(self.total, 1)
+            bar = "#" * filled + "." * (30 - filled)
+            self.stream.write(f"\r[{bar}] {self.done}/{self.total} {rate:.1f} img/s")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self.enabled:
+            self.stream.write("\n")
+
+
+def _process(args: argparse.Namespace, client: U2NetClient) -> int:
+    suffix = args.suffix if args.suffix is not None else f".{args.command}"
+    pairs = plan(expand_inputs(args.inputs, args.recursive, suffix), args.output_dir, suffix)
+    if not pairs:
+        raise UsageError(f"no images found in {' '.join(args.inputs)} (accepted: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    todo = [(src, dst) for src, dst in pairs if not (args.skip_existing and dst.exists())]
+    if len(todo) < len(pairs):
+        print(f"skipping {len(pairs) - len(todo)} with existing output", file=sys.stderr)
+    run = _segment_function(args, client)
+    progress = Progress(len(todo), enabled=not args.no_progress and len(todo) > 1 and sys.stderr.isatty())
+    failed = 0
+    outcomes = client.map(run, [src for src, _ in todo], concurrency=args.concurrency)
+    try:
+        for (src, dst), outcome in zip(todo, outcomes, strict=True):
+            progress.update()
+            if isinstance(outcome, U2NetError):
+                print(f"error: {src}: {outcome}", file=sys.stderr)
+                if outcome.code not in _PER_ITEM:
+                    return exit_code(outcome)
+                failed += 1
+            else:
+                _write(outcome, dst)
+                log.info("%s -> %s (%s)", src, dst, outcome.model)
+    finally:
+        outcomes.close()  # stops what is still queued when the run stops early
+        progress.close()
+    print(f"{len(todo) - failed} written, {failed} failed", file=sys.stderr)
+    return EXIT_ITEMS_FAILED if failed else EXIT_OK
+
+
+def _segment_function(args: argparse.Namespace, client: U2NetClient) -> Callable[[Path], MaskResult | CutoutResult]:
+    common: dict[str, Any] = {
+        "version": args.model_version,
+        "threshold": args.threshold,
+        "crop": args.crop,
+        "crop_margin": args.margin,
+        "box_threshold": args.box_threshold,
+        "png_compression": args.compression,
+    }
+    # Check the options once, before any file: a bad option is a usage error, not a failure per file.
+    Options(args.background if args.command == "cutout" else None, *list(common.values())[1:]).to_proto()
+    if args.command == "mask":
+        return lambda path: client.mask(path, args.model, **common)
+    return lambda path: client.cutout(path, args.model, background=args.background, **common)
+
+
+def _ping(args: argparse.Namespace, client: U2NetClient) -> int:
+    if client.ping(timeout=args.timeout):
+        print(f"{client.target}: healthy")
+        return EXIT_OK
+    print(f"{client.target}: unreachable or unhealthy", file=sys.stderr)
+    return EXIT_UNREACHABLE
+
+
+def _models(args: argparse.Namespace, client: U2NetClient) -> int:
+    models = client.models()
+    if args.json:
+        print(json.dumps([asdict(m) for m in models], indent=2))
+        return EXIT_OK
+    rows = [("MODEL", "VERSION", "WORKERS", "BATCH", "DEVICE", "WEIGHTS")]
+    rows += [_model_row(m) for m in models]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
+    return EXIT_OK
+
+
+def _model_row(m: ModelInfo) -> tuple[str, ...]:
+    workers = f"{m.ready_workers}/{len(m.workers)} ({m.min_workers}-{m.max_workers})"
+    return (m.name, m.version, workers, str(m.batch_size), m.device or "?", m.weights or "?")
+
+
+def _scale(args: argparse.Namespace, client: U2NetClient) -> int:
+    client.scale(args.model, args.min_workers, args.max_workers, version=args.model_version, wait=not args.no_wait)
+    info = client.describe(args.model, args.model_version)
+    print(f"{info.name} {info.version}: {info.ready_workers} ready of {len(info.workers)} workers "
+          f"(min {info.min_workers}, max {info.max_workers})")  # fmt: skip
+    return EXIT_OK
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    env = os.environ
+    g = p.add_argument_group("server")
+    g.add_argument("--target", default=env.get("U2SERVE_TARGET", DEFAULT_TARGET),
+                   help="gRPC inference host:port ($U2SERVE_TARGET, default %(default)s)")  # fmt: skip
+    g.add_argument("--management-target", default=env.get("U2SERVE_MANAGEMENT_TARGET", DEFAULT_MANAGEMENT_TARGET),
+                   help="gRPC management host:port ($U2SERVE_MANAGEMENT_TARGET, default %(default)s)")  # fmt: skip
+    g.add_argument("--key-file", help="TorchServe's key_file.json ($U2SERVE_KEY_FILE, else ./var/key_file.json)")
+    g.add_argument("--token", help="the inference key, instead of the key file's")
+    g.add_argument("--management-token", help="the management key, instead of the key file's")
+    g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per call (default %(default)s)")
+    g.add_argument("-v", "--verbose", action="store_true", help="log each file written")
+    return p
+
+
+def _segment_options(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("inputs", nargs="+", help="image files, folders, or globs ('photos/*.jpg')")
+    p.add_argument("-o", "--output-dir", type=Path, help="write results here (default: beside each input)")
+    p.add_argument("--suffix", help=f"output name: <stem><suffix>.png (default .{command})")
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders; ** in globs")
+    p.add_argument("-j", "--concurrency", type=int, default=4, help="requests in flight (default %(default)s)")
+    p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output exists alone")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-m", "--model", default="u2netp", help="u2netp (fast) or u2net (default %(default)s)")
+    p.add_argument("--model-version", help="model version (default: the server's default)")
+    p.add_argument("--threshold", type=float, help="hard mask: saliency >= this (0..1) is foreground")
+    p.add_argument("--crop", action="store_true", help="crop to the salient object's box")
+    p.add_argument("--margin", type=int, default=0, help="pixels around the box when cropping")
+    p.add_argument("--box-threshold", type=float, help="saliency (0..1) that counts for the box (default 0.5)")
+    p.add_argument("--compression", type=int, help="PNG zlib level 0..9 (default: the server's)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The u2net-client argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="u2net-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    conn = _connection_options()
+    sub.add_parser("mask", parents=[conn, _segment_options("mask")], help="saliency masks (grayscale PNG)")
+    cutout = sub.add_parser("cutout", parents=[conn, _segment_options("cutout")], help="cutouts (RGBA PNG)")
+    cutout.add_argument("--background", help="composite over this colour ('#rrggbb' or 'r,g,b'): RGB output")
+    sub.add_parser("ping", parents=[conn], help="is the server up and healthy?")
+    models = sub.add_parser("models", parents=[conn], help="the models served, their workers and weights")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    scale = sub.add_parser("scale", parents=[conn], help="set a model's worker count")
+    scale.add_argument("model")
+    scale.add_argument("min_workers", type=int)
+    scale.add_argument("max_workers", type=int, nargs="?", help="default: min_workers")
+    scale.add_argument("--model-version")
+    scale.add_argument("--no-wait", action="store_true", help="return before the workers have started")
+    return parser
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, U2NetClient], int]] = {
+    "mask": _process,
+    "cutout": _process,
+    "ping": _ping,
+    "models": _models,
+    "scale": _scale,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        with U2NetClient(
+            args.target, args.management_target, token=args.token, management_token=args.management_token,
+            key_file=args.key_file, timeout=args.timeout,
+        ) as client:  # fmt: skip
+            return _COMMANDS[args.command](args, client)
+    except UsageError as exc:
+        print(f"u2net-client: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except U2NetError as exc:
+        print(f"u2net-client: {exc}", file=sys.stderr)
+        return EXIT_USAGE if exc.code == grpc.StatusCode.INVALID_ARGUMENT else exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
