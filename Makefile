@@ -64,7 +64,7 @@ docker:
 	docker build -t u2serve:gpu .
 
 docker-cpu:
-	docker build -t u2serve:cpu --build-arg BASE=pytorch/torchserve:0.12.0-cpu \
+	docker build -t u2serve:cpu --build-arg BASE=pytorch/torchserve:0.12.0-cpu --build-arg SERVING=cpu \
 		--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .
 
 clean:

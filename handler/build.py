@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 HANDLER_DIR = Path(__file__).resolve().parent
 ARCHIVE_VERSION = "1.0"
 # Build-time only: never shipped in an archive.
-BUILD_ONLY = {"build.py"}
+BUILD_ONLY = {"build.py", "triton.py"}
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,19 @@ def stage_handler(stage: Path) -> None:
             shutil.copy2(src, package / src.name)
 
 
-def build_archive(name: str, out: Path, work: Path, weight_file: Path | None, device: torch.device) -> Path:
-    """Build `<out>/<name>.mar`; returns its path."""
+def build_archive(
+    name: str,
+    out: Path,
+    work: Path,
+    weight_file: Path | None,
+    device: torch.device,
+    serving: str | None = None,
+) -> Path:
+    """Build `<out>/<name>.mar`; returns its path.
+
+    `serving` picks the batching defaults ("cpu" or "cuda"); it follows `device` unless given, so an
+    image built on a machine without a GPU can still carry the GPU settings.
+    """
     variant = VARIANTS[name]
     loaded = weights.load(name, weight_file)
     if loaded.is_random:
@@ -99,7 +110,7 @@ def build_archive(name: str, out: Path, work: Path, weight_file: Path | None, de
     stage_handler(stage)
     ArchiveInfo(variant, loaded.origin, str(device)).write(stage)
     config = work / "model-config.yaml"
-    config.write_text(model_config(device.type))
+    config.write_text(model_config(serving or device.type))
     out.mkdir(parents=True, exist_ok=True)
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     cmd = [
@@ -126,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("build"))
     parser.add_argument("--weights", type=Path, help="weight file (.pth or .onnx); only with one model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--serving-defaults", choices=sorted(DEFAULTS), help="batching defaults to write (default: the device's)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.weights and len(args.models) > 1:
@@ -133,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         env = os.environ.get(f"U2SERVE_{name.upper()}_WEIGHTS") or None
         weight_file = args.weights or (Path(env) if env else None)
-        build_archive(name, args.out, args.work, weight_file, torch.device(args.device))
+        build_archive(name, args.out, args.work, weight_file, torch.device(args.device), args.serving_defaults)
     return 0
 
 
