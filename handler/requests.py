@@ -16,9 +16,9 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from handler import wire
+from handler import oip, wire
 from handler.errors import Code, U2ServeError
 
 PROTO_KEY = "u2serve"
@@ -46,13 +46,15 @@ class SegmentRequest:
     task: Task
     image: bytes
     options: Options = field(default_factory=Options)
-    protocol: str = "proto"  # "proto" or "raw"
+    protocol: str = "proto"  # "proto", "v2" or "raw"
 
 
 def parse(row: Mapping[str, object], headers: Mapping[str, object] | None = None) -> SegmentRequest:
     """One TorchServe request row (input name -> bytes/str) and its HTTP headers as a SegmentRequest."""
     if PROTO_KEY in row:
         return _from_proto(_as_bytes(row[PROTO_KEY]))
+    if (v2 := oip.request_body(row)) is not None:
+        return _from_v2(v2)
     for key in RAW_KEYS:
         if key in row:
             return _from_raw(_as_bytes(row[key]), {**header_options(headers or {}), **row})
@@ -73,7 +75,17 @@ def header_options(headers: Mapping[str, object]) -> dict[str, object]:
 
 
 def protocol_of(row: Mapping[str, object]) -> str:
-    return "proto" if PROTO_KEY in row else "raw"
+    if PROTO_KEY in row:
+        return "proto"
+    return "v2" if oip.request_body(row) is not None else "raw"
+
+
+def _from_v2(body: Mapping[str, object]) -> SegmentRequest:
+    """A KServe v2 ModelInfer (handler/oip.py): the image tensor, with the task and options of an optional
+    SegmentRequest tensor; the answer is a SegmentResponse, as for "proto"."""
+    segment, image = oip.inputs(body)
+    request = _from_proto(segment) if segment is not None else SegmentRequest(Task.CUTOUT, b"")
+    return replace(request, image=image if image is not None else request.image, protocol="v2")
 
 
 def _as_bytes(value: object) -> bytes:
@@ -190,7 +202,7 @@ def _level(value: int) -> int:
 
 def error_reply(error: U2ServeError, protocol: str) -> bytes:
     """The reply body for a failed request in the caller's protocol."""
-    if protocol == "proto":
+    if protocol in ("proto", "v2"):  # v2 wraps it in its JSON envelope later (handler/oip.py)
         return wire.encode_response({"error": {"code": int(error.code), "message": error.message}})
     return json.dumps({"code": error.code.http_status, "type": error.code.name, "message": error.message}).encode()
 

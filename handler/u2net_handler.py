@@ -12,7 +12,7 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler import requests, wire
+from handler import oip, requests, wire
 from handler.errors import U2ServeError
 from handler.pipeline import Batch, BatchStats, Outcome, Segmenter
 from handler.settings import ArchiveInfo, HandlerSettings
@@ -52,6 +52,7 @@ class U2NetHandler(BaseHandler):
 
     def preprocess(self, data: list[dict[str, Any]]) -> Batch:
         self._protocols = [requests.protocol_of(row) for row in data]
+        self._request_ids = [oip.request_id(row) for row in data]
         items: list[requests.SegmentRequest | U2ServeError] = []
         for idx, row in enumerate(data):
             try:
@@ -63,10 +64,15 @@ class U2NetHandler(BaseHandler):
     def inference(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:
         return self.segmenter.infer(batch)
 
-    def postprocess(self, batch: Batch) -> list[bytes]:
+    def postprocess(self, batch: Batch) -> list[bytes | str]:
         outcomes, stats = self.segmenter.compose(batch)
         self._emit_metrics(stats)
-        return [self._reply(i, out, stats) for i, out in enumerate(outcomes)]
+        return [self._envelope(i, self._reply(i, out, stats)) for i, out in enumerate(outcomes)]
+
+    def _envelope(self, idx: int, reply: bytes) -> bytes | str:
+        if self._protocols[idx] != "v2":
+            return reply
+        return oip.reply(reply, self._request_ids[idx], self.model_name, self.model_version)
 
     def _reply(self, idx: int, out: Outcome, stats: BatchStats) -> bytes:
         protocol = self._protocols[idx]

@@ -15,6 +15,7 @@ from u2net_client._request import Color
 from u2net_client._retry import RetryPolicy
 from u2net_client._sync import U2NetClient
 from u2net_client._types import Box, CutoutResult, MaskResult, ModelInfo, WorkerInfo
+from u2net_client._v2 import ModelMetadata, TensorSpec
 from u2net_client.aio import AsyncU2NetClient
 
 __version__ = "0.1.0"
@@ -29,7 +30,9 @@ __all__ = [
     "ImageInput",
     "MaskResult",
     "ModelInfo",
+    "ModelMetadata",
     "RetryPolicy",
+    "TensorSpec",
     "U2NetClient",
     "U2NetError",
     "WorkerInfo",

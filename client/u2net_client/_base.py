@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -49,7 +51,7 @@ class ClientSettings:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.max_send_bytes = max_send_bytes
-        self.channel_options: Sequence[tuple[str, int]] = (
+        self.channel_options: Sequence[tuple[str, int | str]] = (
             ("grpc.max_send_message_length", max_send_bytes),
             ("grpc.max_receive_message_length", max_receive_bytes),
             # Reconnect soon after the server comes back, so retries find it; gRPC's default waits 1-120 s.
@@ -78,6 +80,60 @@ class ClientSettings:
             return from_rpc_error(error, target=target, credentials=where, attempts=attempts, timeout=timeout)
 
         return to_error
+
+
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """How a client's channels are secured: credentials (None: plaintext) and extra channel options."""
+
+    credentials: grpc.ChannelCredentials | None
+    options: tuple[tuple[str, str], ...] = ()
+
+
+def channel_security(
+    tls: bool,
+    ca_file: str | os.PathLike[str] | None,
+    root_certificates: bytes | None,
+    tls_server_name: str | None,
+    channel_credentials: grpc.ChannelCredentials | None,
+) -> ChannelSecurity:
+    """The channel security the client's TLS arguments ask for, checked.
+
+    Raises:
+        U2NetError: INVALID_ARGUMENT for arguments that contradict each other or a CA file that
+            cannot be read.
+    """
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    if channel_credentials is not None and (tls or ca_file is not None or root_certificates is not None):
+        raise U2NetError(invalid, "give channel_credentials or tls=True (with ca_file=/root_certificates=), not both")
+    if not tls and (ca_file is not None or root_certificates is not None):
+        raise U2NetError(invalid, "ca_file= and root_certificates= apply to TLS: pass tls=True as well")
+    if ca_file is not None and root_certificates is not None:
+        raise U2NetError(invalid, "give ca_file= or root_certificates=, not both")
+    if tls_server_name is not None and not (tls or channel_credentials is not None):
+        raise U2NetError(invalid, "tls_server_name= applies to TLS: pass tls=True as well")
+    options = (("grpc.ssl_target_name_override", tls_server_name),) if tls_server_name else ()
+    if channel_credentials is not None:
+        return ChannelSecurity(channel_credentials, options)
+    if not tls:
+        return ChannelSecurity(None)
+    if ca_file is not None:
+        root_certificates = _read_ca_file(Path(ca_file).expanduser())
+    # None: the system's trusted roots (or $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH).
+    return ChannelSecurity(grpc.ssl_channel_credentials(root_certificates=root_certificates), options)
+
+
+def _read_ca_file(path: Path) -> bytes:
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise U2NetError(grpc.StatusCode.INVALID_ARGUMENT, f"ca_file={str(path)!r}: {exc.strerror}") from exc
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise U2NetError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"ca_file={str(path)!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+        )
+    return pem
 
 
 def healthy(health_json: str) -> bool:

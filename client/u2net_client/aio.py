@@ -19,15 +19,19 @@ from u2net_client._base import (
     MAX_RECEIVE_BYTES,
     MAX_SEND_BYTES,
     ClientSettings,
+    channel_security,
     healthy,
 )
 from u2net_client._concurrency import aordered_map
 from u2net_client._errors import U2NetError
 from u2net_client._generated import inference_pb2_grpc, management_pb2, management_pb2_grpc
+from u2net_client._generated import open_inference_grpc_pb2 as v2pb
 from u2net_client._image import ImageInput
-from u2net_client._request import CUTOUT, MASK, Color, Options, ResultT, parse_response
+from u2net_client._protocol import Protocol
+from u2net_client._request import CUTOUT, MASK, Color, Options, ResultT
 from u2net_client._retry import RetryPolicy, acall
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
+from u2net_client._v2 import ModelMetadata, V2Stub, metadata_from
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -59,7 +63,15 @@ class AsyncU2NetClient:
         retry: When and how to retry; RetryPolicy() by default.
         max_send_bytes: The largest request; keep it at the server's max_request_size.
         max_receive_bytes: The largest response; keep it at the server's max_response_size.
-        channel_credentials: TLS credentials (grpc.ssl_channel_credentials()) for a server behind TLS.
+        tls: Connect over TLS, trusting the system's roots unless `ca_file`/`root_certificates` say otherwise.
+        ca_file: PEM file of the CA (or the self-signed certificate) to trust; needs tls=True.
+        root_certificates: The same as PEM bytes; needs tls=True.
+        tls_server_name: The name to expect in the server's certificate when it differs from the
+            target's host (e.g. through a port-forward).
+        channel_credentials: Any other grpc.ChannelCredentials, instead of `tls`.
+        protocol: "torchserve" (TorchServe's gRPC API), "v2" (the Open Inference Protocol TorchServe serves
+            with ts_open_inference_protocol=true), or "triton" (KServe v2 tensors to the model that
+            `python -m handler.triton` exports; pre/postprocessing run on the client). Same results on all three.
 
     Raises:
         U2NetError: INVALID_ARGUMENT for settings that cannot work, e.g. a key file that does not exist.
@@ -77,16 +89,25 @@ class AsyncU2NetClient:
         retry: RetryPolicy | None = None,
         max_send_bytes: int = MAX_SEND_BYTES,
         max_receive_bytes: int = MAX_RECEIVE_BYTES,
+        tls: bool = False,
+        ca_file: str | os.PathLike[str] | None = None,
+        root_certificates: bytes | None = None,
+        tls_server_name: str | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
+        protocol: str = "torchserve",
     ) -> None:
+        self._protocol = Protocol(protocol)
         self._settings = ClientSettings(
             target, management_target, token, management_token, key_file, timeout, retry,
             max_send_bytes, max_receive_bytes,
         )  # fmt: skip
-        self._channel = _channel(target, self._settings.channel_options, channel_credentials)
-        self._management_channel = _channel(management_target, self._settings.channel_options, channel_credentials)
+        security = channel_security(tls, ca_file, root_certificates, tls_server_name, channel_credentials)
+        options = [*self._settings.channel_options, *security.options]
+        self._channel = _channel(target, options, security.credentials)
+        self._management_channel = _channel(management_target, options, security.credentials)
         self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
         self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
+        self._v2 = V2Stub(self._channel, self._protocol.v2_service)
 
     @property
     def target(self) -> str:
@@ -282,9 +303,34 @@ class AsyncU2NetClient:
         timeout: float | None,
         result_type: type[ResultT],
     ) -> ResultT:
-        request = self._settings.segment_request(task, image, model, version, options)
-        reply = await self._call(self._inference.Predictions, request, "inference", timeout)
-        return parse_response(reply, model, result_type)
+        plan = self._protocol.segment(task, image, model, version, options, self._settings.max_send_bytes, result_type)
+        stub = self._v2 if plan.v2 else self._inference
+        reply = await self._call(getattr(stub, plan.method), plan.message, "inference", timeout)
+        return plan.finish(reply)
+
+    async def server_live(self, *, timeout: float | None = None) -> bool:
+        """KServe v2 ServerLive (protocol "v2" or "triton"; TorchServe needs ts_open_inference_protocol=true)."""
+        return (await self._call(self._v2.ServerLive, v2pb.ServerLiveRequest(), "inference", timeout)).live
+
+    async def server_ready(self, *, timeout: float | None = None) -> bool:
+        """KServe v2 ServerReady: whether the server takes inference requests."""
+        return (await self._call(self._v2.ServerReady, v2pb.ServerReadyRequest(), "inference", timeout)).ready
+
+    async def model_ready(self, model: str, version: str | None = None, *, timeout: float | None = None) -> bool:
+        """KServe v2 ModelReady: whether `model` has a ready instance (TorchServe: a healthy worker)."""
+        request = v2pb.ModelReadyRequest(name=model, version=version or "")
+        return (await self._call(self._v2.ModelReady, request, "inference", timeout)).ready
+
+    async def model_metadata(
+        self, model: str, version: str | None = None, *, timeout: float | None = None
+    ) -> ModelMetadata:
+        """KServe v2 ModelMetadata: name, versions, platform and tensors.
+
+        Raises:
+            U2NetError: NOT_FOUND for an unknown model.
+        """
+        request = v2pb.ModelMetadataRequest(name=model, version=version or "")
+        return metadata_from(await self._call(self._v2.ModelMetadata, request, "inference", timeout))
 
     async def _call(
         self,
@@ -305,7 +351,7 @@ class AsyncU2NetClient:
 
 
 def _channel(
-    target: str, options: Iterable[tuple[str, int]], credentials: grpc.ChannelCredentials | None
+    target: str, options: Iterable[tuple[str, int | str]], credentials: grpc.ChannelCredentials | None
 ) -> grpc.aio.Channel:
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=list(options))

@@ -236,6 +236,9 @@ def _connection_options() -> argparse.ArgumentParser:
     g.add_argument("--token", help="the inference key, instead of the key file's")
     g.add_argument("--management-token", help="the management key, instead of the key file's")
     g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per call (default %(default)s)")
+    g.add_argument("--tls", action="store_true", help="connect over TLS (the system's trusted roots unless --ca-file)")
+    g.add_argument("--ca-file", help="PEM certificate of the CA to trust (implies --tls)")
+    g.add_argument("--tls-server-name", help="name expected in the server's certificate, if not the target's host")
     g.add_argument("-v", "--verbose", action="store_true", help="log each file written")
     return p
 
@@ -298,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with U2NetClient(
             args.target, args.management_target, token=args.token, management_token=args.management_token,
-            key_file=args.key_file, timeout=args.timeout,
+            key_file=args.key_file, timeout=args.timeout, tls=args.tls or args.ca_file is not None,
+            ca_file=args.ca_file, tls_server_name=args.tls_server_name,
         ) as client:  # fmt: skip
             return _COMMANDS[args.command](args, client)
     except UsageError as exc:

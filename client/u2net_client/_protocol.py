@@ -1,0 +1,115 @@
+"""The wire protocols a client can speak, each as a plan for one segment call: which method, what message, and
+how its reply becomes a typed result. The sync and asyncio clients only carry the plan out.
+
+- "torchserve": TorchServe's own gRPC API (Predictions) with a SegmentRequest; the server does everything.
+- "v2": the Open Inference Protocol TorchServe serves with `ts_open_inference_protocol=true` (ModelInfer
+  with the image as a BYTES tensor); the server does everything and answers a SegmentResponse.
+- "triton": KServe v2 on Triton with the tensor model of `python -m handler.triton`; the client decodes,
+  preprocesses and postprocesses (u2net_client._tensor), the server runs only the network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic
+
+import grpc
+
+from u2net_client import _tensor, _v2
+from u2net_client._errors import U2NetError
+from u2net_client._image import ImageInput, image_bytes
+from u2net_client._request import MASK, Options, ResultT, build_request, parse_response
+from u2net_client._types import Box
+
+PROTOCOLS = ("torchserve", "v2", "triton")
+_SERVICE = {"torchserve": _v2.TORCHSERVE_SERVICE, "v2": _v2.TORCHSERVE_SERVICE, "triton": _v2.TRITON_SERVICE}
+
+
+@dataclass(frozen=True)
+class SegmentCall(Generic[ResultT]):
+    """One planned call: `method` of the TorchServe stub, or of the v2 stub when `v2`; `finish` reads the reply."""
+
+    method: str
+    v2: bool
+    message: Any
+    finish: Callable[[Any], ResultT]
+
+
+class Protocol:
+    """A protocol name, checked; plans segment calls in it."""
+
+    def __init__(self, name: str) -> None:
+        if name not in PROTOCOLS:
+            raise U2NetError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"protocol={name!r}; accepted: 'torchserve' (TorchServe's gRPC API), 'v2' (TorchServe's Open "
+                "Inference Protocol) or 'triton' (KServe v2 tensors, pre/postprocessing on the client)",
+            )
+        self.name = name
+        self.v2_service = _SERVICE[name]
+
+    def segment(
+        self,
+        task: int,
+        image: ImageInput,
+        model: str,
+        version: str | None,
+        options: Options,
+        max_bytes: int,
+        result_type: type[ResultT],
+    ) -> SegmentCall[ResultT]:
+        data = image_bytes(image)
+        if self.name == "torchserve":
+            request = build_request(task, data, model, version, options, max_bytes)
+            return SegmentCall("Predictions", False, request, lambda reply: parse_response(reply, model, result_type))
+        if self.name == "v2":
+            infer = _v2.segment_request(task, data, model, version, options, max_bytes)
+            return SegmentCall(
+                "ModelInfer",
+                True,
+                infer,
+                lambda reply: parse_response(_v2.segment_payload(reply, model), model, result_type),
+            )
+        return _tensor_call(task, data, model, version, options, result_type)
+
+
+def _tensor_call(
+    task: int, data: bytes, model: str, version: str | None, options: Options, result_type: type[ResultT]
+) -> SegmentCall[ResultT]:
+    options.to_proto()  # the same checks, and errors, as on the other protocols
+    if not data:
+        raise U2NetError(grpc.StatusCode.INVALID_ARGUMENT, "the image is empty (0 bytes)")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    decoded = _tensor.decode(data)
+    timings["decode"] = _ms_since(start)
+    start = time.perf_counter()
+    request = _v2.tensor_request(_tensor.preprocess([decoded.rgb]), model, version)
+    timings["preprocess"] = _ms_since(start)
+
+    def finish(reply: Any) -> ResultT:
+        start = time.perf_counter()
+        mask = _tensor.masks_from_output(_v2.tensor_output(reply, model), [decoded.size])[0]
+        result, box = _tensor.compose(decoded, mask, task != MASK, options)
+        timings["postprocess"] = _ms_since(start)
+        start = time.perf_counter()
+        png = _tensor.encode_png(result, options.png_compression)
+        timings["encode"] = _ms_since(start)
+        return result_type(
+            png=png,
+            model=reply.model_name or model,
+            model_version=reply.model_version,
+            weights="",
+            input_size=decoded.size,
+            box=Box(*box) if box is not None else None,
+            timings=timings,
+            batch_size=0,
+        )
+
+    return SegmentCall("ModelInfer", True, request, finish)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0

@@ -1,0 +1,165 @@
+"""KServe v2 (Open Inference Protocol) over gRPC: TorchServe's OIP service and Triton's share one message set.
+
+TorchServe 0.12 names its service `org.pytorch.serve.grpc.openinference.GRPCInferenceService`, Triton
+`inference.GRPCInferenceService`; the messages are the same on the wire, so one generated module
+(open_inference_grpc_pb2) and a stub bound to either service name serve both.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from u2net_client._errors import U2NetError
+from u2net_client._generated import inference_pb2, u2serve_pb2
+from u2net_client._generated import open_inference_grpc_pb2 as pb
+from u2net_client._request import Options
+
+TORCHSERVE_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
+TRITON_SERVICE = "inference.GRPCInferenceService"
+# What handler/oip.py reads and writes on TorchServe.
+IMAGE_INPUT = "image"
+REQUEST_INPUT = "u2serve"
+RESPONSE_OUTPUT = "u2serve"
+# The tensor names of the Triton export (handler/triton.py): libtorch's positional naming.
+TENSOR_INPUT = "INPUT__0"
+TENSOR_OUTPUT = "OUTPUT__0"
+
+
+class V2Stub:
+    """The v2 service's calls on a sync or asyncio channel, under one service name."""
+
+    def __init__(self, channel: grpc.Channel | grpc.aio.Channel, service: str) -> None:
+        def method(name: str, request: Any, response: Any) -> Any:
+            return channel.unary_unary(
+                f"/{service}/{name}",
+                request_serializer=request.SerializeToString,
+                response_deserializer=response.FromString,
+            )
+
+        self.ServerLive = method("ServerLive", pb.ServerLiveRequest, pb.ServerLiveResponse)
+        self.ServerReady = method("ServerReady", pb.ServerReadyRequest, pb.ServerReadyResponse)
+        self.ModelReady = method("ModelReady", pb.ModelReadyRequest, pb.ModelReadyResponse)
+        self.ModelMetadata = method("ModelMetadata", pb.ModelMetadataRequest, pb.ModelMetadataResponse)
+        self.ModelInfer = method("ModelInfer", pb.ModelInferRequest, pb.ModelInferResponse)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a model, as v2 metadata describes it; -1 in `shape` is any size."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """A model as the v2 ModelMetadata call describes it (TorchServe leaves platform and tensors empty)."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def metadata_from(reply: pb.ModelMetadataResponse) -> ModelMetadata:
+    def specs(tensors: Any) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in tensors)
+
+    return ModelMetadata(reply.name, tuple(reply.versions), reply.platform, specs(reply.inputs), specs(reply.outputs))
+
+
+def _bytes_input(name: str, value: bytes) -> pb.ModelInferRequest.InferInputTensor:
+    return pb.ModelInferRequest.InferInputTensor(
+        name=name, datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[value])
+    )
+
+
+def segment_request(
+    task: int, image: bytes, model: str, version: str | None, options: Options, max_bytes: int
+) -> pb.ModelInferRequest:
+    """A ModelInfer for u2serve's handler on TorchServe: the image file and a SegmentRequest with the options.
+
+    Raises:
+        U2NetError: INVALID_ARGUMENT for an empty model name or image, a bad option, or an image over the limit.
+    """
+    _check(model, image, max_bytes)
+    segment = u2serve_pb2.SegmentRequest(task=task, options=options.to_proto()).SerializeToString()
+    return pb.ModelInferRequest(
+        model_name=model,
+        model_version=version or "",
+        inputs=[_bytes_input(IMAGE_INPUT, image), _bytes_input(REQUEST_INPUT, segment)],
+    )
+
+
+def _check(model: str, image: bytes, max_bytes: int) -> None:
+    if not model:
+        raise U2NetError(grpc.StatusCode.INVALID_ARGUMENT, "model is empty; name a served model, e.g. 'u2netp'")
+    if not image:
+        raise U2NetError(grpc.StatusCode.INVALID_ARGUMENT, "the image is empty (0 bytes)")
+    if len(image) > max_bytes:
+        raise U2NetError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the image is {len(image)} bytes, over the server's request limit of {max_bytes} bytes; "
+            "send a smaller or more compressed image",
+        )
+
+
+def segment_payload(reply: pb.ModelInferResponse, model: str) -> inference_pb2.PredictionResponse:
+    """The SegmentResponse in a v2 reply, as the PredictionResponse `parse_response` reads."""
+    element = _output(reply, RESPONSE_OUTPUT, model).contents.bytes_contents
+    if len(element) != 1:
+        raise U2NetError(
+            grpc.StatusCode.INTERNAL, f"{model}'s {RESPONSE_OUTPUT!r} output holds {len(element)} elements"
+        )
+    raw = element[0]
+    if raw[:1] == b'"':
+        # TorchServe hands back a BYTES element as the JSON text of the handler's base64 string.
+        try:
+            raw = base64.b64decode(json.loads(raw), validate=True)
+        except (ValueError, binascii.Error) as exc:
+            raise U2NetError(grpc.StatusCode.INTERNAL, f"{model}'s output is not base64 in JSON: {exc}") from exc
+    return inference_pb2.PredictionResponse(prediction=raw)
+
+
+def _output(reply: pb.ModelInferResponse, name: str, model: str) -> pb.ModelInferResponse.InferOutputTensor:
+    for tensor in reply.outputs:
+        if tensor.name == name:
+            return tensor
+    found = ", ".join(t.name for t in reply.outputs) or "none"
+    raise U2NetError(grpc.StatusCode.INTERNAL, f"{model} answered without the output {name!r} (outputs: {found})")
+
+
+def tensor_request(batch: np.ndarray, model: str, version: str | None) -> pb.ModelInferRequest:
+    """A ModelInfer of the preprocessed (N, 3, S, S) batch for the Triton export, in raw little-endian FP32."""
+    return pb.ModelInferRequest(
+        model_name=model,
+        model_version=version or "",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name=TENSOR_INPUT, datatype="FP32", shape=list(batch.shape))],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=TENSOR_OUTPUT)],
+        raw_input_contents=[np.ascontiguousarray(batch, dtype="<f4").tobytes()],
+    )
+
+
+def tensor_output(reply: pb.ModelInferResponse, model: str) -> np.ndarray:
+    """d0 from a Triton reply: raw_output_contents (Triton's way) or fp32_contents."""
+    index = next((i for i, t in enumerate(reply.outputs) if t.name == TENSOR_OUTPUT), None)
+    tensor = _output(reply, TENSOR_OUTPUT, model)
+    shape = tuple(int(d) for d in tensor.shape)
+    if tensor.datatype != "FP32":
+        raise U2NetError(grpc.StatusCode.INTERNAL, f"{model}'s {TENSOR_OUTPUT} is {tensor.datatype}, expected FP32")
+    if index is not None and index < len(reply.raw_output_contents):
+        values = np.frombuffer(reply.raw_output_contents[index], dtype="<f4")
+    else:
+        values = np.asarray(tensor.contents.fp32_contents, dtype=np.float32)
+    if values.size != int(np.prod(shape)):
+        raise U2NetError(grpc.StatusCode.INTERNAL, f"{model}'s {TENSOR_OUTPUT} has {values.size} values for {shape}")
+    return values.reshape(shape)
