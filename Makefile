@@ -8,13 +8,14 @@ GEN    := client/u2net_client/_generated/__init__.py
 MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 
-.PHONY: all serve stop test archives protos lint clean help docker docker-cpu triton-repo
+.PHONY: all serve stop test soak archives protos lint clean help docker docker-cpu triton-repo
 all: archives
 
 help:
 	@echo "make serve     install, build both archives, start TorchServe in the background (var/)"
 	@echo "make stop      stop that TorchServe"
 	@echo "make test      install, build, run the test suite (its own TorchServe on free ports)"
+	@echo "make soak      the long reliability runs (soak, worker kills, long fuzz)"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
 	@echo "make lint      ruff and hadolint"
 	@echo "make triton-repo  Triton model repository (u2netp/, u2net/) from the archives"
@@ -56,6 +57,10 @@ stop:
 
 test: archives protos
 	$(PY) -m pytest
+
+# The long reliability runs: 2000-request soak, 5 worker kills in a row, 10k-example decode fuzz.
+soak: archives protos
+	$(PY) -m pytest -m long --run-long tests/test_reliability.py tests/test_fuzz.py
 
 lint: $(READY)
 	$(PY) -m ruff check .

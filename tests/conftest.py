@@ -7,6 +7,42 @@ from pathlib import Path
 
 import pytest
 
+LONG_ENV = "U2SERVE_LONG"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-long",
+        action="store_true",
+        help=f"also run the @pytest.mark.long tests (soak, thousands of fuzz examples); or set {LONG_ENV}=1",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"long: minutes-long reliability runs (soak, long fuzz); skipped unless --run-long or {LONG_ENV}=1",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-long") or os.environ.get(LONG_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"long run: pass --run-long or set {LONG_ENV}=1 (make soak)")
+    for item in items:
+        if item.get_closest_marker("long") is not None:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures tests measured with `record_property`, for the README."""
+    rows = [(r.nodeid, k, v) for r in terminalreporter.stats.get("passed", []) for k, v in r.user_properties]
+    if rows:
+        terminalreporter.section("measured figures")
+        for nodeid, key, value in rows:
+            terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {key} = {value}")
+
+
 # shared/ lies beside the repository: <parent>/main and <parent>/shared.
 _DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/u2net-reference"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import random
+import struct
 import urllib.error
 import urllib.request
 import zlib
@@ -136,3 +138,93 @@ def animated_gif() -> bytes:
 def palette_png_with_transparency() -> bytes:
     im = Image.fromarray(gradient()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     return encode(im, "PNG", transparency=0)
+
+
+# ---- hostile and mutated images ----------------------------------------------------------------
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small real JPEG whose SOF0 header is patched to declare width x height."""
+    data = bytearray(encode(Image.fromarray(gradient(16, 16)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    # SOF0: marker, length (2), precision (1), height (2), width (2), ...
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def tiff(entries: list[tuple[int, int, int, int]], next_ifd: int = 0, tail: bytes = b"") -> bytes:
+    """A little-endian TIFF with one IFD at offset 8 holding `entries` (tag, type, count, value)."""
+    ifd = len(entries).to_bytes(2, "little")
+    ifd += b"".join(struct.pack("<HHII", *entry) for entry in entries)
+    return b"II*\x00" + (8).to_bytes(4, "little") + ifd + next_ifd.to_bytes(4, "little") + tail
+
+
+def _tiny_gray_tiff(extra: list[tuple[int, int, int, int]], next_ifd: int = 0, side: int = 4) -> bytes:
+    """A valid 4x4 grayscale TIFF (16 pixel bytes), its IFD extended by `extra` and chained to `next_ifd`."""
+    entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1)]
+    entries += [(277, 3, 1, 1), (279, 4, 1, 16), *extra]
+    pixels_at = 8 + 2 + 12 * (len(entries) + 1) + 4
+    return tiff([*entries, (273, 4, 1, pixels_at)], next_ifd, b"\x80" * 16)
+
+
+def hostile_tiffs() -> dict[str, bytes]:
+    """TIFFs whose IFDs loop, nest into themselves, or claim absurd counts and sizes."""
+    header = b"II*\x00" + (8).to_bytes(4, "little")
+    return {
+        "IFD chain loops to itself": _tiny_gray_tiff([], next_ifd=8),
+        "EXIF IFD points to itself": _tiny_gray_tiff([(34665, 4, 1, 8)]),
+        "GPS IFD points to itself": _tiny_gray_tiff([(34853, 4, 1, 8)]),
+        "SubIFD points to itself": _tiny_gray_tiff([(330, 4, 1, 8)]),
+        "65535 entries of 2^30 offsets claimed": header
+        + (0xFFFF).to_bytes(2, "little")
+        + struct.pack("<HHII", 273, 4, 0x3FFFFFFF, 8) * 3,
+        "65000x65000 declared": _tiny_gray_tiff([], side=65000),
+        "garbage after the header": header + bytes(range(256)) * 4,
+    }
+
+
+def seed_images() -> dict[str, bytes]:
+    """Small valid files of every accepted format and their common variants: what the fuzzers mutate."""
+    rgb = Image.fromarray(gradient(24, 16))
+    rgba = rgb.copy()
+    rgba.putalpha(Image.fromarray(gradient(24, 16)[..., 0]))
+    return {
+        "jpeg": encode(rgb, "JPEG", quality=80),
+        "progressive jpeg": encode(rgb, "JPEG", progressive=True),
+        "png": encode(rgb, "PNG"),
+        "rgba png": encode(rgba, "PNG"),
+        "palette png": palette_png_with_transparency(),
+        "gif": animated_gif(),
+        "tiff": encode(rgb, "TIFF"),
+        "deflate tiff": encode(rgba, "TIFF", compression="tiff_deflate"),
+        "webp": encode(rgb, "WEBP", quality=80),
+        "lossless webp": encode(rgba, "WEBP", lossless=True),
+        "bmp": encode(rgb, "BMP"),
+    }
+
+
+EDITS = ("flip", "set", "insert", "delete", "truncate")
+
+
+def edit(data: bytes, kind: str, where: float, value: int) -> bytes:
+    """One edit at the relative position `where` (0..1, squared so headers are hit most)."""
+    out = bytearray(data)
+    pos = min(int(where * where * len(out)), max(len(out) - 1, 0))
+    if kind == "truncate":
+        return bytes(out[:pos])
+    if kind == "insert":
+        out[pos:pos] = bytes([value & 0xFF]) * (1 + value % 16)
+    elif kind == "delete":
+        del out[pos : pos + 1 + value % 16]
+    elif out and kind == "flip":
+        out[pos] ^= 1 << (value % 8)
+    elif out and kind == "set":
+        out[pos] = value & 0xFF
+    return bytes(out)
+
+
+def mutate(data: bytes, rng: random.Random, edits: int) -> bytes:
+    """`edits` random edits of `data`, reproducible from `rng`'s seed."""
+    for _ in range(edits):
+        data = edit(data, rng.choice(EDITS), rng.random(), rng.randrange(256))
+    return data

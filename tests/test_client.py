@@ -521,3 +521,20 @@ def test_progress_bar_without_tqdm_writes_one_line(monkeypatch):
     quiet = io.StringIO()
     cli.Progress(4, enabled=False, stream=quiet).update()
     assert quiet.getvalue() == ""
+
+
+OVERLOADED = (
+    'Model "u2netp" has no worker to serve inference request. Please use scale workers API to add workers.'
+    "\nInternalServerException.()"
+)
+
+
+def test_full_job_queue_is_resource_exhausted_and_retried():
+    # TorchServe's gRPC API says INTERNAL when the job queue is full; it means "try later".
+    err = from_rpc_error(
+        FakeRpcError(grpc.StatusCode.INTERNAL, OVERLOADED), target="h:7070", credentials="k", attempts=3
+    )
+    assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "u2netp is overloaded" in err.message and "after 3 attempts" in err.message
+    assert RetryPolicy().retryable(FakeRpcError(grpc.StatusCode.INTERNAL, OVERLOADED))
+    assert not RetryPolicy().retryable(FakeRpcError(grpc.StatusCode.INTERNAL, "boom"))

@@ -10,6 +10,9 @@ import grpc
 _JAVA_CLASS = re.compile(r"\n(?:org|java)\.[\w.$]+\s*$")
 _MODEL_NOT_FOUND = ("ModelNotFoundException", "ModelVersionNotFoundException", "Model not found")
 _TOKEN_REFUSED = "Token Authorization failed"
+# TorchServe's gRPC API answers INTERNAL when a model's job queue is full (its REST API answers 503):
+# 'Model "u2netp" has no worker to serve inference request. Please use scale workers API ...'.
+_OVERLOADED = re.compile(r'Model "([^"]*)" has no worker to serve inference request')
 _MODEL_API_DISABLED = "Model API disabled"
 
 
@@ -41,6 +44,13 @@ def status_code(number: int) -> grpc.StatusCode:
         if code.value[0] == number:
             return code
     return grpc.StatusCode.UNKNOWN
+
+
+def effective_code(code: grpc.StatusCode, details: str) -> grpc.StatusCode:
+    """The status a TorchServe failure means: its INTERNAL for a full job queue is RESOURCE_EXHAUSTED."""
+    if code == grpc.StatusCode.INTERNAL and _OVERLOADED.search(details):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return code
 
 
 def from_rpc_error(
@@ -78,6 +88,14 @@ def from_rpc_error(
             code,
             f"{details}: registering and unregistering models is turned off on {target}; "
             "set enable_model_api=true in the server's config.properties and restart it",
+        )
+    overloaded = _OVERLOADED.search(raw) if code == grpc.StatusCode.INTERNAL else None
+    if overloaded:
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        return U2NetError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{overloaded.group(1)} is overloaded at {target}{tries}: its job queue (job_queue_size) is full "
+            "or it has no worker; retry later, allow more attempts (retry=RetryPolicy(...)), or add workers",
         )
     if any(marker in raw for marker in _MODEL_NOT_FOUND):
         # TorchServe's inference API answers INTERNAL for an unknown model; management says NOT_FOUND.

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import grpc
 
-from u2net_client._errors import U2NetError
+from u2net_client._errors import U2NetError, effective_code
 
 T = TypeVar("T")
 
@@ -23,8 +23,9 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
 class RetryPolicy:
     """How often and how patiently a call is retried when the server is unavailable or overloaded.
 
-    Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried; a message over the size limit, though
-    RESOURCE_EXHAUSTED, is not, since it would fail again. Retries stop at the call's deadline.
+    Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried (TorchServe's INTERNAL for a full job queue
+    counts as RESOURCE_EXHAUSTED); a message over the size limit, though RESOURCE_EXHAUSTED, is not,
+    since it would fail again. Retries stop at the call's deadline.
 
     Attributes:
         max_attempts: Attempts in all, the first included; 1 turns retries off.
@@ -59,7 +60,9 @@ class RetryPolicy:
         """Whether a call that failed with `error` may succeed if tried again."""
         code = error.code() if callable(getattr(error, "code", None)) else None
         details = (error.details() if callable(getattr(error, "details", None)) else None) or ""
-        return code in RETRYABLE and "larger than max" not in details
+        if code is None:
+            return False
+        return effective_code(code, details) in RETRYABLE and "larger than max" not in details
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1 for the second attempt)."""
