@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from handler.engine import EngineError, kind
 from handler.model import VARIANTS, Variant
 
 # Written by handler/build.py into every archive: which variant, where its weights came from.
@@ -51,17 +53,25 @@ class HandlerSettings:
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     png_compression: int = DEFAULT_PNG_COMPRESSION
-    threads: int = 0  # torch intra-op threads per worker; 0 leaves torch's default
+    threads: int = 0  # intra-op threads per worker; 0: the worker's share of the cores
+    engine: str = "torchscript"  # a handler.engine.ENGINES key
 
     @classmethod
     def from_yaml(cls, section: Mapping[str, Any] | None) -> HandlerSettings:
         section = dict(section or {})
-        unknown = set(section) - {"max_pixels", "png_compression", "threads"}
+        known = ("max_pixels", "png_compression", "threads", "engine")
+        unknown = set(section) - set(known)
         if unknown:
-            raise SettingsError(
-                f"unknown handler settings {sorted(unknown)}; known: max_pixels, png_compression, threads"
-            )
-        settings = cls(**{k: int(v) for k, v in section.items()})
+            raise SettingsError(f"unknown handler settings {sorted(unknown)}; known: {', '.join(known)}")
+        engine_name = str(section.pop("engine", cls.engine))
+        try:
+            kind(engine_name)
+        except EngineError as exc:
+            raise SettingsError(f"handler.engine: {exc}") from exc
+        try:
+            settings = cls(**{k: int(v) for k, v in section.items()}, engine=engine_name)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"handler settings must be integers besides engine: {exc}") from exc
         if settings.max_pixels < 1:
             raise SettingsError(f"handler.max_pixels={settings.max_pixels}; must be at least 1")
         if not 0 <= settings.png_compression <= 9:
@@ -69,3 +79,11 @@ class HandlerSettings:
         if settings.threads < 0:
             raise SettingsError(f"handler.threads={settings.threads}; must be >= 0 (0: torch's default)")
         return settings
+
+
+def worker_threads(configured: int, workers: int) -> int:
+    """Threads for one worker: the configured number, else its share of the cores this process may use."""
+    if configured:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))

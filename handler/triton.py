@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from handler import weights
-from handler.build import DEFAULTS, trace
+from handler.build import DEFAULTS
+from handler.engine import trace
 from handler.model import VARIANTS
 from handler.settings import ARCHIVE_INFO
 

@@ -12,10 +12,10 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler import oip, requests, wire
+from handler import engine, oip, requests, wire
 from handler.errors import U2ServeError
 from handler.pipeline import Batch, BatchStats, Outcome, Segmenter
-from handler.settings import ArchiveInfo, HandlerSettings
+from handler.settings import ArchiveInfo, HandlerSettings, worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +29,23 @@ class U2NetHandler(BaseHandler):
         gpu_id = props.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
         self.info = ArchiveInfo.read(model_dir)
-        self.settings = HandlerSettings.from_yaml((context.model_yaml_config or {}).get("handler"))
-        if self.settings.threads:
-            torch.set_num_threads(self.settings.threads)
-        serialized = context.manifest["model"]["serializedFile"]
-        model = torch.jit.load(str(model_dir / serialized), map_location=self.device).eval()
+        config = context.model_yaml_config or {}
+        self.settings = HandlerSettings.from_yaml(config.get("handler"))
+        threads = worker_threads(self.settings.threads, int(config.get("maxWorkers", 1)))
+        torch.set_num_threads(threads)
+        serialized = Path(context.manifest["model"]["serializedFile"])
+        self.engine = engine.load(self.settings.engine, model_dir, serialized.stem, self.device, threads)
         self.segmenter = Segmenter(
-            model, self.info.variant, self.device, self.settings.max_pixels, self.settings.png_compression
+            self.engine, self.info.variant, self.device, self.settings.max_pixels, self.settings.png_compression
         )
         self.model_name = context.manifest["model"]["modelName"]
         self.model_version = context.manifest["model"].get("modelVersion", "")
         self._warm_up()
         self.initialized = True
-        log.info("%s %s on %s, weights: %s", self.model_name, self.model_version, self.device, self.info.weights)
+        log.info(
+            "%s %s on %s (%s engine, %d threads), weights: %s",
+            self.model_name, self.model_version, self.device, self.engine.name, threads, self.info.weights,
+        )  # fmt: skip
 
     def _warm_up(self) -> None:
         # The first TorchScript call profiles and optimises the graph; pay that before traffic.
@@ -122,6 +126,7 @@ class U2NetHandler(BaseHandler):
                 "weights_random": self.info.weights.startswith("random"),
                 "input_size": v.input_size,
                 "device": str(self.device),
+                "engine": self.engine.name,
                 "max_pixels": self.settings.max_pixels,
                 "tasks": ["mask", "cutout"],
             }

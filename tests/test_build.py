@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from handler import build
+from handler.engine import trace
 from handler.model import U2NetD0
 from handler.weights import random_weights
 
@@ -19,7 +20,7 @@ from handler.weights import random_weights
 @pytest.mark.parametrize(("name", "size"), [("u2netp", 320), ("u2net", 64)])
 def test_traced_equals_eager_for_any_batch(name, size):
     model = random_weights(name, 5).model
-    traced = build.trace(model, torch.device("cpu"), size)
+    traced = trace(model, torch.device("cpu"), size)
     eager = U2NetD0(model).eval()
     for batch in (1, 3, 8):
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
@@ -28,7 +29,7 @@ def test_traced_equals_eager_for_any_batch(name, size):
 
 
 def test_traced_model_is_frozen():
-    traced = build.trace(random_weights("u2netp", 0).model, torch.device("cpu"), 64)
+    traced = trace(random_weights("u2netp", 0).model, torch.device("cpu"), 64)
     assert not list(traced.parameters())  # weights folded into the graph as constants
 
 

@@ -1,0 +1,102 @@
+"""Engines: each one's d0 equals eager PyTorch's; the fallback to TorchScript; the engine benchmark's smoke run."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from handler import engine as E
+from handler import weights
+from handler.model import U2Net, U2NetD0
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+# U2NETP at its served size with the authors' weights; U2NET's random weights at a small size keep CI fast.
+CASES = {"u2netp": 320, "u2net": 64}
+
+
+def _model(name: str) -> U2Net:
+    if name == "u2net":
+        return weights.random_weights("u2net", 0).model
+    try:
+        return weights.bundled_u2netp().model
+    except weights.WeightsError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[U2Net, Path, str, int]:
+    """A model with every engine's file exported into one folder, as the build step would."""
+    name, size = request.param, CASES[request.param]
+    model = _model(name)
+    directory = tmp_path_factory.mktemp(name)
+    for engine in E.ENGINES:
+        E.export(engine, model, directory, name, size)
+    return model, directory, name, size
+
+
+@pytest.mark.parametrize("engine", sorted(E.ENGINES))
+def test_engine_output_equals_eager(engine: str, archive: tuple[U2Net, Path, str, int]) -> None:
+    model, directory, name, size = archive
+    loaded = E.load(engine, directory, name, CPU, threads=2)
+    assert loaded.name == engine
+    gen = torch.Generator().manual_seed(1)
+    for n in (1, 3):
+        x = torch.rand(n, 3, size, size, generator=gen)
+        with torch.no_grad():
+            want = U2NetD0(model).eval()(x)
+        got = loaded(x)
+        assert got.shape == (n, 1, size, size)
+        assert got.dtype == torch.float32
+        assert float((got - want).abs().max()) <= 1e-4
+
+
+def test_falls_back_to_torchscript_when_onnxruntime_cannot_be_imported(
+    archive: tuple[U2Net, Path, str, int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, directory, name, _ = archive
+    # A None entry in sys.modules makes `import onnxruntime` raise ImportError.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with caplog.at_level(logging.WARNING, logger="handler.engine"):
+        loaded = E.load("onnxruntime", directory, name, CPU)
+    assert isinstance(loaded, E.TorchScriptEngine)
+    assert "onnxruntime cannot be imported" in caplog.text
+
+
+def test_falls_back_to_torchscript_when_the_archive_has_no_onnx(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = weights.random_weights("u2net", 0).model
+    E.export(E.TORCHSCRIPT, model, tmp_path, "u2net", 64)
+    with caplog.at_level(logging.WARNING, logger="handler.engine"):
+        loaded = E.load("onnxruntime", tmp_path, "u2net", CPU)
+    assert loaded.name == E.TORCHSCRIPT
+    assert "no u2net.onnx" in caplog.text
+
+
+def test_onnxruntime_is_cpu_only() -> None:
+    assert E.ENGINES["onnxruntime"].unavailable(torch.device("cuda")) == "it runs on cpu only, not cuda"
+    assert E.ENGINES[E.TORCHSCRIPT].unavailable(torch.device("cuda")) is None
+
+
+def test_unknown_engine_and_missing_file_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(E.EngineError, match=r"unknown engine 'tensorrt'; known: onnxruntime, torchscript"):
+        E.load("tensorrt", tmp_path, "u2netp", CPU)
+    with pytest.raises(E.EngineError, match=r"u2netp\.pt not found; rebuild the archive"):
+        E.load(E.TORCHSCRIPT, tmp_path, "u2netp", CPU)
+
+
+def test_engine_benchmark_smoke_run_prints_its_table() -> None:
+    cmd = [sys.executable, "-m", "benchmarks.engines", "--rounds", "1", "--batch-sizes", "1", "--no-accuracy"]
+    cmd += ["--engines", "torchscript", "onnxruntime"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].split()[:4] == ["model", "engine", "batch", "ms/batch"]
+    engines = [line.split()[1] for line in lines[3:]]
+    assert engines == ["torchscript", "onnxruntime"]
