@@ -518,8 +518,11 @@ def test_cutout_without_background_is_rgba() -> None:
     mask = np.array([[0, 64, 128, 255], [255, 0, 1, 2]], np.uint8)
     out = T.cutout(rgb, mask)
     assert out.shape == (2, 4, 4) and out.dtype == np.uint8
-    np.testing.assert_array_equal(out[..., :3], rgb)
+    visible = mask > 0
+    np.testing.assert_array_equal(out[..., :3][visible], rgb[visible])
     np.testing.assert_array_equal(out[..., 3], mask)
+    # Fully transparent pixels are (0, 0, 0, 0), as rembg makes them.
+    assert (out[~visible] == 0).all()
 
 
 def test_cutout_multiplies_input_alpha_rounded() -> None:

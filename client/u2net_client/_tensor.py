@@ -139,7 +139,9 @@ def _cutout(image: Decoded, mask: np.ndarray, options: Options) -> np.ndarray:
     if image.alpha is not None:
         effective = ((mask.astype(np.uint16) * image.alpha + 127) // 255).astype(np.uint8)
     if options.background is None:
-        return np.dstack((image.rgb, effective))
+        out = np.dstack((image.rgb, effective))
+        out[effective == 0] = 0  # as the server (and rembg): fully transparent pixels are all zero
+        return out
     bg = np.array(parse_color(options.background), dtype=np.uint32)
     a = effective.astype(np.uint32)[..., None]
     return ((image.rgb.astype(np.uint32) * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
