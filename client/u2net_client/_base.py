@@ -12,9 +12,6 @@ import grpc
 
 from u2net_client._auth import Credentials, Metadata
 from u2net_client._errors import U2NetError, from_rpc_error
-from u2net_client._generated import inference_pb2
-from u2net_client._image import ImageInput, image_bytes
-from u2net_client._request import Options, build_request
 from u2net_client._retry import ErrorMapper, RetryPolicy
 
 DEFAULT_TARGET = "127.0.0.1:7070"
@@ -66,11 +63,6 @@ class ClientSettings:
 
     def metadata(self, api: str) -> Metadata:
         return self.credentials.metadata(api)
-
-    def segment_request(
-        self, task: int, image: ImageInput, model: str, version: str | None, options: Options
-    ) -> inference_pb2.PredictionsRequest:
-        return build_request(task, image_bytes(image), model, version, options, self.max_send_bytes)
 
     def error_mapper(self, api: str, timeout: float | None) -> ErrorMapper:
         target = self.target if api == "inference" else self.management_target
