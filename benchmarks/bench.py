@@ -7,9 +7,10 @@
         --metrics-url http://127.0.0.1:8082/metrics       # against a running server (`make serve`)
 
 Every round runs each measurement once, in an order rotated from round to round, so that a noisy
-neighbour slows all of them alike: (a) rembg remove() on each image, one at a time, as its users call
-it; (b) the served cutout and mask through the SDK at each concurrency; (c) each engine's d0 head alone
-at each batch size (benchmarks/engines.py on the CPU; eager and TorchScript on CUDA). The tables show
+neighbour slows all of them alike: (a) rembg remove() on each image, one at a time as in a script,
+and from several threads sharing one session as in a web app (default 1 and 4 callers); (b) the
+served cutout and mask through the SDK at each concurrency; (c) each engine's d0 head alone at each
+batch size (benchmarks/engines.py on the CPU; eager and TorchScript on CUDA). The tables show
 per-round ratios (each measurement against rembg's in the same round) and their median, and the load
 average at the start of each round.
 """
@@ -26,6 +27,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +82,7 @@ class Settings:
     batch_sizes: list[int]
     threads: int
     device: str
+    rembg_concurrencies: list[int] = field(default_factory=lambda: [1])
 
 
 # ---- (a) the peer: rembg in process ----
@@ -105,13 +108,23 @@ class Rembg:
 
 
 def time_rembg(rembg: Rembg, cell: Cell, images: Sequence[bytes]) -> None:
+    """rembg's remove() over `images` from cell.concurrency threads sharing one session, as a threaded web app
+    calls it (onnxruntime's run and most of Pillow's work release the GIL)."""
     fn = rembg.call(cell.op)
-    start = time.perf_counter()
-    for image in images:
+
+    def one(image: bytes) -> float:
         t = time.perf_counter()
         fn(image)
-        cell.latencies_ms.append((time.perf_counter() - t) * 1000.0)
+        return (time.perf_counter() - t) * 1000.0
+
+    start = time.perf_counter()
+    if cell.concurrency == 1:
+        latencies = [one(image) for image in images]
+    else:
+        with ThreadPoolExecutor(cell.concurrency, thread_name_prefix="rembg") as pool:
+            latencies = list(pool.map(one, images))
     cell.throughput.append(len(images) / (time.perf_counter() - start))
+    cell.latencies_ms.extend(latencies)
 
 
 # ---- (b) the served model through the SDK ----
@@ -232,7 +245,7 @@ def run_rounds(
 ) -> tuple[list[Cell], list[report.ModelRow], list[float]]:
     """Every measurement once per round; also the 1-minute load average at the start of each round."""
     rembg = Rembg()
-    cells = [Cell("rembg", op, 1) for op in ("cutout", "mask")]
+    cells = [Cell("rembg", op, c) for op in ("cutout", "mask") for c in settings.rembg_concurrencies]
     cells += [Cell("served", op, c) for op in ("cutout", "mask") for c in settings.concurrencies]
     log.info("warming up rembg and the server")
     rembg.call("cutout")(min(settings.images, key=len))
@@ -304,6 +317,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", help="served callers; default 1 4 8 (CUDA: to 64)")
+    parser.add_argument("--rembg-concurrency", type=int, nargs="+", help="rembg threads; default 1 4 (smoke: 1 2)")
     parser.add_argument("--engines", nargs="+", help=f"model-only engines; default {' '.join(CPU_ENGINES)}")
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="model-only batches; default 1 2 4 8 (CUDA: to 64)")
     parser.add_argument("--threads", type=int, default=None, help="model-only intra-op threads; default all cores")
@@ -317,8 +331,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     server.add_argument("--metrics-url", help="its Prometheus endpoint, for the batches it formed")
     parser.add_argument("--model-store", type=Path, default=ROOT / "model_store", help="archives to serve")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or min(args.concurrency or [1]) < 1 or min(args.batch_sizes or [1]) < 1:
-        parser.error("--rounds, --concurrency and --batch-sizes must be at least 1")
+    counts = [args.rounds, *(args.concurrency or []), *(args.rembg_concurrency or []), *(args.batch_sizes or [])]
+    if min(counts) < 1:
+        parser.error("--rounds, --concurrency, --rembg-concurrency and --batch-sizes must be at least 1")
     return args
 
 
@@ -327,9 +342,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     concurrencies = [1, 4, 8, 16, 32, 64] if cuda else [1, 4, 8]
     batch_sizes = [1, 2, 4, 8, 16, 32, 64] if cuda else [1, 2, 4, 8]
     engine_names = CUDA_ENGINES if cuda else CPU_ENGINES
-    rounds, limit = args.rounds, None
+    rounds, limit, rembg_concurrencies = args.rounds, None, [1, 4]
     if args.smoke:
         rounds, limit, concurrencies, batch_sizes, engine_names = 1, 2, [1, 2], [1], ["torchscript"]
+        rembg_concurrencies = [1, 2]
     return Settings(
         model=args.model,
         images=load_images(args.images, limit),
@@ -339,7 +355,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
         batch_sizes=args.batch_sizes or batch_sizes,
         threads=args.threads or torch.get_num_threads(),
         device="cuda" if cuda else "cpu",
+        rembg_concurrencies=sorted(set(args.rembg_concurrency or rembg_concurrencies) | {1}),
     )
+
+
+def _roofline(settings: Settings) -> report.Roofline | None:
+    """On the CPU: the model's convolution work per image and this machine's fp32 matmul rate."""
+    if settings.device != "cpu" or not settings.engines:
+        return None
+    from benchmarks import engines
+
+    macs = engines.conv_macs(_cpu_model(settings.model), VARIANTS[settings.model].input_size)
+    return report.Roofline(macs, engines.matmul_gflops(settings.threads), settings.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_from(args)
     machine = report.Machine.here(settings.device)
+    roofline = _roofline(settings)
     with served(args) as (client, metrics):
         info = client.describe(settings.model)
         started = time.monotonic()
@@ -362,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         cells=[report.CellSummary.of(c) for c in cells],
         model_rows=model_rows,
         smoke=args.smoke,
+        roofline=roofline,
     )
     text = report.render(result)
     print(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,12 +92,15 @@ def test_unknown_engine_and_missing_file_are_errors(tmp_path: Path) -> None:
         E.load(E.TORCHSCRIPT, tmp_path, "u2netp", CPU)
 
 
-def test_engine_benchmark_smoke_run_prints_its_table() -> None:
+def test_engine_benchmark_smoke_run_prints_its_table(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "benchmarks.engines", "--rounds", "1", "--batch-sizes", "1", "--no-accuracy"]
-    cmd += ["--engines", "torchscript", "onnxruntime"]
+    cmd += ["--engines", "torchscript", "onnxruntime", "--write", str(tmp_path / "B.md")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[1].split()[:4] == ["model", "engine", "batch", "ms/batch"]
-    engines = [line.split()[1] for line in lines[3:]]
-    assert engines == ["torchscript", "onnxruntime"]
+    assert re.match(r"# fp32 matmul peak here: \d+ GFLOP/s with 2 threads", lines[1]), lines[1]
+    assert lines[2].split()[:5] == ["model", "engine", "batch", "ms/batch", "img/s"]
+    rows = [line.split() for line in lines[4:] if line.startswith("u2netp")]
+    assert [row[1] for row in rows] == ["torchscript", "onnxruntime"]
+    assert all(float(row[6]) > 0 for row in rows), rows  # GFLOP/s achieved
+    assert "<!-- bench:engines -->\n```\n# u2netp, 2 threads" in (tmp_path / "B.md").read_text()

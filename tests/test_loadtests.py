@@ -71,12 +71,16 @@ def test_benchmark_smoke_prints_rembg_and_served_rows(server, reference_dir: Pat
     done = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     table = done.stdout
-    assert re.search(r"^\| rembg remove\(\) \| cutout \| 1 \|", table, re.M), table
-    assert re.search(r"^\| rembg remove\(\) \| mask \(only_mask=True\) \| 1 \|", table, re.M), table
+    for callers in (1, 2):  # rembg one image at a time, and from two threads sharing its session
+        assert re.search(rf"^\| rembg remove\(\) \| cutout \| {callers} \|", table, re.M), table
+        assert re.search(rf"^\| rembg remove\(\) \| mask \(only_mask=True\) \| {callers} \|", table, re.M), table
     for op in ("cutout", "mask"):
         for callers in (1, 2):
             row = re.search(rf"^\| u2serve SDK \| {op} \| {callers} \|.*\| ([^|]*) \|$", table, re.M)
             assert row, f"no served {op} x{callers} row:\n{table}"
             assert row.group(1) == "0", f"served {op} x{callers} had errors:\n{table}"
+            same_callers = row.group(0).split("|")[8].strip()
+            assert float(same_callers) > 0, row.group(0)  # against rembg with as many callers
+    assert re.search(r"^- served cutout with 4 callers .*: not measured$", table, re.M), table
     written = (tmp_path / "BENCHMARKS.md").read_text()
     assert "<!-- bench:cpu -->" in written and "<!-- bench:cuda -->" in written
