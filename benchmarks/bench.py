@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -180,7 +181,7 @@ def warm_up_server(client: U2NetClient, model: str, images: Sequence[bytes], con
 # ---- (c) model only ----
 
 
-def model_only_round(settings: Settings) -> dict[tuple[str, int], float]:
+def model_only_round(settings: Settings, round_index: int = 0) -> dict[tuple[str, int], float]:
     """Milliseconds per batch of each engine at each batch size, one timed call each."""
     if settings.device == "cuda":
         return _cuda_model_only(settings.model, settings.engines, settings.batch_sizes)
@@ -188,7 +189,7 @@ def model_only_round(settings: Settings) -> dict[tuple[str, int], float]:
 
     rows = engines.measure(
         settings.model, settings.engines, settings.batch_sizes, rounds=1, threads=settings.threads,
-        reference_dir=None, model=_cpu_model(settings.model),
+        reference_dir=None, model=_cpu_model(settings.model), first_round=round_index,
     )  # fmt: skip
     return {(r.engine, r.batch): r.ms for r in rows}
 
@@ -255,7 +256,8 @@ def run_rounds(
         (cell.label, _step(cell, rembg, client, settings, metrics)) for cell in cells
     ]
     if settings.engines:
-        steps.append(("model only", lambda: _collect(model_times, model_only_round(settings))))
+        engine_rounds = itertools.count()  # each call is one round: the engines' order rotates across them
+        steps.append(("model only", lambda: _collect(model_times, model_only_round(settings, next(engine_rounds)))))
     loads = []
     for r in range(settings.rounds):
         loads.append(os.getloadavg()[0])

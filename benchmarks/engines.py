@@ -327,6 +327,7 @@ def measure(
     threads: int,
     reference_dir: Path | None = REFERENCE_DIR,
     model: U2Net | None = None,
+    first_round: int = 0,
 ) -> list[Row]:
     """Builds each engine, checks it, then times all of them interleaved.
 
@@ -338,6 +339,8 @@ def measure(
         threads: Torch intra-op threads, and onnxruntime's.
         reference_dir: The authors' images and masks; None (or a folder without them) skips the accuracy gate.
         model: The fused eval model; loaded with load_model when None.
+        first_round: Where the engines' rotating order starts (a caller timing one round at a time
+            passes its round number, so the order still rotates).
 
     Returns:
         One Row per built engine and batch size, in the order asked.
@@ -369,7 +372,7 @@ def measure(
             log.info("%s: built and warmed up in %.1f s", name, build_s)
             mae = _mae(run, accuracy_inputs) if accuracy_inputs else None
             built[name] = (run, build_s, diffs, mae)
-        times = _time_interleaved({n: b[0] for n, b in built.items()}, inputs, rounds)
+        times = _time_interleaved({n: b[0] for n, b in built.items()}, inputs, rounds, first_round)
     return _rows(model_name, built, times, batch_sizes, conv_macs(model, size))
 
 
@@ -381,12 +384,17 @@ def _warm_up(run: Run, x: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def _time_interleaved(
-    runs: dict[str, Run], inputs: dict[int, torch.Tensor], rounds: int
+    runs: dict[str, Run], inputs: dict[int, torch.Tensor], rounds: int, first_round: int = 0
 ) -> dict[tuple[str, int], float]:
     samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in runs for b in inputs}
-    for _ in range(rounds):
+    order = list(runs)
+    for r in range(first_round, first_round + rounds):
+        # Rotated each round: an engine's threads may still be spinning when the next one starts, so no
+        # engine should always follow the same neighbour.
+        shift = r % len(order) if order else 0
         for b, x in inputs.items():
-            for name, run in runs.items():
+            for name in order[shift:] + order[:shift]:
+                run = runs[name]
                 start = time.perf_counter()
                 run(x)
                 samples[name, b].append((time.perf_counter() - start) * 1000.0)

@@ -88,3 +88,15 @@ def test_bf16_islands_keep_the_named_convolutions_and_the_head_in_fp32() -> None
         mixed = head(x.contiguous(memory_format=torch.channels_last)).float()
     assert mixed.shape == fp32.shape and mixed.dtype == torch.float32
     assert (mixed - fp32).abs().max() < 0.05
+
+
+def test_engines_are_timed_in_an_order_that_rotates_from_round_to_round() -> None:
+    calls: list[str] = []
+
+    def recorder(name: str):
+        return lambda x: calls.append(name) or x
+
+    runs = {name: recorder(name) for name in ("a", "b", "c")}
+    times = engines._time_interleaved(runs, {1: torch.zeros(1)}, rounds=2, first_round=1)
+    assert calls == ["b", "c", "a", "c", "a", "b"]  # no engine always runs right after the same one
+    assert set(times) == {("a", 1), ("b", 1), ("c", 1)}
