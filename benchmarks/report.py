@@ -383,8 +383,11 @@ HEADER = """# Benchmarks
 
 Written by `python -m benchmarks.bench --write BENCHMARKS.md` (`make bench`), which starts its own
 TorchServe on free ports from `model_store/*.mar`. Each device kind has its own section below; a run
-replaces its own section only. Timings on a shared machine are noisy: every measurement is repeated
-once per round, in an order rotated between rounds, and the ratios are the numbers to read.
+replaces its own section only. The last section, the engine study, is written by
+`python -m benchmarks.engines --write BENCHMARKS.md` (every candidate CPU engine and precision, timed and
+checked against the serving accuracy gate; OpenVINO rows appear where `openvino` is installed). Timings
+on a shared machine are noisy: every measurement is repeated once per round, in an order rotated between
+rounds, and the ratios are the numbers to read.
 """
 NO_RUN = {
     "cpu": "No CPU run exists yet: `make bench` on a machine without a GPU records one.",
