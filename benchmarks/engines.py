@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import logging
 import statistics
 import sys
@@ -28,9 +27,9 @@ from PIL import Image
 
 from benchmarks.report import package_version, write_section
 from handler import engine as E
+from handler import precision, weights
 from handler import transforms as T
-from handler import weights
-from handler.model import REBNCONV, VARIANTS, U2Net, U2NetD0
+from handler.model import VARIANTS, U2Net, U2NetD0
 
 log = logging.getLogger(__name__)
 
@@ -123,56 +122,28 @@ def _eager_bf16(s: Setup) -> Run:
     return run
 
 
-# bf16 halves the cost of every convolution on a CPU with AVX512_BF16, but rounding activations to 8
-# significant bits anywhere upstream of stage2d's last convolutions moves the published masks' edges
-# (MAE 0.008, the gate is 0.001). A sweep keeping one module at a time in fp32 (activations rounded in
-# fp32 arithmetic) points at stage2d's last convolution; run in real bf16, the two convolutions feeding
-# it must stay fp32 too, so that its input is not rounded. Those three, the side outputs and the fusing
-# conv in fp32 pass the gate, narrowly.
-BF16_FP32_ISLANDS = ("stage2d.rebnconv1", "stage2d.rebnconv2d", "stage2d.rebnconv1d")
-
-
-class _Cast(torch.nn.Module):
-    """Runs `inner` in `dtype`: its weights are converted once, its input on every call."""
-
-    def __init__(self, inner: torch.nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.inner = inner.to(dtype)
-        self.dtype = dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.to(self.dtype))
-
-
-def bf16_with_islands(model: U2Net, fp32: Sequence[str]) -> torch.nn.Module:
-    """A copy of `model`'s d0 head in bf16, channels-last, but for the modules named in `fp32`.
-
-    The side-output convolutions and the fusing 1×1 conv always stay fp32: d0 is a sigmoid whose
-    output rounded to bf16 alone would cost a level of the 8-bit mask.
-    """
-    net = copy.deepcopy(model).eval()
-    for name, module in list(net.named_modules()):
-        if isinstance(module, REBNCONV) or name.startswith("side") or name == "outconv":
-            keep = name in fp32 or name.startswith("side") or name == "outconv"
-            parent, _, leaf = name.rpartition(".")
-            holder = net.get_submodule(parent) if parent else net
-            setattr(holder, leaf, _Cast(module, torch.float32 if keep else torch.bfloat16))
-    return U2NetD0(net).eval().to(memory_format=torch.channels_last)
-
-
-def _bf16(fp32: Sequence[str]) -> Callable[[Setup], Run]:
+def _bf16(fp32_blocks: Sequence[str]) -> Callable[[Setup], Run]:
+    # Eager, channels-last: bf16 everywhere but the fusing conv, or with a plan's fp32 islands
+    # (handler/precision.py says why those).
     def build(s: Setup) -> Run:
-        if not torch.backends.mkldnn.is_available():
-            raise E.EngineError("this torch has no oneDNN, so no fast bf16 convolution")
-        head = bf16_with_islands(s.model, fp32)
+        if not precision.native_bf16():
+            raise E.EngineError("this CPU has no native bf16 (AVX512_BF16 or AMX)")
+        head = precision.with_fp32_islands(s.model, tuple(fp32_blocks))
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return head(x.contiguous(memory_format=torch.channels_last)).float().contiguous()
+                return head(x)
 
         return run
 
     return build
+
+
+def _torchscript_bf16(s: Setup) -> Run:
+    # What a CPU archive serves on a CPU with native bf16: the frozen trace, one image at a time.
+    if not precision.native_bf16():
+        raise E.EngineError("this CPU has no native bf16 (AVX512_BF16 or AMX)")
+    return E.TorchScriptBF16Engine(E.export(E.TORCHSCRIPT_BF16, s.model, s.work, s.name, s.size), torch.device("cpu"))
 
 
 def _openvino(precision: str) -> Callable[[Setup], Run]:
@@ -223,7 +194,8 @@ BUILDERS: dict[str, Callable[[Setup], Run]] = {
     "inductor": _inductor,
     "eager-bf16": _eager_bf16,
     "bf16-cl": _bf16(()),
-    "bf16-islands": _bf16(BF16_FP32_ISLANDS),
+    "bf16-islands": _bf16(precision.PLANS["u2netp"].fp32_blocks),
+    E.TORCHSCRIPT_BF16: _torchscript_bf16,
     "openvino": _openvino("f32"),
     "openvino-bf16": _openvino("bf16"),
     "onnxruntime": _onnxruntime,

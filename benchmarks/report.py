@@ -243,7 +243,8 @@ def render(result: Result) -> str:
         + (" (--smoke: tiny settings, not a measurement)" if result.smoke else ""),
         "",
         f"- Machine: {result.machine.describe()}.",
-        f"- Served: {info.name} on {info.device}, weights {info.weights}, {info.batch_size} per batch at most, "
+        f"- Served: {info.name} on {info.device} with the {info.engine or 'unreported'} engine, "
+        f"weights {info.weights}, {info.batch_size} per batch at most, "
         f"{info.max_batch_delay_ms} ms batch delay; {served_how}.",
         f"- Workload: {result.images} images, {result.rounds} round{'s' if result.rounds > 1 else ''}, "
         f"{result.minutes:.1f} min in all; model-only with {result.threads} intra-op threads. img/s is the median "

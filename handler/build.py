@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from handler import engine, weights
-from handler.engine import TORCHSCRIPT, trace
+from handler import engine, precision, weights
+from handler.engine import TORCHSCRIPT, TORCHSCRIPT_BF16, trace
 from handler.model import VARIANTS
 from handler.settings import ArchiveInfo
 
@@ -41,17 +41,18 @@ class ServingDefaults:
     max_batch_delay_ms: int
     workers: int
     response_timeout_s: int
-    engine: str  # handler.engine.ENGINES key; the archive always carries TorchScript as the fallback
+    engine: str  # handler.engine.ENGINES key; the archive carries its fallbacks too, TorchScript last
     threads: int  # intra-op threads per worker; 0: the worker's share of the machine's cores
 
 
 DEFAULTS = {
     # 2-core CPU: one worker using both cores; batching costs little per image and lets a burst of
     # requests share one pass; 20 ms of waiting is small next to ~250 ms per U2NETP image.
-    # onnxruntime runs U2NETP 1.65x faster than frozen TorchScript here, at the same accuracy
-    # (benchmarks/engines.py; README "Engines").
+    # bf16 with fp32 islands runs U2NETP 1.3x faster than onnxruntime on a CPU with native bf16, within
+    # the accuracy gate; onnxruntime (1.65x frozen TorchScript) where the weights have no validated plan
+    # or the worker's CPU has no native bf16 (benchmarks/engines.py; README "Engines").
     "cpu": ServingDefaults(
-        batch_size=8, max_batch_delay_ms=20, workers=1, response_timeout_s=300, engine="onnxruntime", threads=0
+        batch_size=8, max_batch_delay_ms=20, workers=1, response_timeout_s=300, engine=TORCHSCRIPT_BF16, threads=0
     ),
     # GPU: big batches fill the device; 10 ms is the cost of forming them under load.
     "cuda": ServingDefaults(
@@ -60,7 +61,7 @@ DEFAULTS = {
 }
 
 
-def model_config(device_kind: str) -> str:
+def model_config(device_kind: str, engine_name: str | None = None) -> str:
     d = DEFAULTS[device_kind]
     return (
         f'# Written by handler/build.py for {device_kind}; see README "Batching defaults".\n'
@@ -70,7 +71,7 @@ def model_config(device_kind: str) -> str:
         f"maxBatchDelay: {d.max_batch_delay_ms}\n"
         f"responseTimeout: {d.response_timeout_s}\n"
         "handler:\n"
-        f"  engine: {d.engine}\n"
+        f"  engine: {engine_name or d.engine}\n"
         f"  threads: {d.threads}\n"
         "  max_pixels: 25000000\n"
         "  png_compression: 1\n"
@@ -86,6 +87,31 @@ def stage_handler(stage: Path) -> None:
             shutil.copy2(src, package / src.name)
 
 
+def choose_engine(default: str, loaded: weights.Loaded, forced: str | None = None) -> str:
+    """The engine an archive serves with: `forced` when given, else `default` unless it is the bf16 engine
+    and these weights are not the ones its precision plan was validated with (then its fallback).
+
+    Raises:
+        EngineError: an unknown engine, or bf16 forced for a variant without a plan.
+    """
+    if forced is not None:
+        if engine.kind(forced).name == TORCHSCRIPT_BF16 and loaded.model.variant.name not in precision.PLANS:
+            raise engine.EngineError(f"{forced}: no bf16 plan for {loaded.model.variant.name}")
+        return forced
+    if default != TORCHSCRIPT_BF16:
+        return default
+    variant = loaded.model.variant.name
+    plan = precision.PLANS.get(variant)
+    if plan is not None and loaded.origin.startswith(plan.validated_for):
+        return default
+    fallback = engine.ENGINES[TORCHSCRIPT_BF16].fallback or TORCHSCRIPT
+    why = f"no bf16 plan for {variant}"
+    if plan:
+        why = f"bf16 was validated with {plan.validated_for}, not {loaded.origin}"
+    log.info("%s: %s; serving with %s (--engine %s forces bf16)", variant, why, fallback, TORCHSCRIPT_BF16)
+    return fallback
+
+
 def build_archive(
     name: str,
     out: Path,
@@ -93,11 +119,13 @@ def build_archive(
     weight_file: Path | None,
     device: torch.device,
     serving: str | None = None,
+    engine_name: str | None = None,
 ) -> Path:
     """Build `<out>/<name>.mar`; returns its path.
 
     `serving` picks the batching defaults ("cpu" or "cuda"); it follows `device` unless given, so an
-    image built on a machine without a GPU can still carry the GPU settings.
+    image built on a machine without a GPU can still carry the GPU settings. `engine_name` overrides
+    the defaults' engine (choose_engine).
     """
     variant = VARIANTS[name]
     loaded = weights.load(name, weight_file)
@@ -109,13 +137,13 @@ def build_archive(
     stage.mkdir(parents=True)
     serialized = work / f"{name}.pt"
     torch.jit.save(trace(loaded.model, device, variant.input_size), str(serialized))
-    chosen = DEFAULTS[serving or device.type].engine
-    if chosen != TORCHSCRIPT:
-        engine.export(chosen, loaded.model.cpu(), stage, name, variant.input_size)
+    chosen = choose_engine(DEFAULTS[serving or device.type].engine, loaded, engine_name)
+    for each in engine.chain(chosen)[:-1]:  # the TorchScript at the end is the serialized file
+        engine.export(each, loaded.model.cpu(), stage, name, variant.input_size)
     stage_handler(stage)
     ArchiveInfo(variant, loaded.origin, str(device)).write(stage)
     config = work / "model-config.yaml"
-    config.write_text(model_config(serving or device.type))
+    config.write_text(model_config(serving or device.type, chosen))
     out.mkdir(parents=True, exist_ok=True)
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     cmd = [
@@ -131,7 +159,7 @@ def build_archive(
     ]  # fmt: skip
     subprocess.run(cmd, check=True)
     mar = out / f"{name}.mar"
-    log.info("built %s (weights: %s, traced on %s)", mar, loaded.origin, device)
+    log.info("built %s (weights: %s, traced on %s, engine %s)", mar, loaded.origin, device, chosen)
     return mar
 
 
@@ -145,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--serving-defaults", choices=sorted(DEFAULTS), help="batching defaults to write (default: the device's)"
     )
+    parser.add_argument("--engine", choices=sorted(engine.ENGINES), help="serving engine (default: the defaults')")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.weights and len(args.models) > 1:
@@ -152,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         env = os.environ.get(f"U2SERVE_{name.upper()}_WEIGHTS") or None
         weight_file = args.weights or (Path(env) if env else None)
-        build_archive(name, args.out, args.work, weight_file, torch.device(args.device), args.serving_defaults)
+        build_archive(
+            name, args.out, args.work, weight_file, torch.device(args.device), args.serving_defaults, args.engine
+        )
     return 0
 
 

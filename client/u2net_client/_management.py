@@ -67,6 +67,7 @@ def _model_info(entry: dict[str, Any]) -> ModelInfo:
         variant=custom.get("variant"),
         device=custom.get("device") or entry.get("deviceType"),
         max_pixels=custom.get("max_pixels"),
+        engine=custom.get("engine"),
     )
 
 

@@ -126,6 +126,8 @@ class ModelInfo:
         variant: The architecture, "u2net" or "u2netp"; None if the handler did not say.
         device: Where the model runs, e.g. "cpu" or "cuda:0".
         max_pixels: The largest input (width * height) the model accepts.
+        engine: The runtime the worker actually loaded ("torchscript-bf16", "onnxruntime", "torchscript"),
+            after any fallback; None if the handler did not say.
     """
 
     name: str
@@ -141,6 +143,7 @@ class ModelInfo:
     variant: str | None = None
     device: str | None = None
     max_pixels: int | None = None
+    engine: str | None = None
 
     @property
     def ready_workers(self) -> int:

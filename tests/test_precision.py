@@ -1,0 +1,74 @@
+"""bf16 with fp32 islands: which modules stay fp32, and the accuracy gate on the authors' masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from handler import precision, weights
+from handler import transforms as T
+from handler.model import REBNCONV, VARIANTS
+
+needs_native_bf16 = pytest.mark.skipif(not precision.native_bf16(), reason="this CPU has no native bf16")
+
+
+def _casts(head: torch.nn.Module) -> dict[str, torch.dtype]:
+    return {name.removeprefix("d0.net."): m.dtype for name, m in head.named_modules() if isinstance(m, precision._Cast)}
+
+
+def test_islands_keep_exactly_the_plan_and_the_fusing_conv_in_fp32() -> None:
+    model = weights.random_weights("u2netp", 0).model
+    plan = precision.plan_for("u2netp")
+    dtypes = _casts(precision.with_fp32_islands(model, plan.fp32_blocks))
+    assert {n for n, d in dtypes.items() if d == torch.float32} == {*plan.fp32_blocks, "outconv"}
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    assert sum(d == torch.bfloat16 for d in dtypes.values()) == convs - len(plan.fp32_blocks) - 1
+    # The model it was given is untouched.
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_plan_naming_blocks_the_model_lacks_is_refused() -> None:
+    model = weights.random_weights("u2netp", 0).model
+    with pytest.raises(precision.PrecisionError, match=r"no REBNCONV blocks named \['stage9\.rebnconv1'\]"):
+        precision.with_fp32_islands(model, ("stage9.rebnconv1",))
+    with pytest.raises(precision.PrecisionError, match=r"no bf16 plan for 'u2net'"):
+        precision.plan_for("u2net")
+
+
+def test_every_plan_names_real_blocks_of_its_variant() -> None:
+    for variant, plan in precision.PLANS.items():
+        blocks = {n for n, m in weights.random_weights(variant, 0).model.named_modules() if isinstance(m, REBNCONV)}
+        assert set(plan.fp32_blocks) <= blocks, variant
+
+
+def _mae_against_published(run, reference_dir: Path) -> tuple[float, float]:
+    variant = VARIANTS["u2netp"]
+    errors = []
+    for path in sorted((reference_dir / "images").iterdir()):
+        decoded = T.decode_image(path.read_bytes(), max_pixels=100_000_000)
+        batch = T.preprocess([decoded.rgb], variant.input_size, variant.mean, variant.std)
+        (mask,) = T.masks_from_output(run(batch), [decoded.size])
+        published = np.asarray(Image.open(reference_dir / "u2netp_masks" / f"{path.stem}.png").convert("L"))
+        errors.append(float(np.abs(mask.astype(np.float64) - published).mean() / 255.0))
+    return float(np.mean(errors)), max(errors)
+
+
+@needs_native_bf16
+def test_the_u2netp_plan_passes_the_serving_gate_and_bf16_everywhere_does_not(reference_dir: Path) -> None:
+    try:
+        model = weights.bundled_u2netp().model
+    except weights.WeightsError as exc:
+        pytest.skip(str(exc))
+    plan = precision.plan_for("u2netp")
+    traced = precision.trace(model, plan.fp32_blocks, 320)  # what the archive carries
+    with torch.inference_mode():
+        mean, worst = _mae_against_published(traced, reference_dir)
+        assert mean <= 0.001 and worst <= 0.002, (mean, worst)
+        everywhere = precision.with_fp32_islands(model, ())
+        mean_all, _ = _mae_against_published(everywhere, reference_dir)
+    # The islands are what makes bf16 pass: without them the masks move 10x more.
+    assert mean_all > 5 * mean and mean_all > 0.001, (mean_all, mean)
