@@ -52,6 +52,7 @@ def test_the_model_table_reads_each_engine_against_the_matmul_roofline() -> None
     assert "convolutions are 20.00 GMAC per image" in text and "runs at 200 GFLOP/s" in text
     # 4 img/s x 2 x 20 GMAC = 160 GFLOP/s, 80 % of the matmul rate.
     assert "| onnxruntime (served) | 1 | 250.0 | 4.00 | 160 | 80 |" in text
+    assert "| % of fp32 matmul peak |" in text
 
 
 def test_u2netp_convolutions_are_19_8_gmac_per_image() -> None:
