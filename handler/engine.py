@@ -5,7 +5,7 @@ settings name (`load`). Every archive carries the TorchScript file, so an engine
 missing in the worker (onnxruntime on a torch-only TorchServe) falls back to it with a warning.
 Why onnxruntime: on a 2-core AVX-512 CPU it runs U2NETP 1.6-2.2x faster than frozen TorchScript at
 the same accuracy (benchmarks/engines.py measures it). Why torchscript-bf16: on a CPU with native bf16
-it runs U2NETP 1.3x faster than onnxruntime, within the serving accuracy gate (handler/precision.py).
+it runs U2NETP 1.1-1.3x faster than onnxruntime, within the serving accuracy gate (handler/precision.py).
 Each engine names the one to fall back to when it cannot run: torchscript-bf16 -> onnxruntime ->
 torchscript.
 """
