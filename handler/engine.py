@@ -1,8 +1,8 @@
 """Inference engines for U²-Net's d0 head: one call, (N, 3, S, S) float32 -> (N, 1, S, S), over several runtimes.
 
 The build step exports each engine's file into the archive (`export`); the worker loads the one its
-settings name (`load`). Every archive carries the TorchScript file, so an engine whose runtime is
-missing in the worker (onnxruntime on a torch-only TorchServe) falls back to it with a warning.
+settings name (`load`), or the first engine of its fallback chain that can run in this worker. Every
+archive carries the TorchScript file, the chain's last resort.
 Why onnxruntime: on a 2-core AVX-512 CPU it runs U2NETP 1.6-2.2x faster than frozen TorchScript at
 the same accuracy (benchmarks/engines.py measures it). Why torchscript-bf16: on a CPU with native bf16
 it runs U2NETP 1.1-1.3x faster than onnxruntime, within the serving accuracy gate (handler/precision.py).
@@ -63,9 +63,9 @@ class TorchScriptEngine(Engine):
 class TorchScriptBF16Engine(TorchScriptEngine):
     """The mixed-precision TorchScript (handler/precision.py), one image at a time.
 
-    oneDNN's bf16 convolutions run U2NETP slower per image at batch 4 than at batch 1 on a 2-core CPU
-    (the larger batch's activations leave the caches), so a batch is run image by image; TorchServe's
-    batching still shares the request overhead.
+    In bf16, U2NETP ran slower per image at batch 4 than at batch 1 on a 2-core CPU (eager, 4.9 against
+    5.3 img/s in benchmarks/engines.py), so a batch is run image by image; TorchServe's batching still
+    shares the per-request overhead.
     """
 
     name = "torchscript-bf16"
