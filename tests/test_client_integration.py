@@ -259,6 +259,11 @@ def test_command_line_ping_models_and_failures(server, photos, tmp_path):
     assert cli_run(server, "ping", "--target", f"127.0.0.1:{free_port()}").returncode == 3
     run = cli_run(server, "models")
     assert run.returncode == 0 and "u2netp" in run.stdout and "random (seed 0)" in run.stdout
+    header, *rows = run.stdout.splitlines()
+    assert header.split() == ["MODEL", "VERSION", "WORKERS", "BATCH", "DEVICE", "ENGINE", "WEIGHTS"]
+    u2net_row = next(r for r in rows if r.startswith("u2net "))
+    column = header.index("ENGINE")
+    assert u2net_row[column:].split()[0] == "onnxruntime"
     wrong = tmp_path / "keys.json"
     wrong.write_text('{"inference": {"key": "x"}, "management": {"key": "y"}}')
     run = cli_run(server, "models", key_file=wrong)

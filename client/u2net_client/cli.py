@@ -203,7 +203,7 @@ def _models(args: argparse.Namespace, client: U2NetClient) -> int:
     if args.json:
         print(json.dumps([asdict(m) for m in models], indent=2))
         return EXIT_OK
-    rows = [("MODEL", "VERSION", "WORKERS", "BATCH", "DEVICE", "WEIGHTS")]
+    rows = [("MODEL", "VERSION", "WORKERS", "BATCH", "DEVICE", "ENGINE", "WEIGHTS")]
     rows += [_model_row(m) for m in models]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -213,7 +213,7 @@ def _models(args: argparse.Namespace, client: U2NetClient) -> int:
 
 def _model_row(m: ModelInfo) -> tuple[str, ...]:
     workers = f"{m.ready_workers}/{len(m.workers)} ({m.min_workers}-{m.max_workers})"
-    return (m.name, m.version, workers, str(m.batch_size), m.device or "?", m.weights or "?")
+    return (m.name, m.version, workers, str(m.batch_size), m.device or "?", m.engine or "?", m.weights or "?")
 
 
 def _scale(args: argparse.Namespace, client: U2NetClient) -> int:
