@@ -47,7 +47,7 @@ class ServingDefaults:
 
 DEFAULTS = {
     # 2-core CPU: one worker using both cores; batching costs little per image and lets a burst of
-    # requests share one pass; 20 ms of waiting is small next to ~250 ms per U2NETP image.
+    # requests share one pass; 20 ms of waiting is small next to ~200 ms per U2NETP image.
     # bf16 with fp32 islands runs U2NETP 1.1-1.3x faster than onnxruntime on a CPU with native bf16, within
     # the accuracy gate; onnxruntime (1.65x frozen TorchScript) where the weights have no validated plan
     # or the worker's CPU has no native bf16 (benchmarks/engines.py; README "Engines").

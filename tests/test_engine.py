@@ -65,8 +65,10 @@ def test_engine_output_equals_eager(engine: str, archive: tuple[U2Net, Path, str
 @needs_native_bf16
 def test_bf16_engine_stays_close_to_eager_fp32_and_runs_any_batch(archive: tuple[U2Net, Path, str, int]) -> None:
     model, directory, name, size = archive
-    if name not in precision.PLANS:
-        pytest.skip(f"no bf16 plan for {name}")
+    if name not in precision.PLANS:  # no plan, so no bf16 file: the worker serves the next engine
+        assert not (directory / f"{name}.bf16.pt").exists()
+        assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == "onnxruntime"
+        return
     loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU, threads=2)
     assert isinstance(loaded, E.TorchScriptBF16Engine) and loaded.name == E.TORCHSCRIPT_BF16
     gen = torch.Generator().manual_seed(1)
