@@ -122,12 +122,18 @@ def _eager_bf16(s: Setup) -> Run:
     return run
 
 
+def _require_native_bf16() -> None:
+    # The served bf16 engine's own hardware check, so the study and the worker agree on where bf16 runs.
+    why = E.ENGINES[E.TORCHSCRIPT_BF16].unavailable(torch.device("cpu"))
+    if why:
+        raise E.EngineError(why)
+
+
 def _bf16(fp32_blocks: Sequence[str]) -> Callable[[Setup], Run]:
     # Eager, channels-last: bf16 everywhere but the fusing conv, or with a plan's fp32 islands
     # (handler/precision.py says why those).
     def build(s: Setup) -> Run:
-        if not precision.native_bf16():
-            raise E.EngineError("this CPU has no native bf16 (AVX512_BF16 or AMX)")
+        _require_native_bf16()
         head = precision.with_fp32_islands(s.model, tuple(fp32_blocks))
 
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -141,8 +147,7 @@ def _bf16(fp32_blocks: Sequence[str]) -> Callable[[Setup], Run]:
 
 def _torchscript_bf16(s: Setup) -> Run:
     # What a CPU archive serves on a CPU with native bf16: the frozen trace, one image at a time.
-    if not precision.native_bf16():
-        raise E.EngineError("this CPU has no native bf16 (AVX512_BF16 or AMX)")
+    _require_native_bf16()
     return E.TorchScriptBF16Engine(E.export(E.TORCHSCRIPT_BF16, s.model, s.work, s.name, s.size), torch.device("cpu"))
 
 
@@ -331,7 +336,7 @@ def measure(
     with torch.no_grad():
         eager = U2NetD0(model).eval()
         expected = {b: eager(x) for b, x in inputs.items()}
-    accuracy_inputs = _reference_inputs(reference_dir, model_name) if reference_dir else None
+    accuracy_inputs = reference_inputs(reference_dir, model_name) if reference_dir else None
     with tempfile.TemporaryDirectory(prefix="u2serve-engines-") as tmp:
         setup = Setup(model, model_name, size, Path(tmp), threads)
         built: dict[str, tuple[Run, float, dict[int, float], tuple[float, float] | None]] = {}
@@ -345,7 +350,7 @@ def measure(
                 log.warning("%s: cannot build (%s: %s); left out", name, type(exc).__name__, exc)
                 continue
             log.info("%s: built and warmed up in %.1f s", name, build_s)
-            mae = _mae(run, accuracy_inputs) if accuracy_inputs else None
+            mae = masks_mae(run, accuracy_inputs) if accuracy_inputs else None
             built[name] = (run, build_s, diffs, mae)
         times = _time_interleaved({n: b[0] for n, b in built.items()}, inputs, rounds, first_round)
     return _rows(model_name, built, times, batch_sizes, conv_macs(model, size))
@@ -413,7 +418,8 @@ class _Reference:
     published: np.ndarray  # HxW uint8
 
 
-def _reference_inputs(reference_dir: Path, model_name: str) -> list[_Reference] | None:
+def reference_inputs(reference_dir: Path, model_name: str) -> list[_Reference] | None:
+    """The authors' images as model inputs with their published masks; None where there are none."""
     # Only U2NETP has real weights here; U2NET's random ones cannot match the authors' masks.
     masks = reference_dir / f"{model_name}_masks"
     if model_name != "u2netp" or not (reference_dir / "images").is_dir() or not masks.is_dir():
@@ -429,7 +435,7 @@ def _reference_inputs(reference_dir: Path, model_name: str) -> list[_Reference] 
     return refs
 
 
-def _mae(run: Run, refs: list[_Reference]) -> tuple[float, float]:
+def masks_mae(run: Run, refs: list[_Reference]) -> tuple[float, float]:
     """Mean and max over the images of the full pipeline's mask MAE against the published masks."""
     errors = []
     for ref in refs:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks import engines
 from handler import precision, weights
 from handler import transforms as T
 from handler.model import REBNCONV, VARIANTS
@@ -46,15 +47,9 @@ def test_every_plan_names_real_blocks_of_its_variant() -> None:
 
 
 def _mae_against_published(run, reference_dir: Path) -> tuple[float, float]:
-    variant = VARIANTS["u2netp"]
-    errors = []
-    for path in sorted((reference_dir / "images").iterdir()):
-        decoded = T.decode_image(path.read_bytes(), max_pixels=100_000_000)
-        batch = T.preprocess([decoded.rgb], variant.input_size, variant.mean, variant.std)
-        (mask,) = T.masks_from_output(run(batch), [decoded.size])
-        published = np.asarray(Image.open(reference_dir / "u2netp_masks" / f"{path.stem}.png").convert("L"))
-        errors.append(float(np.abs(mask.astype(np.float64) - published).mean() / 255.0))
-    return float(np.mean(errors)), max(errors)
+    refs = engines.reference_inputs(reference_dir, "u2netp")
+    assert refs and len(refs) == 18
+    return engines.masks_mae(run, refs)
 
 
 @needs_native_bf16
