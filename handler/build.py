@@ -24,6 +24,7 @@ from handler import engine, precision, weights
 from handler.engine import TORCHSCRIPT, TORCHSCRIPT_BF16, trace
 from handler.model import VARIANTS
 from handler.settings import ArchiveInfo
+from u2net_client import imaging
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ def model_config(device_kind: str, engine_name: str | None = None) -> str:
         "handler:\n"
         f"  engine: {engine_name or d.engine}\n"
         f"  threads: {d.threads}\n"
-        "  max_pixels: 25000000\n"
-        "  png_compression: 1\n"
+        f"  max_pixels: {imaging.DEFAULT_MAX_PIXELS}\n"
+        f"  png_compression: {imaging.DEFAULT_PNG_COMPRESSION}\n"
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from u2net_client._errors import U2NetError
+
 
 class Code(enum.IntEnum):
     """google.rpc.Code numbers (the same as grpc.StatusCode values), with their HTTP twins."""
@@ -43,3 +45,9 @@ class U2ServeError(Exception):
 
     def __repr__(self) -> str:
         return f"U2ServeError({self.code.name}: {self.message})"
+
+
+def from_sdk(exc: U2NetError) -> U2ServeError:
+    """The handler's error for one the shared pipeline or options (u2net_client) raised, keeping its code."""
+    code = exc.code.value[0]
+    return U2ServeError(exc.message, Code(code) if code in Code._value2member_map_ else Code.INTERNAL)

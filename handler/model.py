@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from u2net_client import imaging
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -21,9 +23,9 @@ class Variant:
     name: str
     encoder: tuple[tuple[int, int, int], ...]  # stage1..stage6
     decoder: tuple[tuple[int, int, int], ...]  # stage5d..stage1d
-    input_size: int = 320
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    input_size: int = imaging.INPUT_SIZE
+    mean: tuple[float, float, float] = imaging.MEAN
+    std: tuple[float, float, float] = imaging.STD
 
     @property
     def side_channels(self) -> tuple[int, ...]:

@@ -1,11 +1,14 @@
 """The serving pipeline over a batch: decode, one tensor batch through the model, compose, encode.
 
-Free of TorchServe: `Segmenter.run` takes parsed requests (or the error each row already got)
-and returns one `Outcome` per request, in order. A bad image fails its own request only.
+Free of TorchServe and of any protocol: `Segmenter.run` takes requests (or the error each row already
+got) and returns one `Outcome` per request, in order. A bad image fails its own request only. The
+pixel work is u2net_client.imaging's, the one pipeline the SDK's tensor path runs too; what is left
+here is torch's: the batch on the device, through the model.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,14 +18,47 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from handler import transforms as T
-from handler.errors import U2ServeError
+from handler.errors import Code, U2ServeError, from_sdk
 from handler.model import Variant
-from handler.requests import SegmentRequest, Task, internal_error
+from u2net_client import imaging
+from u2net_client._errors import U2NetError
+from u2net_client._types import Box
+from u2net_client.options import Options
 
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode")
+
+
+class Task(enum.IntEnum):
+    """u2serve.v1.Task's numbers."""
+
+    MASK = 1
+    CUTOUT = 2
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """One request, whatever protocol it came in (handler.codec): options already checked."""
+
+    task: Task
+    image: bytes
+    options: Options = field(default_factory=Options)
+
+
+def model_input(images: Sequence[np.ndarray], variant: Variant, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The variant's (N, 3, S, S) input batch of HxWx3 uint8 images (imaging.preprocess), on `device`."""
+    pixels = imaging.preprocess(images, variant.input_size, variant.mean, variant.std)
+    return torch.from_numpy(pixels).to(device)
+
+
+def masks_from_d0(d0: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """8-bit masks at each (width, height) from the network's d0, on any device or dtype (imaging.masks_from_output)."""
+    return imaging.masks_from_output(d0.to(torch.float32).cpu().numpy(), sizes)
+
+
+def internal_error(exc: BaseException) -> U2ServeError:
+    return U2ServeError(f"internal error while serving the request: {type(exc).__name__}: {exc}", Code.INTERNAL)
 
 
 @dataclass
@@ -31,11 +67,12 @@ class Outcome:
 
     request: SegmentRequest | None
     error: U2ServeError | None = None
-    png: bytes = b""
+    image: bytes = b""
+    media_type: str = "image/png"
     width: int = 0
     height: int = 0
     output_size: tuple[int, int] = (0, 0)
-    box: T.Box | None = None
+    box: Box | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -51,7 +88,7 @@ class Batch:
     """A batch between stages."""
 
     outcomes: list[Outcome]
-    decoded: list[tuple[Outcome, T.Decoded]] = field(default_factory=list)
+    decoded: list[tuple[Outcome, imaging.Decoded]] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -94,9 +131,9 @@ class Segmenter:
                 continue
             try:
                 with _timed(out.timings_ms, "decode"):
-                    image = T.decode_image(out.request.image, self.max_pixels)
-            except U2ServeError as exc:
-                out.error = exc
+                    image = imaging.decode_image(out.request.image, self.max_pixels)
+            except U2NetError as exc:
+                out.error = from_sdk(exc)
                 continue
             except Exception as exc:  # a decoder bug must fail this request only, not its batch-mates
                 log.exception("decode failed unexpectedly")
@@ -107,9 +144,21 @@ class Segmenter:
         return batch
 
     def infer(self, batch: Batch) -> Batch:
-        """Stage 2: every decoded image of the batch through the model as one tensor batch."""
-        if batch.decoded:
+        """Stage 2: every decoded image of the batch through the model as one tensor batch.
+
+        A failure here is ours (the engine, the device), never the caller's: each request of the batch
+        gets INTERNAL with what went wrong, and the worker keeps serving.
+        """
+        if not batch.decoded:
+            return batch
+        try:
             batch.masks = self._masks([d for _, d in batch.decoded], batch.timings_ms)
+        except Exception as exc:
+            log.exception("the model failed on a batch of %d", len(batch.decoded))
+            error = from_sdk(exc) if isinstance(exc, U2NetError) else internal_error(exc)
+            for out, _ in batch.decoded:
+                out.error = U2ServeError(error.message, Code.INTERNAL)
+            batch.decoded = []
         return batch
 
     def compose(self, batch: Batch) -> tuple[list[Outcome], BatchStats]:
@@ -121,8 +170,8 @@ class Segmenter:
             out.timings_ms["postprocess"] = shared["postprocess"] / len(batch.decoded)
             try:
                 self._compose(out, image, mask)
-            except U2ServeError as exc:
-                out.error = exc
+            except U2NetError as exc:
+                out.error = from_sdk(exc)
             except Exception as exc:  # as in decode: one request's failure stays its own
                 log.exception("compose failed unexpectedly")
                 out.error = internal_error(exc)
@@ -131,29 +180,23 @@ class Segmenter:
             totals[stage] = sum(o.timings_ms.get(stage, 0.0) for o in batch.outcomes)
         return batch.outcomes, BatchStats(len(batch.outcomes), len(batch.decoded), totals)
 
-    def _masks(self, images: list[T.Decoded], timings: dict[str, float]) -> list[np.ndarray]:
-        v = self.variant
+    def _masks(self, images: list[imaging.Decoded], timings: dict[str, float]) -> list[np.ndarray]:
         with _timed(timings, "preprocess"):
-            batch = T.preprocess([d.rgb for d in images], v.input_size, v.mean, v.std, self.device)
+            batch = model_input([d.rgb for d in images], self.variant, self.device)
         with _timed(timings, "inference"), torch.inference_mode():
             d0 = self.model(batch)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         with _timed(timings, "postprocess"):
-            return T.masks_from_output(d0, [d.size for d in images])
+            return masks_from_d0(d0, [d.size for d in images])
 
-    def _compose(self, out: Outcome, image: T.Decoded, mask: np.ndarray) -> None:
+    def _compose(self, out: Outcome, image: imaging.Decoded, mask: np.ndarray) -> None:
         req = out.request
         assert req is not None
         opts = req.options
         with _timed(out.timings_ms, "postprocess"):
-            out.box = T.bounding_box(mask, opts.box_threshold)
-            if opts.threshold is not None:
-                mask = T.apply_threshold(mask, opts.threshold)
-            result = mask if req.task == Task.MASK else T.cutout(image.rgb, mask, image.alpha, opts.background)
-            if opts.crop and out.box is not None:
-                result = T.crop(result, T.expand_box(out.box, opts.crop_margin, out.width, out.height))
+            result, out.box = imaging.compose(image, mask, req.task == Task.MASK, opts)
         with _timed(out.timings_ms, "encode"):
             level = self.png_compression if opts.png_compression is None else opts.png_compression
-            out.png = T.encode_png(result, level)
+            out.image = imaging.encode_png(result, level)
         out.output_size = (result.shape[1], result.shape[0])

@@ -11,15 +11,16 @@ from typing import Any
 
 from handler.engine import EngineError, kind
 from handler.model import VARIANTS, Variant
+from u2net_client import imaging
 
 # Written by handler/build.py into every archive: which variant, where its weights came from.
 ARCHIVE_INFO = "u2serve.json"
 
 # 25 MP: a 6000x4000 photo fits. A request's peak memory is about 12 bytes per pixel (RGB, mask,
 # RGBA output, PNG buffer), so ~300 MB; a full batch of 8 such images stays under 3 GB.
-DEFAULT_MAX_PIXELS = 25_000_000
+DEFAULT_MAX_PIXELS = imaging.DEFAULT_MAX_PIXELS
 # zlib level 1: 2.5-2.7x faster to encode than Pillow's default 6 for 12-16% larger files.
-DEFAULT_PNG_COMPRESSION = 1
+DEFAULT_PNG_COMPRESSION = imaging.DEFAULT_PNG_COMPRESSION
 
 
 class SettingsError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,19 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler import engine, oip, requests, wire
-from handler.errors import U2ServeError
-from handler.pipeline import Batch, BatchStats, Outcome, Segmenter
+from handler import codec, engine
+from handler.pipeline import Batch, BatchStats, Segmenter
 from handler.settings import ArchiveInfo, HandlerSettings, worker_threads
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    """A batch between TorchServe's stages, with each row's codec (its protocol, worked out once)."""
+
+    codecs: list[codec.Codec]
+    batch: Batch
 
 
 class U2NetHandler(BaseHandler):
@@ -39,12 +47,13 @@ class U2NetHandler(BaseHandler):
             self.engine, self.info.variant, self.device, self.settings.max_pixels, self.settings.png_compression
         )
         self.model_name = context.manifest["model"]["modelName"]
-        self.model_version = context.manifest["model"].get("modelVersion", "")
+        version = context.manifest["model"].get("modelVersion", "")
+        self.served = codec.Served(self.model_name, version, self.info.weights)
         self._warm_up()
         self.initialized = True
         log.info(
             "%s %s on %s (%s engine, %d threads), weights: %s",
-            self.model_name, self.model_version, self.device, self.engine.name, threads, self.info.weights,
+            self.model_name, self.served.model_version, self.device, self.engine.name, threads, self.info.weights,
         )  # fmt: skip
 
     def _warm_up(self) -> None:
@@ -54,57 +63,25 @@ class U2NetHandler(BaseHandler):
             for _ in range(2):
                 self.segmenter.model(torch.zeros(1, 3, size, size, device=self.device))
 
-    def preprocess(self, data: list[dict[str, Any]]) -> Batch:
-        self._protocols = [requests.protocol_of(row) for row in data]
-        self._request_ids = [oip.request_id(row) for row in data]
-        items: list[requests.SegmentRequest | U2ServeError] = []
-        for idx, row in enumerate(data):
-            try:
-                items.append(requests.parse(row, self.context.get_all_request_header(idx)))
-            except U2ServeError as exc:
-                items.append(exc)
-        return self.segmenter.decode(items)
+    def preprocess(self, data: list[dict[str, Any]]) -> Pending:
+        codecs = [codec.for_row(row, self.context.get_all_request_header(i)) for i, row in enumerate(data)]
+        return Pending(codecs, self.segmenter.decode([c.request() for c in codecs]))
 
-    def inference(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:
-        return self.segmenter.infer(batch)
+    def inference(self, pending: Pending, *args: Any, **kwargs: Any) -> Pending:
+        return Pending(pending.codecs, self.segmenter.infer(pending.batch))
 
-    def postprocess(self, batch: Batch) -> list[bytes | str]:
-        outcomes, stats = self.segmenter.compose(batch)
+    def postprocess(self, pending: Pending) -> list[bytes | str]:
+        outcomes, stats = self.segmenter.compose(pending.batch)
         self._emit_metrics(stats)
-        return [self._envelope(i, self._reply(i, out, stats)) for i, out in enumerate(outcomes)]
-
-    def _envelope(self, idx: int, reply: bytes) -> bytes | str:
-        if self._protocols[idx] != "v2":
-            return reply
-        return oip.reply(reply, self._request_ids[idx], self.model_name, self.model_version)
-
-    def _reply(self, idx: int, out: Outcome, stats: BatchStats) -> bytes:
-        protocol = self._protocols[idx]
-        if out.error is not None:
-            if protocol == "raw":
-                self.context.set_response_status(out.error.code.http_status, out.error.message, idx)
-                self.context.set_response_content_type(idx, "application/json")
-            return requests.error_reply(out.error, protocol)
-        if protocol == "raw":
-            self.context.set_response_content_type(idx, "image/png")
-            return out.png
-        msg: dict[str, Any] = {
-            "task": int(out.request.task) if out.request else 0,
-            "image": out.png,
-            "media_type": "image/png",
-            "width": out.width,
-            "height": out.height,
-            "output_width": out.output_size[0],
-            "output_height": out.output_size[1],
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "weights": self.info.weights,
-            "timings_ms": out.timings_ms,
-            "batch_size": stats.requests,
-        }
-        if out.box is not None:
-            msg["box"] = {"x": out.box.x, "y": out.box.y, "width": out.box.width, "height": out.box.height}
-        return wire.encode_response(msg)
+        replies = []
+        for idx, (row_codec, outcome) in enumerate(zip(pending.codecs, outcomes, strict=True)):
+            reply = row_codec.reply(outcome, self.served, stats.requests)
+            if reply.http_status is not None:
+                self.context.set_response_status(reply.http_status, outcome.error.message if outcome.error else "", idx)
+            if reply.content_type is not None:
+                self.context.set_response_content_type(idx, reply.content_type)
+            replies.append(reply.body)
+        return replies
 
     def _emit_metrics(self, stats: BatchStats) -> None:
         metrics = self.context.metrics

@@ -18,14 +18,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# Fixtures that need the model archives (and so a TorchServe, or a handler run from one): a test using any
+# of them, directly or through another fixture, is in the "server" lane.
+SERVER_FIXTURES = frozenset({"model_store", "server"})
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"long: minutes-long reliability runs (soak, long fuzz); skipped unless --run-long or {LONG_ENV}=1",
     )
+    config.addinivalue_line(
+        "markers",
+        "server: needs the model archives, a TorchServe, a run of the networks or a package build (minutes); "
+        "`pytest -m 'not server'` runs the pure tests alone",
+    )
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: the lane follows from the fixtures a test uses
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
     if config.getoption("--run-long") or os.environ.get(LONG_ENV) == "1":
         return
     skip = pytest.mark.skip(reason=f"long run: pass --run-long or set {LONG_ENV}=1 (make soak)")

@@ -53,6 +53,15 @@ class Raw:
         )
         return u2serve_pb2.SegmentResponse.FromString(reply.prediction)
 
+    def predict(self, payload: bytes, model: str = "u2netp", timeout: float = 120.0) -> u2serve_pb2.SegmentResponse:
+        """Any bytes as the SegmentRequest payload, to see what the server makes of them."""
+        reply = self.stub.Predictions(
+            inference_pb2.PredictionsRequest(model_name=model, input={"u2serve": payload}),
+            metadata=[("authorization", f"Bearer {self.token}")],
+            timeout=timeout,
+        )
+        return u2serve_pb2.SegmentResponse.FromString(reply.prediction)
+
     def segment_many(self, images: list[bytes], model: str = "u2netp", task: int = MASK, **options: object):
         """All at once from threads, so that TorchServe batches them; replies in input order."""
         with ThreadPoolExecutor(max_workers=len(images)) as pool:

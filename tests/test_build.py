@@ -16,6 +16,9 @@ from handler.engine import trace
 from handler.model import U2NetD0
 from handler.weights import random_weights
 
+# Runs the networks (or builds a package): the "server" lane, not the pure one (tests/conftest.py).
+pytestmark = pytest.mark.server
+
 
 @pytest.mark.parametrize(("name", "size"), [("u2netp", 320), ("u2net", 64)])
 def test_traced_equals_eager_for_any_batch(name, size):
@@ -45,7 +48,7 @@ def test_archive_carries_handler_package_config_and_weights_origin(archive):
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         config = yaml.safe_load(mar.read("model-config.yaml"))
         info = json.loads(mar.read("u2serve.json"))
-    assert {"u2netp.pt", "u2net_handler.py", "handler/transforms.py", "handler/wire.py"} <= names
+    assert {"u2netp.pt", "u2net_handler.py", "handler/codec.py", "handler/pipeline.py"} <= names
     assert "handler/build.py" not in names
     assert manifest["model"]["handler"] == "u2net_handler.py"
     assert config["batchSize"] == build.DEFAULTS["cpu"].batch_size > 1
@@ -54,8 +57,9 @@ def test_archive_carries_handler_package_config_and_weights_origin(archive):
     assert info["variant"] == "u2netp" and info["weights"].startswith("u2netp.onnx from")
 
 
-# A stock TorchServe worker has torch, pillow and numpy (and TorchServe's own `ts`), nothing more.
-ALLOWED = {"torch", "PIL", "numpy", "ts", "handler", "__future__"}
+# The worker has torch, pillow and numpy, TorchServe's own `ts`, and the installed u2serve package (its
+# image pipeline and generated protobuf classes, with the protobuf runtime): nothing more.
+ALLOWED = {"torch", "PIL", "numpy", "ts", "handler", "u2net_client", "google", "__future__"}
 # Imported inside functions only, where the code can do without them: onnx for building,
 # onnxruntime for the optional engine. test_handler.py runs an archive with both blocked.
 OPTIONAL = {"onnx", "onnxruntime"}

@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handler import requests as handler_requests
+from handler import codec
+from handler.pipeline import Task
 from u2net_client import KEY_FILE_ENV, CutoutResult, MaskResult, RetryPolicy, U2NetClient, U2NetError, _retry, cli
 from u2net_client import _management as mgmt
 from u2net_client._auth import Credentials, find_key_file
@@ -24,7 +26,8 @@ from u2net_client._concurrency import aordered_map, ordered_map
 from u2net_client._errors import from_rpc_error
 from u2net_client._generated import inference_pb2, u2serve_pb2
 from u2net_client._image import image_bytes
-from u2net_client._request import CUTOUT, MASK, Options, build_request, parse_color, parse_response
+from u2net_client._request import CUTOUT, MASK, build_request, parse_response
+from u2net_client.options import Options, parse_color
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 LIMIT = 32 * 1024 * 1024
@@ -59,13 +62,13 @@ def test_request_carries_every_option_in_the_form_the_handler_parses():
     )
     req = build_request(CUTOUT, b"imagebytes", "u2net", "2.0", options, LIMIT)
     assert (req.model_name, req.model_version, list(req.input)) == ("u2net", "2.0", ["u2serve"])
-    parsed = handler_requests.parse(dict(req.input))
-    assert parsed.task == handler_requests.Task.CUTOUT
+    parsed = codec.for_row(dict(req.input)).parse()
+    assert parsed.task == Task.CUTOUT
     assert parsed.image == b"imagebytes"
-    assert parsed.options == handler_requests.Options(
-        background=(16, 32, 48), threshold=pytest.approx(0.4), crop=True, crop_margin=7, box_threshold=0.25,
-        png_compression=9,
-    )  # fmt: skip
+    assert parsed.options.threshold == pytest.approx(0.4)  # a float32 on the wire
+    assert replace(parsed.options, threshold=0.4) == Options(
+        background=(16, 32, 48), threshold=0.4, crop=True, crop_margin=7, box_threshold=0.25, png_compression=9
+    )
 
 
 def test_request_defaults_leave_options_unset():
@@ -74,7 +77,7 @@ def test_request_defaults_leave_options_unset():
     assert msg.task == u2serve_pb2.MASK and req.model_version == ""
     assert not msg.options.HasField("background") and not msg.options.HasField("threshold")
     assert not msg.options.HasField("png_compression")
-    assert handler_requests.parse(dict(req.input)).options == handler_requests.Options()
+    assert codec.for_row(dict(req.input)).parse().options == Options()
 
 
 @pytest.mark.parametrize("color", [(1, 2, 3), "#010203", "010203", "1,2,3", " 1, 2, 3 "])
@@ -85,19 +88,20 @@ def test_colours_in_every_accepted_form(color):
 @pytest.mark.parametrize(
     ("options", "pattern"),
     [
-        (Options(background=(0, 0, 256)), r"background=\(0, 0, 256\).*0-255"),
-        (Options(background="red"), r"background='red'.*#rrggbb"),
-        (Options(background=(1, 2)), r"background"),
-        (Options(threshold=1.5), r"threshold=1.5.*0.0 to 1.0"),
-        (Options(threshold=True), r"threshold=True"),
-        (Options(box_threshold=-0.1), r"box_threshold=-0.1"),
-        (Options(crop_margin=-1), r"crop_margin=-1.*>= 0"),
-        (Options(png_compression=10), r"png_compression=10.*0 \(fastest\) to 9"),
+        ({"background": (0, 0, 256)}, r"background=\(0, 0, 256\).*0-255"),
+        ({"background": "red"}, r"background='red'.*#rrggbb"),
+        ({"background": (1, 2)}, r"background"),
+        ({"threshold": 1.5}, r"threshold=1.5.*0.0 to 1.0"),
+        ({"threshold": True}, r"threshold=True"),
+        ({"box_threshold": -0.1}, r"box_threshold=-0.1"),
+        ({"crop_margin": -1}, r"crop_margin=-1.*>= 0"),
+        ({"png_compression": 10}, r"png_compression=10.*0 \(fastest\) to 9"),
     ],
 )
 def test_bad_options_fail_before_sending(options, pattern):
+    # Options are checked where they enter, on construction: nothing is built or sent.
     with pytest.raises(U2NetError, match=pattern) as info:
-        build_request(CUTOUT, b"x", "u2netp", None, options, LIMIT)
+        build_request(CUTOUT, b"x", "u2netp", None, Options(**options), LIMIT)
     assert info.value.code == INVALID
 
 

@@ -15,6 +15,9 @@ from handler import engine as E
 from handler import precision, weights
 from handler.model import U2Net, U2NetD0
 
+# Runs the networks (or builds a package): the "server" lane, not the pure one (tests/conftest.py).
+pytestmark = pytest.mark.server
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 # U2NETP at its served size with the authors' weights; U2NET's random weights at a small size keep CI fast.

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import warnings
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -17,13 +18,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from handler.errors import Code, U2ServeError
+from handler.errors import Code
 from handler.model import VARIANTS, U2NetD0
-from handler.pipeline import Segmenter
-from handler.requests import Options, SegmentRequest, Task
-from handler.transforms import decode_image
+from handler.pipeline import Segmenter, SegmentRequest, Task
 from handler.weights import random_weights
 from tests import servekit as sk
+from u2net_client import Options, U2NetError
+from u2net_client.imaging import decode_image
+
+# Runs the networks (or builds a package): the "server" lane, not the pure one (tests/conftest.py).
+pytestmark = pytest.mark.server
 
 # 1 MP keeps every example fast; the limit's logic is the same at the server's 25 MP.
 MAX_PIXELS = 1_000_000
@@ -77,13 +81,13 @@ def segmenter() -> Segmenter:
 
 
 def check_decode(data: bytes) -> None:
-    """decode_image gives a well-formed image or an INVALID_ARGUMENT U2ServeError; nothing else escapes."""
+    """decode_image gives a well-formed image or an INVALID_ARGUMENT U2NetError; nothing else escapes."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL warns about the corrupt files we feed it on purpose
         try:
             image = decode_image(data, MAX_PIXELS)
-        except U2ServeError as exc:
-            assert exc.code == Code.INVALID_ARGUMENT, exc
+        except U2NetError as exc:
+            assert exc.code == grpc.StatusCode.INVALID_ARGUMENT, exc
             assert exc.message
             return
     height, width = image.rgb.shape[:2]
@@ -103,9 +107,9 @@ def check_pipeline(segmenter: Segmenter, data: bytes, task: Task) -> None:
     out = outcomes[1]
     if out.error is not None:
         assert out.error.code == Code.INVALID_ARGUMENT, out.error
-        assert not out.png
+        assert not out.image
         return
-    with Image.open(io.BytesIO(out.png)) as im:
+    with Image.open(io.BytesIO(out.image)) as im:
         assert im.format == "PNG" and im.size == out.output_size
     assert 0 < out.output_size[0] <= out.width and 0 < out.output_size[1] <= out.height
     assert stats.images == 2

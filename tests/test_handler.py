@@ -1,8 +1,8 @@
 """The TorchServe handler through a real `ts.context.Context`, without a server.
 
-The archive is unpacked and run in a subprocess whose imports of protobuf, grpc, onnx,
-and onnxruntime fail, as on a stock TorchServe with only torch, pillow and numpy (and pyyaml,
-which TorchServe itself needs).
+The archive is unpacked and run in a subprocess whose imports of onnx, onnxruntime and rembg fail:
+the handler needs torch, TorchServe and the installed u2serve package (its image pipeline and
+generated protobuf classes), nothing else.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from handler import wire
 from tests import servekit as sk
+from u2net_client._generated import u2serve_pb2
 
 RUNNER = textwrap.dedent(
     """
     import json, sys
-    # yaml stays: TorchServe itself needs it (its worker imports it; the brief says pyyaml is installed).
-    for blocked in ("google", "grpc", "onnx", "onnxruntime", "u2net_client", "rembg"):
+    for blocked in ("onnx", "onnxruntime", "rembg"):
         sys.modules[blocked] = None  # any import of these now raises ImportError
     model_dir, requests_file = sys.argv[1], sys.argv[2]
     sys.path.insert(0, model_dir)
@@ -52,7 +51,7 @@ RUNNER = textwrap.dedent(
         "status": [p._status_code for p in context.request_processor],
         "content_types": [p.get_response_headers().get("content-type") for p in context.request_processor],
         "metrics": context.metrics.seen,
-        "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("google", "grpc", "onnx")
+        "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("onnx", "onnxruntime", "rembg")
                           and sys.modules[m] is not None),
     }
     print(json.dumps(out))
@@ -84,10 +83,10 @@ def _run(model_dir: Path, tmp_path: Path, rows: list[dict]) -> dict:
 
 
 def _proto(image: bytes, task: int = 1) -> dict:
-    return {"inputs": {"u2serve": wire.encode(wire.SEGMENT_REQUEST, {"task": task, "image": image})}}
+    return {"inputs": {"u2serve": u2serve_pb2.SegmentRequest(task=task, image=image).SerializeToString()}}
 
 
-def test_archive_serves_a_mixed_batch_without_protobuf_or_onnx(model_dir, tmp_path, reference_dir):
+def test_archive_serves_a_mixed_batch_without_onnx(model_dir, tmp_path, reference_dir):
     good = sk.photo(reference_dir, "im_01.png")
     rows = [
         _proto(good),
@@ -99,11 +98,11 @@ def test_archive_serves_a_mixed_batch_without_protobuf_or_onnx(model_dir, tmp_pa
     out = _run(model_dir, tmp_path, rows)
     replies = [bytes.fromhex(r) for r in out["replies"]]
     assert out["modules"] == []
-    first = wire.decode(wire.SEGMENT_RESPONSE, replies[0])
-    assert "error" not in first and first["batch_size"] == 5
-    assert sk.decode_png(first["image"]).mode == "L"
-    second = wire.decode(wire.SEGMENT_RESPONSE, replies[1])
-    assert second["error"]["code"] == 3 and "JPEG" in second["error"]["message"]
+    first = u2serve_pb2.SegmentResponse.FromString(replies[0])
+    assert not first.HasField("error") and first.batch_size == 5
+    assert sk.decode_png(first.image).mode == "L"
+    second = u2serve_pb2.SegmentResponse.FromString(replies[1])
+    assert second.error.code == 3 and "JPEG" in second.error.message
     assert sk.decode_png(replies[2]).mode == "L"
     assert json.loads(replies[3])["type"] == "INVALID_ARGUMENT"
     assert sk.decode_png(replies[4]).mode == "RGB"
@@ -120,5 +119,5 @@ def test_archive_serves_a_mixed_batch_without_protobuf_or_onnx(model_dir, tmp_pa
 def test_pixel_limit_comes_from_model_config(model_dir, tmp_path):
     # The runner sets handler.max_pixels to 10 MP: a 12 MP declaration is refused.
     out = _run(model_dir, tmp_path, [_proto(sk.png_declaring(4000, 3000))])
-    reply = wire.decode(wire.SEGMENT_RESPONSE, bytes.fromhex(out["replies"][0]))
-    assert reply["error"]["code"] == 3 and "10000000" in reply["error"]["message"].replace(",", "")
+    reply = u2serve_pb2.SegmentResponse.FromString(bytes.fromhex(out["replies"][0]))
+    assert reply.error.code == 3 and "10000000" in reply.error.message.replace(",", "")

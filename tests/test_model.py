@@ -8,6 +8,9 @@ import torch
 from handler.model import VARIANTS, U2NetD0, build, conv_execution_order, fuse_batchnorm
 from handler.weights import random_weights
 
+# Runs the networks (or builds a package): the "server" lane, not the pure one (tests/conftest.py).
+pytestmark = pytest.mark.server
+
 # Parameter counts of the authors' models (u2net.pth is 176.3 MB of float32, u2netp.pth 4.7 MB).
 PARAMS = {"u2net": 44_009_869, "u2netp": 1_131_181}
 

@@ -11,8 +11,9 @@ import grpc
 import numpy as np
 import pytest
 
-from handler import oip, requests, wire
+from handler import codec
 from handler.errors import U2ServeError
+from handler.pipeline import Outcome, Task
 from u2net_client import AsyncU2NetClient, U2NetClient, U2NetError
 from u2net_client._generated import u2serve_pb2
 
@@ -30,15 +31,16 @@ def v2_row(**tensors: bytes) -> dict[str, object]:
 def test_v2_row_with_image_and_options():
     segment = u2serve_pb2.SegmentRequest(task=u2serve_pb2.MASK, options=u2serve_pb2.Options(crop=True, crop_margin=3))
     row = v2_row(image=b"\x89PNG...", u2serve=segment.SerializeToString())
-    request = requests.parse(row)
-    assert requests.protocol_of(row) == "v2" and oip.request_id(row) == "req-1"
-    assert (request.task, request.image, request.protocol) == (requests.Task.MASK, b"\x89PNG...", "v2")
+    row_codec = codec.for_row(row)
+    request = row_codec.parse()
+    assert isinstance(row_codec, codec.V2Codec) and row_codec.request_id == "req-1"
+    assert (request.task, request.image) == (Task.MASK, b"\x89PNG...")
     assert request.options.crop and request.options.crop_margin == 3
 
 
 def test_v2_row_with_the_image_alone_is_a_cutout():
-    request = requests.parse(v2_row(image=b"jpeg bytes"))
-    assert (request.task, request.image) == (requests.Task.CUTOUT, b"jpeg bytes")
+    request = codec.for_row(v2_row(image=b"jpeg bytes")).parse()
+    assert (request.task, request.image) == (Task.CUTOUT, b"jpeg bytes")
 
 
 @pytest.mark.parametrize(
@@ -53,18 +55,19 @@ def test_v2_row_with_the_image_alone_is_a_cutout():
 )
 def test_bad_v2_rows_say_what_is_accepted(body, message):
     with pytest.raises(U2ServeError, match=message):
-        requests.parse({"body": body})
+        codec.for_row({"body": body}).parse()
 
 
 def test_other_json_bodies_keep_their_error():
     with pytest.raises(U2ServeError, match="the request body is JSON"):
-        requests.parse({"body": {"image": "x"}})
-    assert requests.protocol_of({"body": {"image": "x"}}) == "raw"
+        codec.for_row({"body": {"image": "x"}}).parse()
+    assert isinstance(codec.for_row({"body": {"image": "x"}}), codec.RawCodec)
 
 
 def test_v2_reply_envelope_carries_the_segment_response():
-    payload = wire.encode_response({"error": {"code": 3, "message": "bad"}})
-    reply = json.loads(oip.reply(payload, "req-1", "u2netp", "1.0"))
+    row_codec = codec.for_row(v2_row(image=b"x"))
+    failed = Outcome(None, error=U2ServeError("bad"))
+    reply = json.loads(row_codec.reply(failed, codec.Served("u2netp", "1.0", "w"), 1).body)
     assert (reply["id"], reply["model_name"], reply["model_version"]) == ("req-1", "u2netp", "1.0")
     (output,) = reply["outputs"]
     assert (output["name"], output["datatype"], output["shape"]) == ("u2serve", "BYTES", [1])

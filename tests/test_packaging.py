@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
-import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+# Runs the networks (or builds a package): the "server" lane, not the pure one (tests/conftest.py).
+pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ROOT / "client" / "u2net_client" / "_generated"
 # A client-only install must not drag these in: gigabytes, and a server's attack surface.
 SERVER_ONLY = re.compile(r"^(torch|torchserve|torch-model-archiver|torch-workflow-archiver|torchvision|onnx.*)$")
 
@@ -48,37 +50,44 @@ def test_server_stack_is_pinned_to_versions_known_to_work_together():
     assert not loose, f"unpinned in [server]/[dev]: {loose}"
 
 
-def _copy_sources(dest: Path) -> Path:
-    """The repository without its environments and build outputs, so a build here touches nothing there."""
-    ignore = shutil.ignore_patterns(
-        ".git", ".venv", "build", "var", "model_store", "weights", "*.egg-info", "__pycache__", ".*_cache", "loadtests"
-    )
-    shutil.copytree(ROOT, dest, ignore=ignore)
+def _fresh_clone(dest: Path) -> Path:
+    """A `git clone` of this repository: what a user who installs from a clone starts from (committed files only)."""
+    if not (ROOT / ".git").exists():
+        pytest.fail(f"{ROOT} is not a git checkout: the packaging test builds from a fresh clone of it")
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(dest)], check=True, timeout=120)
+    assert not (dest / "client" / "u2net_client" / "_generated").exists(), "generated stubs are in git"
     return dest
 
 
-def _build_wheel(src: Path, out: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check", "-w", str(out)]
-    # Building against the environment's setuptools avoids fetching one into an isolated build env.
-    try:
-        if int(importlib.metadata.version("setuptools").split(".")[0]) >= 68:
-            cmd.append("--no-build-isolation")
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    result = subprocess.run([*cmd, str(src)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"pip wheel failed:\n{result.stdout}\n{result.stderr}"
-    wheels = list(out.glob("u2serve-*.whl"))
-    assert len(wheels) == 1, wheels
-    return wheels[0]
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory) -> Path:
+    """`python -m build` (the sdist, then the wheel built from it) on a fresh clone, in isolated build envs."""
+    tmp = tmp_path_factory.mktemp("dist")
+    src = _fresh_clone(tmp / "clone")
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(tmp / "out"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"python -m build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return tmp / "out"
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> zipfile.ZipFile:
-    if not (GENERATED / "inference_pb2.py").is_file():
-        pytest.skip(f"{GENERATED.relative_to(ROOT)} is missing: run `make protos` before building the wheel")
-    tmp = tmp_path_factory.mktemp("wheel")
-    with zipfile.ZipFile(_build_wheel(_copy_sources(tmp / "src"), tmp / "dist")) as whl:
+def wheel(dist) -> zipfile.ZipFile:
+    wheels = list(dist.glob("u2serve-*.whl"))
+    assert len(wheels) == 1, wheels
+    with zipfile.ZipFile(wheels[0]) as whl:
         yield whl
+
+
+def test_sdist_carries_the_protos_and_no_generated_code(dist):
+    (sdist,) = dist.glob("u2serve-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert {"setup.py", "NOTICE", "protos/generate.py", "protos/u2serve.proto", "protos/inference.proto"} <= names
+    assert not [n for n in names if "_generated" in n], "generated stubs belong in the wheel only"
 
 
 def test_wheel_holds_the_sdk_its_stubs_and_types(wheel):
@@ -112,3 +121,49 @@ def test_wheel_declares_the_console_script_and_client_only_requirements(wheel):
         if line.startswith("Requires-Dist:") and "extra ==" not in line
     ]
     assert unconditional and not [r for r in unconditional if SERVER_ONLY.match(_name(r))], unconditional
+
+
+CLIENT_CALL = """
+import sys
+from u2net_client import U2NetClient
+for server_only in ("torch", "ts", "handler"):
+    try:
+        __import__(server_only)
+    except ImportError:
+        continue
+    sys.exit(f"{server_only} is importable in the client-only venv")
+target, management, token, image = sys.argv[1:5]
+with U2NetClient(target, management, token=token, timeout=120) as client:
+    mask = client.mask(image)
+print(mask.image.mode, *mask.image.size, mask.model)
+"""
+
+
+def test_wheel_in_a_venv_without_torch_or_torchserve_calls_the_server(wheel, tmp_path, server, reference_dir):
+    """What a client-only user gets: the wheel in a new venv (no torch, no TorchServe) masks an image for real."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel.filename],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    installed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True)
+    names = {_name(line) for line in installed.stdout.splitlines() if line.strip()}
+    assert not [n for n in names if SERVER_ONLY.match(n)], names
+    image = reference_dir / "images" / "im_01.png"
+    token = server.keys()["inference"]
+    call = subprocess.run(
+        [str(python), "-c", CLIENT_CALL, server.grpc_target, server.grpc_management_target, token, str(image)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # not the repository: nothing of it on sys.path
+    )
+    assert call.returncode == 0, call.stderr[-3000:]
+    mode, width, height, model = call.stdout.split()
+    with Image.open(image) as im:
+        assert (mode, int(width), int(height), model) == ("L", *im.size, "u2netp")

@@ -11,8 +11,11 @@ from PIL import Image
 
 from benchmarks import engines
 from handler import precision, weights
-from handler import transforms as T
 from handler.model import REBNCONV, VARIANTS
+from handler.pipeline import masks_from_d0, model_input
+
+# Runs the networks (or builds a package): the "server" lane, not the pure one (tests/conftest.py).
+pytestmark = pytest.mark.server
 
 needs_native_bf16 = pytest.mark.skipif(not precision.native_bf16(), reason="this CPU has no native bf16")
 
@@ -94,10 +97,10 @@ def test_the_islands_hold_on_altered_images_the_plan_was_not_fitted_to(reference
             original = Image.open(path).convert("RGB")
             for alter in alterations.values():
                 rgb = np.asarray(alter(original))
-                batch = T.preprocess([rgb], variant.input_size, variant.mean, variant.std)
+                batch = model_input([rgb], variant)
                 size = (rgb.shape[1], rgb.shape[0])
-                (want,) = T.masks_from_output(fp32(batch), [size])
-                (got,) = T.masks_from_output(mixed(batch), [size])
+                (want,) = masks_from_d0(fp32(batch), [size])
+                (got,) = masks_from_d0(mixed(batch), [size])
                 errors.append(float(np.abs(got.astype(np.float64) - want).mean() / 255.0))
     # Measured: mean 0.0008, worst 0.0038 (a crop); bf16 everywhere is >10x further off.
     assert len(errors) == 54

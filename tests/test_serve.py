@@ -135,6 +135,48 @@ def test_palette_transparency_survives_into_the_cutout(raw):
     assert (alpha[transparent] == 0).all()
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, wire_type: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | wire_type) + payload
+
+
+def test_fields_this_server_does_not_know_are_skipped(raw, reference_dir):
+    """Forward compatibility: a newer client's request, with fields added after this server was built."""
+    image = sk.photo(reference_dir, "im_01.png")
+    known = sk.u2serve_pb2.SegmentRequest(task=sk.MASK, image=image, options=sk.u2serve_pb2.Options(crop=True))
+    newer_options = known.options.SerializeToString() + _field(40, 5, b"\x00\x00\x80\x3f")  # a float option
+    newer = (
+        _field(1, 0, _varint(sk.MASK))
+        + _field(2, 2, _varint(len(image)) + image)
+        + _field(3, 2, _varint(len(newer_options)) + newer_options)
+        + _field(99, 0, _varint(2**40))  # an unknown varint beyond uint32
+        + _field(98, 2, _varint(3) + bytes([1, 2, 3]))  # an unknown packed repeated field
+        + _field(97, 3, _field(1, 0, _varint(5)))
+        + _varint(97 << 3 | 4)  # an unknown group
+    )
+    reply = raw.predict(newer)
+    assert not reply.HasField("error"), reply.error.message
+    want = raw.predict(known.SerializeToString())
+    assert reply.image == want.image and reply.output_width == want.output_width < want.width
+
+
+@pytest.mark.parametrize(
+    "payload", [b"\xff\xff\xff", b"\x12\x10short", b"\x0a"], ids=["bad tag", "truncated", "no length"]
+)
+def test_unparseable_payload_is_invalid_argument(raw, payload):
+    reply = raw.predict(payload)
+    assert reply.error.code == INVALID_ARGUMENT
+    assert "not a serialised u2serve.v1.SegmentRequest" in reply.error.message
+
+
 def test_bad_inputs_inside_a_batch_fail_alone(raw, reference_dir, server):
     good = sk.photo(reference_dir, "im_21.png")
     alone = np.asarray(sk.decode_png(raw.segment(good).image))

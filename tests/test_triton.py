@@ -1,9 +1,10 @@
 """The Triton export and the SDK's tensor path (protocol="triton"), without a Triton server.
 
 config.pbtxt must parse into Triton's own ModelConfig (tritonclient's protobuf); model.pt must be the
-archive's network; the client's numpy pre/postprocessing must match the handler's torch versions and
-the authors' masks. A small in-process KServe v2 server running model.pt stands in for Triton, so the
-SDK's mask/cutout calls are checked end to end over gRPC.
+archive's network. The client's tensor path runs the server's own pipeline (u2net_client.imaging): the
+same hostile and unusual inputs through the handler's Segmenter and through the SDK must give identical
+masks or the same INVALID_ARGUMENT. A small in-process KServe v2 server running model.pt stands in for
+Triton, so the SDK's mask/cutout calls are checked end to end over gRPC.
 """
 
 from __future__ import annotations
@@ -22,15 +23,13 @@ import torch
 from google.protobuf import text_format
 from PIL import Image
 
-from handler import transforms as T
 from handler import triton
+from handler.errors import Code
 from handler.model import VARIANTS
-from handler.pipeline import Segmenter
-from handler.requests import Options as HandlerOptions
-from handler.requests import SegmentRequest, Task
-from u2net_client import AsyncU2NetClient, U2NetClient, U2NetError, _tensor, _v2
+from handler.pipeline import Segmenter, SegmentRequest, Task
+from tests import servekit as sk
+from u2net_client import AsyncU2NetClient, Options, U2NetClient, U2NetError, _v2, imaging
 from u2net_client._generated import open_inference_grpc_pb2 as pb
-from u2net_client._request import Options
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2", reason="pip install --no-deps tritonclient==2.73.0 python-rapidjson"
@@ -89,57 +88,17 @@ def test_model_pt_gives_the_archives_d0(repo, model_store, name):
         assert torch.equal(d0, archived_model(model_store, name)(x))
 
 
-def test_client_preprocess_matches_the_handlers(reference_dir):
-    for path in sorted((reference_dir / "images").iterdir()):
-        data = path.read_bytes()
-        ours, theirs = _tensor.decode(data), T.decode_image(data, 25_000_000)
-        assert np.array_equal(ours.rgb, theirs.rgb), path.name
-        assert (ours.alpha is None) == (theirs.alpha is None), path.name
-        want = T.preprocess([theirs.rgb], 320, _tensor.MEAN, _tensor.STD).numpy()
-        assert np.abs(_tensor.preprocess([ours.rgb]) - want).max() < 1e-4, path.name
-
-
-def test_client_postprocess_matches_the_handlers():
-    d0 = torch.rand(3, 1, 320, 320, generator=torch.Generator().manual_seed(1))
-    d0[2] = 0.25  # a flat map: all zeros, not a division by zero
-    sizes = [(500, 333), (37, 81), (64, 64)]
-    for ours, theirs in zip(_tensor.masks_from_output(d0.numpy(), sizes), T.masks_from_output(d0, sizes), strict=True):
-        assert np.array_equal(ours, theirs)
-
-
-@pytest.mark.parametrize(
-    "options",
-    [Options(), Options(threshold=0.5), Options(crop=True, crop_margin=7), Options(background="#10ff20", crop=True)],
-)
-def test_client_compose_matches_the_pipeline(options):
-    rng = np.random.default_rng(3)
-    rgb = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-    alpha = rng.integers(0, 256, (48, 64), dtype=np.uint8)
-    mask = np.zeros((48, 64), np.uint8)
-    mask[10:30, 20:50] = rng.integers(100, 256, (20, 30), dtype=np.uint8)
-    decoded = _tensor.Decoded(rgb, alpha)
-    for cutout in (False, True):
-        ours, box = _tensor.compose(decoded, mask, cutout, options)
-        ref_box = T.bounding_box(mask, 0.5)
-        assert box == (ref_box.x, ref_box.y, ref_box.width, ref_box.height)
-        m = T.apply_threshold(mask, options.threshold) if options.threshold is not None else mask
-        bg = tuple(int(options.background[i : i + 2], 16) for i in (1, 3, 5)) if options.background else None
-        want = T.cutout(rgb, m, alpha, bg) if cutout else m
-        if options.crop:
-            want = T.crop(want, T.expand_box(ref_box, options.crop_margin, 64, 48))
-        assert np.array_equal(ours, want)
-
-
 def test_client_pipeline_reproduces_the_authors_masks(u2netp, reference_dir):
     paths = sorted((reference_dir / "images").iterdir())
     assert len(paths) == 18
     errors = {}
     for start in range(0, len(paths), 6):
         chunk = paths[start : start + 6]
-        decoded = [_tensor.decode(p.read_bytes()) for p in chunk]
+        decoded = [imaging.decode_image(p.read_bytes(), imaging.DEFAULT_MAX_PIXELS) for p in chunk]
+        pixels = imaging.preprocess([d.rgb for d in decoded], imaging.INPUT_SIZE, imaging.MEAN, imaging.STD)
         with torch.inference_mode(), torch.jit.optimized_execution(False):
-            d0 = u2netp(torch.from_numpy(_tensor.preprocess([d.rgb for d in decoded]))).numpy()
-        masks = _tensor.masks_from_output(d0, [d.size for d in decoded])
+            d0 = u2netp(torch.from_numpy(pixels)).numpy()
+        masks = imaging.masks_from_output(d0, [d.size for d in decoded])
         for path, mask in zip(chunk, masks, strict=True):
             published = np.asarray(Image.open(reference_dir / "u2netp_masks" / f"{path.stem}.png").convert("L"))
             assert mask.shape == published.shape
@@ -217,12 +176,41 @@ def triton_client(fake_triton):
         yield client
 
 
-def served_by_torchserve(u2netp, image: bytes, task: Task, options: HandlerOptions):
-    """What u2serve's handler answers for the same request, run in-process."""
-    segmenter = Segmenter(u2netp, VARIANTS["u2netp"], torch.device("cpu"), 25_000_000)
-    (outcome,), _ = segmenter.run([SegmentRequest(task, image, options)])
+def handler_outcome(u2netp, image: bytes, task: Task, options: Options):
+    """What u2serve's handler makes of a request, run in-process."""
+    segmenter = Segmenter(u2netp, VARIANTS["u2netp"], torch.device("cpu"), imaging.DEFAULT_MAX_PIXELS)
+    with torch.jit.optimized_execution(False):
+        (outcome,), _ = segmenter.run([SegmentRequest(task, image, options)])
+    return outcome
+
+
+def served_by_torchserve(u2netp, image: bytes, task: Task, options: Options):
+    outcome = handler_outcome(u2netp, image, task, options)
     assert outcome.error is None
     return outcome
+
+
+def _save(im: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def _unusual_inputs(reference_dir: Path) -> dict[str, bytes]:
+    photo = Image.open(reference_dir / "images" / "girl.png").convert("RGB").resize((160, 120))
+    grey = np.asarray(photo.convert("L"))
+    palette = photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    return {
+        "float TIFF (0..1)": _save(Image.fromarray(grey.astype(np.float32) / 255.0, "F"), "TIFF"),
+        "16-bit PNG": _save(Image.fromarray(grey.astype(np.uint16) * 257, "I;16"), "PNG"),
+        "CMYK JPEG": _save(photo.convert("CMYK"), "JPEG", quality=95),
+        "palette PNG with transparency": _save(palette, "PNG", transparency=0),
+        "EXIF-rotated JPEG": _save(photo, "JPEG", quality=95, exif=exif),
+        "decompression bomb": sk.png_declaring(60000, 60000),
+        "text": b"this is not an image",
+    }
 
 
 def test_sdk_v2_metadata_against_triton(triton_client):
@@ -234,18 +222,36 @@ def test_sdk_v2_metadata_against_triton(triton_client):
 def test_sdk_mask_and_cutout_over_the_tensor_path_equal_the_handlers(triton_client, u2netp, reference_dir):
     image = (reference_dir / "images" / "girl.png").read_bytes()
     mask = triton_client.mask(image, crop=True, crop_margin=4)
-    want = served_by_torchserve(u2netp, image, Task.MASK, HandlerOptions(crop=True, crop_margin=4))
+    want = served_by_torchserve(u2netp, image, Task.MASK, Options(crop=True, crop_margin=4))
     assert mask.image.mode == "L" and mask.model == "u2netp" and mask.model_version == "1"
     assert mask.input_size == (want.width, want.height)
     assert (mask.box.x, mask.box.y, mask.box.width, mask.box.height) == (
         want.box.x, want.box.y, want.box.width, want.box.height,
     )  # fmt: skip
-    got, ref = mask.array.astype(int), np.asarray(Image.open(io.BytesIO(want.png))).astype(int)
+    got, ref = mask.array.astype(int), np.asarray(Image.open(io.BytesIO(want.image))).astype(int)
     assert got.shape == ref.shape and np.abs(got - ref).max() <= 1 and np.abs(got - ref).mean() < 0.01
     cutout = triton_client.cutout(image, background=(0, 0, 255))
-    want = served_by_torchserve(u2netp, image, Task.CUTOUT, HandlerOptions(background=(0, 0, 255)))
-    got, ref = cutout.array.astype(int), np.asarray(Image.open(io.BytesIO(want.png))).astype(int)
+    want = served_by_torchserve(u2netp, image, Task.CUTOUT, Options(background=(0, 0, 255)))
+    got, ref = cutout.array.astype(int), np.asarray(Image.open(io.BytesIO(want.image))).astype(int)
     assert cutout.image.mode == "RGB" and got.shape == ref.shape and np.abs(got - ref).max() <= 2
+
+
+def test_same_inputs_through_the_handler_and_the_sdk_tensor_path(triton_client, u2netp, reference_dir):
+    """One pipeline: the handler and the SDK's tensor path give identical masks, or the same refusal."""
+    for name, data in _unusual_inputs(reference_dir).items():
+        served = handler_outcome(u2netp, data, Task.MASK, Options())
+        try:
+            mask = triton_client.mask(data)
+        except U2NetError as exc:
+            assert served.error is not None, f"{name}: the SDK refused ({exc}), the handler served"
+            assert (exc.code, served.error.code) == (grpc.StatusCode.INVALID_ARGUMENT, Code.INVALID_ARGUMENT), name
+            assert exc.message == served.error.message, name
+            continue
+        assert served.error is None, f"{name}: the handler refused ({served.error}), the SDK served"
+        want = np.asarray(Image.open(io.BytesIO(served.image)))
+        assert mask.array.shape == want.shape, name
+        assert np.array_equal(mask.array, want), f"{name}: {np.abs(mask.array.astype(int) - want).max()}"
+        assert mask.input_size == (served.width, served.height), name
 
 
 def test_sdk_tensor_path_errors(triton_client):

@@ -5,16 +5,19 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from handler import build, weights
 from handler.model import VARIANTS, U2NetD0
 from handler.model import build as build_model
-from handler.pipeline import Segmenter
-from handler.requests import SegmentRequest, Task
+from handler.pipeline import Segmenter, SegmentRequest, Task
 from tools.torchserve import Ports, start
 from u2net_client import U2NetClient
+
+# Runs the networks (or builds a package): the "server" lane, not the pure one (tests/conftest.py).
+pytestmark = pytest.mark.server
 
 
 def test_u2net_archive_from_a_users_pth_serves_its_outputs(tmp_path, reference_dir):

@@ -10,9 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from handler import transforms as T
 from handler import weights
 from handler.model import VARIANTS, build
+from handler.pipeline import model_input
+
+# Runs the networks (or builds a package): the "server" lane, not the pure one (tests/conftest.py).
+pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +24,8 @@ def bundled():
 
 
 def _batch(reference_dir: Path, names: list[str]) -> torch.Tensor:
-    v = VARIANTS["u2netp"]
     images = [np.asarray(Image.open(reference_dir / "images" / n).convert("RGB")) for n in names]
-    return T.preprocess(images, v.input_size, v.mean, v.std)
+    return model_input(images, VARIANTS["u2netp"])
 
 
 def test_converted_u2netp_matches_onnxruntime_on_real_images(bundled, reference_dir):

@@ -11,12 +11,12 @@
 from u2net_client._auth import DEFAULT_KEY_FILE, KEY_FILE_ENV
 from u2net_client._errors import U2NetError
 from u2net_client._image import ImageInput
-from u2net_client._request import Color
 from u2net_client._retry import RetryPolicy
 from u2net_client._sync import U2NetClient
 from u2net_client._types import Box, CutoutResult, MaskResult, ModelInfo, WorkerInfo
 from u2net_client._v2 import ModelMetadata, TensorSpec
 from u2net_client.aio import AsyncU2NetClient
+from u2net_client.options import Color, Options
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,7 @@ __all__ = [
     "MaskResult",
     "ModelInfo",
     "ModelMetadata",
+    "Options",
     "RetryPolicy",
     "TensorSpec",
     "U2NetClient",

@@ -5,7 +5,8 @@ how its reply becomes a typed result. The sync and asyncio clients only carry th
 - "v2": the Open Inference Protocol TorchServe serves with `ts_open_inference_protocol=true` (ModelInfer
   with the image as a BYTES tensor); the server does everything and answers a SegmentResponse.
 - "triton": KServe v2 on Triton with the tensor model of `python -m handler.triton`; the client decodes,
-  preprocesses and postprocesses (u2net_client._tensor), the server runs only the network.
+  preprocesses and postprocesses with u2net_client.imaging (the server's own pipeline code), the
+  server runs only the network.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any, Generic
 
 import grpc
 
-from u2net_client import _tensor, _v2
+from u2net_client import _v2, imaging
 from u2net_client._errors import U2NetError
 from u2net_client._image import ImageInput, image_bytes
-from u2net_client._request import MASK, Options, ResultT, build_request, parse_response
-from u2net_client._types import Box
+from u2net_client._request import MASK, ResultT, build_request, parse_response
+from u2net_client.options import Options
 
 PROTOCOLS = ("torchserve", "v2", "triton")
 _SERVICE = {"torchserve": _v2.TORCHSERVE_SERVICE, "v2": _v2.TORCHSERVE_SERVICE, "triton": _v2.TRITON_SERVICE}
@@ -78,24 +79,24 @@ class Protocol:
 def _tensor_call(
     task: int, data: bytes, model: str, version: str | None, options: Options, result_type: type[ResultT]
 ) -> SegmentCall[ResultT]:
-    options.to_proto()  # the same checks, and errors, as on the other protocols
-    if not data:
-        raise U2NetError(grpc.StatusCode.INVALID_ARGUMENT, "the image is empty (0 bytes)")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    decoded = _tensor.decode(data)
+    decoded = imaging.decode_image(data, imaging.DEFAULT_MAX_PIXELS)
     timings["decode"] = _ms_since(start)
     start = time.perf_counter()
-    request = _v2.tensor_request(_tensor.preprocess([decoded.rgb]), model, version)
+    request = _v2.tensor_request(
+        imaging.preprocess([decoded.rgb], imaging.INPUT_SIZE, imaging.MEAN, imaging.STD), model, version
+    )
     timings["preprocess"] = _ms_since(start)
 
     def finish(reply: Any) -> ResultT:
         start = time.perf_counter()
-        mask = _tensor.masks_from_output(_v2.tensor_output(reply, model), [decoded.size])[0]
-        result, box = _tensor.compose(decoded, mask, task != MASK, options)
+        mask = imaging.masks_from_output(_v2.tensor_output(reply, model), [decoded.size])[0]
+        result, box = imaging.compose(decoded, mask, task == MASK, options)
         timings["postprocess"] = _ms_since(start)
         start = time.perf_counter()
-        png = _tensor.encode_png(result, options.png_compression)
+        level = imaging.DEFAULT_PNG_COMPRESSION if options.png_compression is None else options.png_compression
+        png = imaging.encode_png(result, level)
         timings["encode"] = _ms_since(start)
         return result_type(
             png=png,
@@ -103,7 +104,7 @@ def _tensor_call(
             model_version=reply.model_version,
             weights="",
             input_size=decoded.size,
-            box=Box(*box) if box is not None else None,
+            box=box,
             timings=timings,
             batch_size=0,
         )

@@ -19,7 +19,7 @@ import numpy as np
 from u2net_client._errors import U2NetError
 from u2net_client._generated import inference_pb2, u2serve_pb2
 from u2net_client._generated import open_inference_grpc_pb2 as pb
-from u2net_client._request import Options
+from u2net_client.options import Options
 
 TORCHSERVE_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
 TRITON_SERVICE = "inference.GRPCInferenceService"

@@ -28,10 +28,11 @@ from u2net_client._generated import inference_pb2_grpc, management_pb2, manageme
 from u2net_client._generated import open_inference_grpc_pb2 as v2pb
 from u2net_client._image import ImageInput
 from u2net_client._protocol import Protocol
-from u2net_client._request import CUTOUT, MASK, Color, Options, ResultT
+from u2net_client._request import CUTOUT, MASK, ResultT
 from u2net_client._retry import RetryPolicy, acall
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
 from u2net_client._v2 import ModelMetadata, V2Stub, metadata_from
+from u2net_client.options import Color, Options
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -24,9 +24,9 @@ import grpc
 from u2net_client import __version__
 from u2net_client._base import DEFAULT_MANAGEMENT_TARGET, DEFAULT_TARGET, DEFAULT_TIMEOUT
 from u2net_client._errors import U2NetError
-from u2net_client._request import Options
 from u2net_client._sync import U2NetClient
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
+from u2net_client.options import Options
 
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
@@ -184,7 +184,7 @@ def _segment_function(args: argparse.Namespace, client: U2NetClient) -> Callable
         "png_compression": args.compression,
     }
     # Check the options once, before any file: a bad option is a usage error, not a failure per file.
-    Options(args.background if args.command == "cutout" else None, *list(common.values())[1:]).to_proto()
+    Options(args.background if args.command == "cutout" else None, *list(common.values())[1:])
     if args.command == "mask":
         return lambda path: client.mask(path, args.model, **common)
     return lambda path: client.cutout(path, args.model, background=args.background, **common)

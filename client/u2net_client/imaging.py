@@ -1,6 +1,11 @@
-"""Pure image functions: decode, U²-Net pre/postprocessing, boxes, cutouts and PNG encoding.
+"""The one image pipeline: decode, U²-Net's pre- and postprocessing, compose and encode (numpy and Pillow).
 
-Runs inside the TorchServe worker, whose Python has only torch, pillow and numpy.
+Shared by every process that touches pixels: the TorchServe handler and the Triton model import it
+from the installed SDK, and the SDK's tensor path (protocol="triton") runs it on the client, so the
+server and the client cannot drift. The network itself runs elsewhere (handler.engine, Triton).
+
+Errors are `U2NetError`: INVALID_ARGUMENT for what the caller sent (an unreadable or oversized image),
+INTERNAL for arrays that break a contract between our own stages (a bug of ours, never the caller's).
 """
 
 from __future__ import annotations
@@ -11,12 +16,22 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from handler.errors import Code, U2ServeError
+from u2net_client._errors import U2NetError
+from u2net_client._types import Box
+from u2net_client.options import DEFAULT_BOX_THRESHOLD, Options
+
+# The server's default pixel limit (width x height), also the SDK's tensor path's.
+DEFAULT_MAX_PIXELS = 25_000_000
+# zlib level of the PNG output when the caller names none (the server's default, the tensor path's too).
+DEFAULT_PNG_COMPRESSION = 1
+# The authors' input: both variants take 320x320, normalised with ImageNet's mean and std (0..1 scale).
+INPUT_SIZE = 320
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP, TIFF or GIF"
@@ -52,18 +67,12 @@ class Decoded:
         return self.rgb.shape[1], self.rgb.shape[0]
 
 
-@dataclass(frozen=True)
-class Box:
-    """An axis-aligned box in pixels; (x, y) is the top-left corner."""
-
-    x: int
-    y: int
-    width: int
-    height: int
+def _invalid(message: str) -> U2NetError:
+    return U2NetError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def _invalid(message: str) -> U2ServeError:
-    return U2ServeError(message, Code.INVALID_ARGUMENT)
+def _internal(message: str) -> U2NetError:
+    return U2NetError(grpc.StatusCode.INTERNAL, message)
 
 
 def decode_image(data: bytes, max_pixels: int) -> Decoded:
@@ -80,7 +89,7 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
         The decoded image.
 
     Raises:
-        U2ServeError: INVALID_ARGUMENT for an empty, unknown, oversized, truncated or corrupt image.
+        U2NetError: INVALID_ARGUMENT for an empty, unknown, oversized, truncated or corrupt image.
     """
     if not data:
         raise _invalid(f"empty image body; send the image file's bytes ({_ACCEPTED_TEXT})")
@@ -95,7 +104,7 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
                 label = f"the {fmt}"
                 frame = _load_first_frame(im)
                 rgb, alpha = _to_rgb_alpha(frame)
-    except U2ServeError:
+    except U2NetError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_large(exc, max_pixels) from exc
@@ -142,7 +151,7 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def _too_large(exc: Exception, max_pixels: int) -> U2ServeError:
+def _too_large(exc: Exception, max_pixels: int) -> U2NetError:
     # PIL's guard fires inside Image.open, before our check sees the size; its message has the count.
     found = re.search(r"\((\d+) pixels\)", str(exc))
     pixels = f"{found.group(1)} pixels" if found else "too many pixels"
@@ -193,28 +202,45 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 
 def _check_rgb(image: np.ndarray, what: str = "image") -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise _invalid(f"{what} must be an HxWx3 uint8 array, got {image.dtype} {image.shape}")
+        raise _internal(f"{what} must be an HxWx3 uint8 array, got {image.dtype} {image.shape}")
 
 
 def _check_mask(mask: np.ndarray, shape: tuple[int, ...] | None = None, what: str = "mask") -> None:
     if mask.dtype != np.uint8 or mask.ndim != 2:
-        raise _invalid(f"{what} must be an HxW uint8 array, got {mask.dtype} {mask.shape}")
+        raise _internal(f"{what} must be an HxW uint8 array, got {mask.dtype} {mask.shape}")
     if shape is not None and mask.shape != shape:
-        raise _invalid(f"{what} is {mask.shape[1]}x{mask.shape[0]}, the image {shape[1]}x{shape[0]}")
+        raise _internal(f"{what} is {mask.shape[1]}x{mask.shape[0]}, the image {shape[1]}x{shape[0]}")
 
 
 def _check_unit(value: float, name: str) -> None:
     if not 0.0 <= value <= 1.0:
-        raise _invalid(f"{name} must be between 0 and 1, got {value}")
+        raise _internal(f"{name} must be between 0 and 1, got {value}")
 
 
-def preprocess(
-    images: Sequence[np.ndarray],
-    size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
+def _source_index(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """torch's bilinear source indices (align_corners=False): lower index, upper index, upper weight."""
+    scale = np.float32(in_size / out_size)
+    src = np.maximum((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
+    lo = np.minimum(src.astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    return lo, hi, (src - lo).astype(np.float32)
+
+
+def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """HxWxC -> size x size x C float32, as torch's F.interpolate(mode="bilinear", align_corners=False,
+    antialias=False) computes it (the authors' resize)."""
+    y0, y1, wy = _source_index(size, image.shape[0])
+    x0, x1, wx = _source_index(size, image.shape[1])
+    # Gather the needed rows and columns first: a 6 MP photo is never converted to float whole.
+    top, bottom = image[y0], image[y1]
+    wx_ = wx[None, :, None]
+    upper = top[:, x0].astype(np.float32) * (1 - wx_) + top[:, x1].astype(np.float32) * wx_
+    lower = bottom[:, x0].astype(np.float32) * (1 - wx_) + bottom[:, x1].astype(np.float32) * wx_
+    wy_ = wy[:, None, None]
+    return upper * (1 - wy_) + lower * wy_
+
+
+def preprocess(images: Sequence[np.ndarray], size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Builds U²-Net's input batch the way the authors do.
 
     Each image is resized to size x size (bilinear, no anti-aliasing), divided by its own maximum
@@ -226,34 +252,28 @@ def preprocess(
         size: Side of the square model input.
         mean: Three per-channel means, on the 0..1 scale.
         std: Three per-channel standard deviations.
-        device: Where the batch is built; the uint8 pixels travel there before any float work.
 
     Returns:
-        A float32 tensor of shape (N, 3, size, size) on device.
+        A float32 array of shape (N, 3, size, size).
 
     Raises:
-        U2ServeError: INVALID_ARGUMENT for an array that is not HxWx3 uint8 or bad mean/std.
+        U2NetError: INTERNAL for an array that is not HxWx3 uint8 or bad mean/std (our stages' contract).
     """
     if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
-        raise _invalid(f"mean and std need three values each, std non-zero; got {mean}, {std}")
-    batch = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=device)
+        raise _internal(f"mean and std need three values each, std non-zero; got {mean}, {std}")
+    batch = np.empty((len(images), 3, size, size), dtype=np.float32)
     for i, image in enumerate(images):
         _check_rgb(image)
-        with warnings.catch_warnings():
-            # Decoded arrays are read-only views of PIL's buffer; nothing here writes to them.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device)
-        chw = pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
-        resized = F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+        resized = resize_bilinear(image, size)
         peak = resized.max()
         # An all-black image stays zeros rather than dividing by zero.
-        batch[i] = resized[0] / peak if peak > 0 else resized[0]
-    mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(list(std), dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    return (batch - mean_t) / std_t
+        batch[i] = (resized / peak if peak > 0 else resized).transpose(2, 0, 1)
+    mean_a = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std_a = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return (batch - mean_a) / std_a
 
 
-def masks_from_output(d0: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+def masks_from_output(d0: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
     """Turns U²-Net's d0 output into 8-bit masks at each input's size, as the authors do.
 
     Args:
@@ -264,22 +284,18 @@ def masks_from_output(d0: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> lis
         N HxW uint8 masks.
 
     Raises:
-        U2ServeError: INVALID_ARGUMENT when d0's shape and sizes disagree.
+        U2NetError: INTERNAL when d0's shape and sizes disagree (the network answered something else).
     """
     if d0.ndim != 4 or d0.shape[1] != 1 or d0.shape[0] != len(sizes):
-        raise _invalid(f"d0 must be (N, 1, S, S) with N = {len(sizes)} sizes, got {tuple(d0.shape)}")
-    maps = torch.nan_to_num(d0[:, 0].to(torch.float32))
-    flat = maps.reshape(maps.shape[0], -1)
-    lo = flat.min(dim=1).values.view(-1, 1, 1)
-    span = flat.max(dim=1).values.view(-1, 1, 1) - lo
-    normed = torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, 1.0), 0.0)
-    # The authors save Image.fromarray(pred * 255).convert("RGB"): PIL's F -> L/RGB conversion
-    # clamps to 0..255 and TRUNCATES (254.9 -> 254), and so does a float -> uint8 cast.
-    levels = torch.clamp(normed * 255, 0, 255).to(torch.uint8).cpu().numpy()
+        raise _internal(f"d0 must be (N, 1, S, S) with N = {len(sizes)} sizes, got {tuple(d0.shape)}")
     masks = []
-    for level, (width, height) in zip(levels, sizes, strict=True):
-        small = Image.fromarray(level)
-        masks.append(np.asarray(small.resize((width, height), Image.Resampling.BILINEAR)))
+    for level_map, (width, height) in zip(np.nan_to_num(d0[:, 0].astype(np.float32)), sizes, strict=True):
+        lo, span = level_map.min(), level_map.max() - level_map.min()
+        normed = (level_map - lo) / span if span > 0 else np.zeros_like(level_map)
+        # The authors save Image.fromarray(pred * 255).convert("RGB"): PIL's F -> L/RGB conversion
+        # clamps to 0..255 and TRUNCATES (254.9 -> 254), and so does a float -> uint8 cast.
+        level = np.clip(normed * np.float32(255), 0, 255).astype(np.uint8)
+        masks.append(np.asarray(Image.fromarray(level).resize((width, height), Image.Resampling.BILINEAR)))
     return masks
 
 
@@ -316,7 +332,7 @@ def expand_box(box: Box, margin: int, width: int, height: int) -> Box:
         U2ServeError: INVALID_ARGUMENT for a negative margin.
     """
     if margin < 0:
-        raise _invalid(f"margin must be >= 0 pixels, got {margin}")
+        raise _internal(f"margin must be >= 0 pixels, got {margin}")
     left, top = max(0, box.x - margin), max(0, box.y - margin)
     right = min(width, box.x + box.width + margin)
     bottom = min(height, box.y + box.height + margin)
@@ -376,7 +392,7 @@ def cutout(
 
 def _check_background(background: tuple[int, int, int]) -> np.ndarray:
     if len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
-        raise _invalid(f"background must be three integers 0..255 (r, g, b), got {background}")
+        raise _internal(f"background must be three integers 0..255 (r, g, b), got {background}")
     return np.array(background, dtype=np.uint32)
 
 
@@ -389,7 +405,7 @@ def crop(array: np.ndarray, box: Box) -> np.ndarray:
     height, width = array.shape[:2]
     inside = box.x >= 0 and box.y >= 0 and box.x + box.width <= width and box.y + box.height <= height
     if not inside or box.width <= 0 or box.height <= 0:
-        raise _invalid(f"crop box {box} is empty or outside the {width}x{height} image")
+        raise _internal(f"crop box {box} is empty or outside the {width}x{height} image")
     return array[box.y : box.y + box.height, box.x : box.x + box.width]
 
 
@@ -412,10 +428,31 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
         U2ServeError: INVALID_ARGUMENT for a bad level or array.
     """
     if not 0 <= compress_level <= 9:
-        raise _invalid(f"PNG compression level must be 0..9, got {compress_level}")
+        raise _internal(f"PNG compression level must be 0..9, got {compress_level}")
     layout = array.shape[2:] if array.ndim == 3 else () if array.ndim == 2 else None
     if array.dtype != np.uint8 or layout not in _PNG_LAYOUTS:
-        raise _invalid(f"PNG output needs an HxW, HxWx3 or HxWx4 uint8 array, got {array.dtype} {array.shape}")
+        raise _internal(f"PNG output needs an HxW, HxWx3 or HxWx4 uint8 array, got {array.dtype} {array.shape}")
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
+
+
+def compose(image: Decoded, mask: np.ndarray, task_mask: bool, options: Options) -> tuple[np.ndarray, Box | None]:
+    """What one request returns, before encoding: the mask or the cutout, thresholded and cropped as asked.
+
+    Args:
+        image: The decoded input.
+        mask: Its HxW uint8 saliency map.
+        task_mask: True for the mask task, False for the cutout.
+        options: The request's (checked) options.
+
+    Returns:
+        (the array to encode, the salient object's box in input pixels or None when nothing is salient).
+    """
+    box = bounding_box(mask, DEFAULT_BOX_THRESHOLD if options.box_threshold is None else options.box_threshold)
+    if options.threshold is not None:
+        mask = apply_threshold(mask, options.threshold)
+    result = mask if task_mask else cutout(image.rgb, mask, image.alpha, options.rgb_background)
+    if options.crop and box is not None:
+        result = crop(result, expand_box(box, options.crop_margin, *image.size))
+    return result, box
