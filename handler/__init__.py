@@ -1,1 +1,1 @@
-"""u2serve server side: the U²-Net models, their weights, image transforms and the TorchServe handler."""
+"""u2serve server side: the U²-Net models, their weights, engines, codecs and the TorchServe handler."""

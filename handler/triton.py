@@ -6,7 +6,7 @@ writes, per model, `<out>/<model>/config.pbtxt` (platform pytorch_libtorch, dyna
 instances on the GPU) and `<out>/<model>/1/model.pt`: the same frozen TorchScript as the TorchServe
 archive (copied out of `<store>/<model>.mar` with --from-store, else traced afresh like handler/build.py),
 taking the normalised (N, 3, 320, 320) batch and returning d0 (N, 1, 320, 320). Decoding,
-pre- and postprocessing run in the client (u2net_client._tensor). Build-time only: never archived.
+pre- and postprocessing run in the client (u2net_client.imaging). Build-time only: never archived.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from u2net_client.options import Options
 
 TORCHSERVE_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
 TRITON_SERVICE = "inference.GRPCInferenceService"
-# What handler/oip.py reads and writes on TorchServe.
+# What handler/codec.py (V2Codec) reads and writes on TorchServe.
 IMAGE_INPUT = "image"
 REQUEST_INPUT = "u2serve"
 RESPONSE_OUTPUT = "u2serve"

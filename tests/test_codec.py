@@ -1,0 +1,107 @@
+"""The handler's codecs and error classes without a server: what each protocol makes of a row, and whose fault
+an error is (INVALID_ARGUMENT for the caller's, INTERNAL for ours)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from handler import codec
+from handler.errors import Code, U2ServeError
+from handler.model import VARIANTS
+from handler.pipeline import Outcome, Segmenter, SegmentRequest, Task
+from u2net_client import Options
+from u2net_client._generated import u2serve_pb2
+
+SERVED = codec.Served("u2netp", "1.0", "random (seed 0)")
+
+
+def _png(width: int = 40, height: int = 30) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_any_bytes_as_a_segment_request_only_raise_invalid_argument(data):
+    try:
+        request = codec.for_row({"u2serve": data}).parse()
+    except U2ServeError as exc:
+        assert exc.code == Code.INVALID_ARGUMENT and exc.message
+        return
+    assert request.task in (Task.MASK, Task.CUTOUT)
+
+
+def test_unknown_task_number_is_refused_with_the_accepted_ones():
+    data = u2serve_pb2.SegmentRequest(task=7, image=b"x").SerializeToString()
+    with pytest.raises(U2ServeError, match=r"unknown task 7; accepted: 1 \(MASK\) or 2 \(CUTOUT\)"):
+        codec.for_row({"u2serve": data}).parse()
+
+
+def test_option_values_are_checked_where_they_enter_with_the_sdks_messages():
+    data = u2serve_pb2.SegmentRequest(image=b"x", options=u2serve_pb2.Options(threshold=1.5)).SerializeToString()
+    with pytest.raises(U2ServeError, match=r"threshold=1.5; accepted: a number from 0.0 to 1.0") as info:
+        codec.for_row({"u2serve": data}).parse()
+    assert info.value.code == Code.INVALID_ARGUMENT
+
+
+def test_raw_fields_and_headers_become_the_same_options():
+    row = {"data": b"img", "task": b"mask", "threshold": b"0.25", "crop": b"yes", "margin": b"3"}
+    request = codec.for_row(row, {"X-U2Serve-Background": "#ff0000", "X-U2Serve-Compression": "9"}).parse()
+    assert (request.task, request.image) == (Task.MASK, b"img")
+    assert request.options == Options(
+        background=(255, 0, 0), threshold=0.25, crop=True, crop_margin=3, png_compression=9
+    )
+    with pytest.raises(U2ServeError, match=r"compression='x' is not an integer"):
+        codec.for_row({"body": b"img", "compression": "x"}).parse()
+
+
+def test_raw_errors_carry_their_http_status():
+    failed = Outcome(None, error=U2ServeError("bad image"))
+    reply = codec.for_row({"body": b""}).reply(failed, SERVED, 1)
+    assert (reply.http_status, reply.content_type) == (400, "application/json")
+    assert json.loads(reply.body) == {"code": 400, "type": "INVALID_ARGUMENT", "message": "bad image"}
+
+
+def _segmenter(model) -> Segmenter:
+    return Segmenter(model, VARIANTS["u2netp"], torch.device("cpu"), 1_000_000)
+
+
+def test_an_engine_answering_the_wrong_shape_is_internal_not_the_callers_fault():
+    def wrong_shape(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0] + 1, 1, 8, 8)
+
+    outcomes, _ = _segmenter(wrong_shape).run([SegmentRequest(Task.MASK, _png()), SegmentRequest(Task.MASK, b"bad")])
+    assert outcomes[0].error is not None and outcomes[0].error.code == Code.INTERNAL
+    assert "d0 must be (N, 1, S, S)" in outcomes[0].error.message
+    assert outcomes[1].error is not None and outcomes[1].error.code == Code.INVALID_ARGUMENT  # its own fault
+    reply = codec.for_row({"body": _png()}).reply(outcomes[0], SERVED, 2)
+    assert reply.http_status == 500 and json.loads(reply.body)["type"] == "INTERNAL"
+    proto = u2serve_pb2.SegmentResponse.FromString(codec.for_row({"u2serve": b""}).reply(outcomes[0], SERVED, 2).body)
+    assert proto.error.code == Code.INTERNAL
+
+
+def test_an_engine_that_raises_fails_its_batch_as_internal_and_the_next_batch_is_served():
+    calls = []
+
+    def flaky(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return torch.rand(x.shape[0], 1, 320, 320)
+
+    segmenter = _segmenter(flaky)
+    (first,), _ = segmenter.run([SegmentRequest(Task.MASK, _png())])
+    assert (
+        first.error is not None and first.error.code == Code.INTERNAL and "illegal memory access" in first.error.message
+    )
+    (second,), _ = segmenter.run([SegmentRequest(Task.MASK, _png())])
+    assert second.error is None and second.image.startswith(b"\x89PNG")
