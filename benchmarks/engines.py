@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 Run = Callable[[torch.Tensor], torch.Tensor]
 PEER = "onnxruntime-rembg"
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared/data/u2net-reference"
-# The accuracy gate the serving tests hold the published U2NETP masks to (MAE on the 0..1 scale).
-GATE_MEAN_MAE = 0.001
-GATE_MAX_MAE = 0.002
 
 
 @dataclass(frozen=True)
@@ -249,7 +246,7 @@ class Row:
     def passes_gate(self) -> bool | None:
         if self.mae_mean is None or self.mae_max is None:
             return None
-        return self.mae_mean <= GATE_MEAN_MAE and self.mae_max <= GATE_MAX_MAE
+        return precision.passes_gate(self.mae_mean, self.mae_max)
 
 
 def conv_macs(model: U2Net, size: int) -> int:
@@ -484,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# {args.model}, {args.threads} threads, {args.rounds} rounds, torch {torch.__version__}, "
         f"onnxruntime {package_version('onnxruntime')}, openvino {package_version('openvino')}",
         f"# fp32 matmul peak here: {peak:.0f} GFLOP/s with {args.threads} threads (torch.mm 2048x2048); "
-        f"gate: MAE mean <= {GATE_MEAN_MAE}, max <= {GATE_MAX_MAE} against the published masks",
+        f"gate: MAE mean <= {precision.GATE_MEAN_MAE}, max <= {precision.GATE_MAX_MAE} against the published masks",
         format_table(rows),
     ])  # fmt: skip
     print(text)
