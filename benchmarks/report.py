@@ -128,7 +128,7 @@ def _when(date: str) -> datetime.datetime:
 def _provenance(record: R.Record) -> str:
     dirty = " with uncommitted changes" if record.dirty else ""
     if record.provenance.get("measured"):
-        return f"measured at commit {record.commit[:10]}{dirty}, every sample in benchmarks/results/"
+        return f"measured at commit {record.commit[:10]}{dirty}; every sample is in its JSON record"
     source = record.provenance.get("converted_from", "converted from an older format")
     return f"{source}: printed figures only, no raw samples (the record's provenance note says what was inferred)"
 
