@@ -398,14 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     folder, write = R.destinations(args.results, args.write, args.smoke)
     machine = R.Machine.here(torch.cuda.get_device_name(0) if settings.device == "cuda" else None)
     roofline = _roofline(settings)
-    date = R.now()
+    date, (commit, dirty) = R.now(), R.commit()  # what runs, as it starts
     with served(args) as (client, metrics):
         info = client.describe(settings.model)
         started = time.monotonic()
         cells, model_rows, loads = run_rounds(settings, client, metrics)
     minutes = (time.monotonic() - started) / 60.0
     archive = report_archive(args.model_store / f"{settings.model}.mar") if not args.target else None
-    commit, dirty = R.commit()
     record = R.EndToEnd(
         kind=R.device_kind(machine),
         date=date,

@@ -443,9 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = None if args.no_accuracy else args.reference_dir
     folder, _ = R.destinations(args.results, args.write, smoke=False)
     machine = R.Machine.here()
-    date = R.now()
+    date, (commit, dirty) = R.now(), R.commit()  # what runs, as it starts
     rows = measure(args.model, args.engines, args.batch_sizes, args.rounds, args.threads, reference)
-    commit, dirty = R.commit()
     study = R.EngineStudy(
         kind=R.device_kind(machine),
         date=date,
