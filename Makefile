@@ -7,7 +7,7 @@ READY  := $(VENV)/.ready
 MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 
-.PHONY: all serve stop test test-fast soak archives protos lint clean help docker docker-cpu triton-repo loadtest bench
+.PHONY: all serve stop test test-fast soak archives protos lint clean help docker docker-cpu triton-repo loadtest bench bench-render
 all: archives
 
 help:
@@ -17,7 +17,9 @@ help:
 	@echo "make test-fast the pure tests only (pytest -m 'not server'): no archives, no server"
 	@echo "make soak      the long reliability runs (soak, worker kills, long fuzz)"
 	@echo "make loadtest  Locust against make serve's server; CSV + HTML in loadtests/out/ (LOAD_ARGS=...)"
-	@echo "make bench     rembg vs served vs model-only engines, own TorchServe; writes BENCHMARKS.md"
+	@echo "make bench     rembg vs served vs model-only engines, own TorchServe; records benchmarks/results/*.json"
+	@echo "               and renders BENCHMARKS.md from them (BENCH_ARGS=--smoke: to a temp folder instead)"
+	@echo "make bench-render  BENCHMARKS.md from benchmarks/results/*.json, measuring nothing"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
 	@echo "make lint      ruff and hadolint"
 	@echo "make triton-repo  Triton model repository (u2netp/, u2net/) from the archives"
@@ -65,10 +67,15 @@ LOAD_ARGS ?=
 loadtest: $(READY)
 	$(PY) loadtests/run.py $(LOAD_ARGS)
 
-# Starts its own TorchServe on free ports from model_store/; BENCH_ARGS="--smoke" for a quick check.
+# Starts its own TorchServe on free ports from model_store/, records the run (commit, machine, every sample)
+# as benchmarks/results/<study>-<kind>-<date>.json, then renders BENCHMARKS.md from the records there.
+# BENCH_ARGS="--smoke" for a quick check: its record and markdown go to a temp folder, never over these.
 BENCH_ARGS ?=
 bench: archives
 	$(PY) -m benchmarks.bench --write BENCHMARKS.md $(BENCH_ARGS)
+
+bench-render: $(READY)
+	$(PY) -m benchmarks.report render benchmarks/results --write BENCHMARKS.md
 
 # The long reliability runs: 2000-request soak, 5 worker kills in a row, 10k-example decode fuzz.
 soak: archives

@@ -1,7 +1,7 @@
 """End-to-end benchmark: rembg's remove() in process against u2serve's cutout and mask, plus model-only engines.
 
     python -m benchmarks.bench                            # starts its own TorchServe on free ports
-    python -m benchmarks.bench --write BENCHMARKS.md      # and records the results
+    python -m benchmarks.bench --write BENCHMARKS.md      # records benchmarks/results/*.json, renders the file
     python -m benchmarks.bench --smoke                    # 2 images, 1 round, concurrency 1 and 2
     python -m benchmarks.bench --target 127.0.0.1:7070 --key-file var/key_file.json \\
         --metrics-url http://127.0.0.1:8082/metrics       # against a running server (`make serve`)
@@ -13,28 +13,38 @@ served cutout and mask through the SDK at each concurrency; (c) each engine's d0
 batch size (benchmarks/engines.py on the CPU; eager and TorchScript on CUDA). The tables show
 per-round ratios (each measurement against rembg's in the same round) and their median, and the load
 average at the start of each round.
+
+The run is recorded as JSON (benchmarks/results.py: commit, machine, every sample) before anything is
+rendered; `--write` then renders the markdown from the records in benchmarks/results/ beside it
+(benchmarks/report.py). A --smoke run never lands in the committed results or BENCHMARKS.md: it goes to
+a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 from benchmarks import report
+from benchmarks import results as R
+from benchmarks import verdicts as V
 from handler.model import VARIANTS
 
 try:
@@ -50,25 +60,24 @@ DEFAULT_IMAGES = ROOT.parent / "shared/data/u2net-reference/images"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 CPU_ENGINES = ["torchscript-bf16", "onnxruntime", "onnxruntime-rembg"]
 CUDA_ENGINES = ["eager", "torchscript"]
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\}\s+(\S+)$")
 
 
 @dataclass
 class Cell:
-    """One end-to-end measurement: who answers, which call, how many callers; filled in round by round."""
+    """One end-to-end measurement: who answers, which call, how many callers; a Round appended per round."""
 
     path: str  # "rembg" or "served"
     op: str  # "cutout" or "mask"
     concurrency: int
-    throughput: list[float] = field(default_factory=list)  # images/s of each round
-    latencies_ms: list[float] = field(default_factory=list)  # every request of every round
-    batch_sizes: Counter[int] = field(default_factory=Counter)  # `batch_size` of each response
-    formed_requests: float = 0.0  # U2ServeRequests delta
-    formed_batches: float = 0.0  # U2ServeBatches delta
-    errors: list[str] = field(default_factory=list)
+    rounds: list[R.Round] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         return f"{self.path} {self.op} x{self.concurrency}"
+
+    def record(self) -> R.Cell:
+        return R.Cell(self.path, self.op, self.concurrency, list(self.rounds))
 
 
 @dataclass(frozen=True)
@@ -124,8 +133,7 @@ def time_rembg(rembg: Rembg, cell: Cell, images: Sequence[bytes]) -> None:
     else:
         with ThreadPoolExecutor(cell.concurrency, thread_name_prefix="rembg") as pool:
             latencies = list(pool.map(one, images))
-    cell.throughput.append(len(images) / (time.perf_counter() - start))
-    cell.latencies_ms.extend(latencies)
+    cell.rounds.append(R.Round(time.perf_counter() - start, len(images), latencies))
 
 
 # ---- (b) the served model through the SDK ----
@@ -138,12 +146,22 @@ class Metrics:
         self.url = url
         self.model = model
 
-    def counters(self) -> tuple[float, float] | None:
+    def counters(self) -> dict[str, float] | None:
         if self.url is None:
             return None
         with urllib.request.urlopen(self.url, timeout=30) as resp:
             text = resp.read().decode()
-        return (report.counter(text, "U2ServeRequests", self.model), report.counter(text, "U2ServeBatches", self.model))
+        return {name: counter(text, name, self.model) for name in (V.REQUESTS, V.BATCHES)}
+
+
+def counter(prometheus_text: str, name: str, model: str) -> float:
+    """The sum of a metric's samples for one model (ModelName label) in Prometheus text."""
+    total = 0.0
+    for line in prometheus_text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and m.group(1) == name and f'ModelName="{model}"' in m.group(2):
+            total += float(m.group(3))
+    return total
 
 
 def time_served(client: U2NetClient, model: str, cell: Cell, images: Sequence[bytes], metrics: Metrics) -> None:
@@ -157,17 +175,14 @@ def time_served(client: U2NetClient, model: str, cell: Cell, images: Sequence[by
     before = metrics.counters()
     start = time.perf_counter()
     outcomes = list(client.map(one, images, concurrency=cell.concurrency))
-    cell.throughput.append(len(images) / (time.perf_counter() - start))
+    seconds = time.perf_counter() - start
     after = metrics.counters()
-    for outcome in outcomes:
-        if isinstance(outcome, U2NetError):
-            cell.errors.append(str(outcome))
-            continue
-        cell.latencies_ms.append(outcome[0])
-        cell.batch_sizes[outcome[1]] += 1
-    if before and after:
-        cell.formed_requests += after[0] - before[0]
-        cell.formed_batches += after[1] - before[1]
+    answered = [o for o in outcomes if not isinstance(o, U2NetError)]
+    errors = [str(o) for o in outcomes if isinstance(o, U2NetError)]
+    deltas = {name: after[name] - before[name] for name in after} if before and after else {}
+    cell.rounds.append(
+        R.Round(seconds, len(images), [ms for ms, _ in answered], [size for _, size in answered], errors, deltas)
+    )
 
 
 def warm_up_server(client: U2NetClient, model: str, images: Sequence[bytes], concurrencies: Sequence[int]) -> None:
@@ -243,7 +258,7 @@ def _cuda_model_only(
 
 def run_rounds(
     settings: Settings, client: U2NetClient, metrics: Metrics
-) -> tuple[list[Cell], list[report.ModelRow], list[float]]:
+) -> tuple[list[Cell], list[R.ModelOnly], list[float]]:
     """Every measurement once per round; also the 1-minute load average at the start of each round."""
     rembg = Rembg()
     cells = [Cell("rembg", op, c) for op in ("cutout", "mask") for c in settings.rembg_concurrencies]
@@ -265,7 +280,7 @@ def run_rounds(
         for label, step in steps[shift:] + steps[:shift]:
             log.info("round %d/%d: %s", r + 1, settings.rounds, label)
             step()
-    rows = [report.ModelRow(engine, batch, ms) for (engine, batch), ms in model_times.items()]
+    rows = [R.ModelOnly(engine, batch, ms) for (engine, batch), ms in model_times.items()]
     return cells, sorted(rows, key=lambda row: (row.batch, settings.engines.index(row.engine))), loads
 
 
@@ -325,7 +340,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="model-only intra-op threads; default all cores")
     parser.add_argument("--no-model-only", action="store_true", help="skip (c), the model-only engines")
     parser.add_argument("--smoke", action="store_true", help="2 images, 1 round, concurrency 1 2, torchscript at 1")
-    parser.add_argument("--write", type=Path, help="record the results in this markdown file (BENCHMARKS.md)")
+    parser.add_argument("--write", type=Path, help="render this markdown file (BENCHMARKS.md) from the records")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="folder for the JSON record; default benchmarks/results/ beside --write, else a temp one",
+    )
     server = parser.add_argument_group("a running server instead of one started here")
     server.add_argument("--target", help="gRPC inference host:port")
     server.add_argument("--management-target", default="127.0.0.1:7071", help="gRPC management host:port")
@@ -361,45 +381,89 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def _roofline(settings: Settings) -> report.Roofline | None:
+def _roofline(settings: Settings) -> R.Roofline | None:
     """On the CPU: the model's convolution work per image and this machine's fp32 matmul rate."""
     if settings.device != "cpu" or not settings.engines:
         return None
     from benchmarks import engines
 
     macs = engines.conv_macs(_cpu_model(settings.model), VARIANTS[settings.model].input_size)
-    return report.Roofline(macs, engines.matmul_gflops(settings.threads), settings.threads)
+    return R.Roofline(macs, engines.matmul_gflops(settings.threads), settings.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     settings = settings_from(args)
-    machine = report.Machine.here(settings.device)
+    folder, write = R.destinations(args.results, args.write, args.smoke)
+    machine = R.Machine.here(torch.cuda.get_device_name(0) if settings.device == "cuda" else None)
     roofline = _roofline(settings)
+    date, (commit, dirty) = R.now(), R.commit()  # what runs, as it starts
     with served(args) as (client, metrics):
         info = client.describe(settings.model)
         started = time.monotonic()
         cells, model_rows, loads = run_rounds(settings, client, metrics)
-    result = report.Result(
-        machine=machine.finished(),
-        model=info,
-        archive=report.archive_summary(args.model_store / f"{settings.model}.mar") if not args.target else None,
-        images=len(settings.images),
-        round_loads=loads,
-        threads=settings.threads,
-        minutes=(time.monotonic() - started) / 60.0,
-        cells=[report.CellSummary.of(c) for c in cells],
-        model_rows=model_rows,
+    minutes = (time.monotonic() - started) / 60.0
+    archive = report_archive(args.model_store / f"{settings.model}.mar") if not args.target else None
+    record = R.EndToEnd(
+        kind=R.device_kind(machine),
+        date=date,
+        commit=commit,
+        dirty=dirty,
         smoke=args.smoke,
+        provenance={"measured": True},
+        machine=dataclasses.replace(machine, load_after=R.load()),
+        served=R.Served(
+            model=info.name,
+            device=info.device,
+            engine=info.engine,
+            weights=info.weights,
+            batch_size=info.batch_size,
+            max_batch_delay_ms=info.max_batch_delay_ms,
+            archive_engine=archive[0] if archive else None,
+            archive=archive[1] if archive else None,
+        ),
+        settings=R.EndToEndSettings(
+            images=len(settings.images),
+            rounds=settings.rounds,
+            threads=settings.threads,
+            concurrencies=settings.concurrencies,
+            rembg_concurrencies=settings.rembg_concurrencies,
+            engines=settings.engines,
+            batch_sizes=settings.batch_sizes,
+            minutes=minutes,
+        ),
+        round_loads=loads,
+        cells=[c.record() for c in cells],
+        model_only=model_rows,
         roofline=roofline,
     )
-    text = report.render(result)
-    print(text)
-    if args.write:
-        report.write_section(args.write, settings.device, text)
-        print(f"wrote the {settings.device} section of {args.write}")
+    path = R.save(record, folder)
+    print(report.render_end_to_end(record))
+    print(f"recorded {path}")
+    if write:
+        report.write(write, R.read_all([folder]))
+        print(f"rendered {write} from {folder}")
     return 0
+
+
+def report_archive(mar: Path) -> tuple[str, str] | None:
+    """The engine an archive serves with, and its files and model-config.yaml in words; None when unreadable."""
+    try:
+        with zipfile.ZipFile(mar) as z:
+            names = z.namelist()
+            config = yaml.safe_load(z.read("model-config.yaml")) or {}
+    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError):
+        return None
+    files = sorted(n for n in names if n.startswith(f"{mar.stem}.") and not n.endswith(".mar"))
+    handler = config.get("handler") or {}
+    engine = str(handler.get("engine", "torchscript"))
+    settings = ", ".join(f"{k}={v}" for k, v in handler.items())
+    text = (
+        f"`{mar.name}`: engine {engine} (files {', '.join(files)}), batchSize {config.get('batchSize')}, "
+        f"maxBatchDelay {config.get('maxBatchDelay')} ms, handler {settings or '-'}"
+    )
+    return engine, text
 
 
 if __name__ == "__main__":

@@ -2,16 +2,19 @@
 
     python -m benchmarks.engines --model u2netp --batch-sizes 1 2 4 --rounds 7 --threads 2
     python -m benchmarks.engines --rounds 1 --batch-sizes 1 --engines torchscript onnxruntime  # smoke
+    python -m benchmarks.engines --write BENCHMARKS.md     # records benchmarks/results/*.json, renders the file
 
 Every engine is timed once per batch size per round, engines interleaved within a round, so a noisy
-neighbour slows all of them alike; the table shows medians. Each engine's d0 is checked against eager
-PyTorch (max abs diff), and for U2NETP the full pipeline's masks against the authors' published ones.
+neighbour slows all of them alike; the table shows medians, the JSON record every timed call. Each
+engine's d0 is checked against eager PyTorch (max abs diff), and for U2NETP the full pipeline's masks
+against the authors' published ones, judged by the serving accuracy gate (handler/precision.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import statistics
 import sys
@@ -25,7 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.report import package_version, write_section
+from benchmarks import report
+from benchmarks import results as R
 from handler import engine as E
 from handler import precision, weights
 from handler.model import VARIANTS, U2Net, U2NetD0
@@ -37,9 +41,6 @@ log = logging.getLogger(__name__)
 Run = Callable[[torch.Tensor], torch.Tensor]
 PEER = "onnxruntime-rembg"
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared/data/u2net-reference"
-# The accuracy gate the serving tests hold the published U2NETP masks to (MAE on the 0..1 scale).
-GATE_MEAN_MAE = 0.001
-GATE_MAX_MAE = 0.002
 
 
 @dataclass(frozen=True)
@@ -237,20 +238,22 @@ class Row:
     model: str
     engine: str
     batch: int
-    ms: float  # median wall time of one batch
-    images_per_s: float
-    vs_peer: float | None  # ms / the peer's ms at this batch (below 1: faster than rembg)
+    samples_ms: list[float]  # wall time of each timed batch
     max_abs_diff: float  # of d0 against eager PyTorch, at this batch
     build_s: float  # export/compile plus warm-up at every batch size
     mae_mean: float | None  # full-pipeline masks vs the published ones (U2NETP only)
     mae_max: float | None
-    gflops: float  # 2 × convolution MACs × images/s: the arithmetic rate the engine achieved
 
     @property
-    def passes_gate(self) -> bool | None:
-        if self.mae_mean is None or self.mae_max is None:
-            return None
-        return self.mae_mean <= GATE_MEAN_MAE and self.mae_max <= GATE_MAX_MAE
+    def ms(self) -> float:
+        """The median wall time of one batch."""
+        return statistics.median(self.samples_ms)
+
+    def record(self) -> R.StudyRow:
+        return R.StudyRow(
+            self.model, self.engine, self.batch, self.max_abs_diff, self.build_s, self.mae_mean, self.mae_max,
+            list(self.samples_ms),
+        )  # fmt: skip
 
 
 def conv_macs(model: U2Net, size: int) -> int:
@@ -354,7 +357,11 @@ def measure(
             mae = masks_mae(run, accuracy_inputs) if accuracy_inputs else None
             built[name] = (run, build_s, diffs, mae)
         times = _time_interleaved({n: b[0] for n, b in built.items()}, inputs, rounds, first_round)
-    return _rows(model_name, built, times, batch_sizes, conv_macs(model, size))
+    return [
+        Row(model_name, name, b, times[name, b], diffs[b], build_s, *(mae or (None, None)))
+        for name, (_, build_s, diffs, mae) in built.items()
+        for b in batch_sizes
+    ]
 
 
 def _warm_up(run: Run, x: torch.Tensor, expected: torch.Tensor) -> float:
@@ -366,7 +373,7 @@ def _warm_up(run: Run, x: torch.Tensor, expected: torch.Tensor) -> float:
 
 def _time_interleaved(
     runs: dict[str, Run], inputs: dict[int, torch.Tensor], rounds: int, first_round: int = 0
-) -> dict[tuple[str, int], float]:
+) -> dict[tuple[str, int], list[float]]:
     samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in runs for b in inputs}
     order = list(runs)
     for r in range(first_round, first_round + rounds):
@@ -379,37 +386,7 @@ def _time_interleaved(
                 start = time.perf_counter()
                 run(x)
                 samples[name, b].append((time.perf_counter() - start) * 1000.0)
-    return {key: statistics.median(values) for key, values in samples.items()}
-
-
-def _rows(
-    model_name: str,
-    built: dict[str, tuple[Run, float, dict[int, float], tuple[float, float] | None]],
-    times: dict[tuple[str, int], float],
-    batch_sizes: Sequence[int],
-    macs: int,
-) -> list[Row]:
-    rows = []
-    for name, (_, build_s, diffs, mae) in built.items():
-        for b in batch_sizes:
-            ms = times[name, b]
-            peer = times.get((PEER, b))
-            rows.append(
-                Row(
-                    model=model_name,
-                    engine=name,
-                    batch=b,
-                    ms=ms,
-                    images_per_s=1000.0 * b / ms,
-                    vs_peer=ms / peer if peer else None,
-                    max_abs_diff=diffs[b],
-                    build_s=build_s,
-                    mae_mean=mae[0] if mae else None,
-                    mae_max=mae[1] if mae else None,
-                    gflops=2.0 * macs * b / ms / 1e6,
-                )
-            )
-    return rows
+    return samples
 
 
 @dataclass(frozen=True)
@@ -445,25 +422,6 @@ def masks_mae(run: Run, refs: list[_Reference]) -> tuple[float, float]:
     return statistics.fmean(errors), max(errors)
 
 
-def format_table(rows: Sequence[Row]) -> str:
-    """The rows as a fixed-width text table."""
-    header = (
-        f"{'model':7} {'engine':18} {'batch':>5} {'ms/batch':>9} {'img/s':>6} {'vs rembg':>8} "
-        f"{'GFLOP/s':>7} {'maxdiff':>8} {'build s':>7} {'MAE mean':>8} {'MAE max':>8} gate"
-    )
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        vs = f"{r.vs_peer:.2f}" if r.vs_peer is not None else "-"
-        mean = f"{r.mae_mean:.5f}" if r.mae_mean is not None else "-"
-        worst = f"{r.mae_max:.5f}" if r.mae_max is not None else "-"
-        gate = {True: "pass", False: "FAIL", None: "-"}[r.passes_gate]
-        lines.append(
-            f"{r.model:7} {r.engine:18} {r.batch:>5} {r.ms:>9.1f} {r.images_per_s:>6.2f} {vs:>8} {r.gflops:>7.0f} "
-            f"{r.max_abs_diff:>8.1e} {r.build_s:>7.1f} {mean:>8} {worst:>8} {gate}"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(VARIANTS), default="u2netp")
@@ -473,25 +431,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", nargs="+", choices=list(BUILDERS), default=list(BUILDERS))
     parser.add_argument("--reference-dir", type=Path, default=REFERENCE_DIR)
     parser.add_argument("--no-accuracy", action="store_true", help="skip the published-mask check")
-    parser.add_argument("--write", type=Path, help="record the table in this markdown file (BENCHMARKS.md)")
+    parser.add_argument("--write", type=Path, help="render this markdown file (BENCHMARKS.md) from the records")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="folder for the JSON record; default benchmarks/results/ beside --write, else a temp one",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.rounds < 1 or min(args.batch_sizes) < 1 or args.threads < 1:
         parser.error("--rounds, --batch-sizes and --threads must be at least 1")
     reference = None if args.no_accuracy else args.reference_dir
+    folder, _ = R.destinations(args.results, args.write, smoke=False)
+    machine = R.Machine.here()
+    date, (commit, dirty) = R.now(), R.commit()  # what runs, as it starts
     rows = measure(args.model, args.engines, args.batch_sizes, args.rounds, args.threads, reference)
-    peak = matmul_gflops(args.threads)
-    text = "\n".join([
-        f"# {args.model}, {args.threads} threads, {args.rounds} rounds, torch {torch.__version__}, "
-        f"onnxruntime {package_version('onnxruntime')}, openvino {package_version('openvino')}",
-        f"# fp32 matmul peak here: {peak:.0f} GFLOP/s with {args.threads} threads (torch.mm 2048x2048); "
-        f"gate: MAE mean <= {GATE_MEAN_MAE}, max <= {GATE_MAX_MAE} against the published masks",
-        format_table(rows),
-    ])  # fmt: skip
-    print(text)
+    study = R.EngineStudy(
+        kind=R.device_kind(machine),
+        date=date,
+        commit=commit,
+        dirty=dirty,
+        smoke=False,
+        provenance={"measured": True},
+        machine=dataclasses.replace(machine, load_after=R.load()),
+        settings=R.StudySettings(
+            args.model, args.threads, args.rounds, PEER, precision.GATE_MEAN_MAE, precision.GATE_MAX_MAE
+        ),
+        matmul_gflops=matmul_gflops(args.threads),
+        macs_per_image=conv_macs(load_model(args.model), VARIANTS[args.model].input_size),
+        rows=[r.record() for r in rows],
+    )
+    path = R.save(study, folder)
+    print(report.render_study(study))
+    print(f"recorded {path}")
     if args.write:
-        write_section(args.write, "engines", f"```\n{text}\n```")
-        print(f"wrote the engines section of {args.write}")
+        report.write(args.write, R.read_all([folder]))
+        print(f"rendered {args.write} from {folder}")
     return 0
 
 

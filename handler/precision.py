@@ -26,6 +26,12 @@ from torch import nn
 
 from handler.model import REBNCONV, U2Net, U2NetD0
 
+# The serving accuracy gate: an engine or precision plan may be the default only if the full pipeline's
+# masks of the authors' U2NETP test images stay this close to the published ones (MAE on the 0..1 scale,
+# mean over the images and the worst image). benchmarks/engines.py and tests/test_precision.py apply it.
+GATE_MEAN_MAE = 0.001
+GATE_MAX_MAE = 0.002
+
 # Modules of a U2Net that always stay fp32: the 1×1 conv fusing the six side maps into d0's logits.
 FP32_HEAD = ("outconv",)
 
@@ -55,6 +61,11 @@ def plan_for(variant: str) -> Plan:
     if variant not in PLANS:
         raise PrecisionError(f"no bf16 plan for {variant!r}; plans exist for: {', '.join(sorted(PLANS))}")
     return PLANS[variant]
+
+
+def passes_gate(mae_mean: float, mae_max: float) -> bool:
+    """Whether masks this far from the published ones (mean and worst MAE, 0..1) may be served by default."""
+    return mae_mean <= GATE_MEAN_MAE and mae_max <= GATE_MAX_MAE
 
 
 def native_bf16() -> bool:

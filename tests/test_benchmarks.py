@@ -1,58 +1,223 @@
-"""The benchmark's arithmetic: targets judged against the stronger rembg, the ceiling, the roofline, timing order."""
+"""The benchmark's data and arithmetic: records, summaries, verdicts against the stronger rembg, the ceiling,
+the roofline, the accuracy gate, timing order. Checked on records, never on rendered prose."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import engines, report
-from handler import weights
+from benchmarks import results as R
+from benchmarks import verdicts as V
+from handler import precision, weights
+
+MACHINE = R.Machine("AMD EPYC", 2, {"avx2": True, "avx512_bf16": True}, True, None, "3.11", {"torch": "2"}, [1.0])
+SERVED = R.Served("u2netp", "cpu", "onnxruntime", "w", 8, 20, "onnxruntime", "`u2netp.mar`")
 
 
-def _cell(path: str, op: str, callers: int, per_round: list[float]) -> report.CellSummary:
-    return report.CellSummary(path, op, callers, per_round, 100.0, 150.0, 18, 0, None, None, 0, {})
+def _cell(path: str, op: str, callers: int, per_round: list[float], images: int = 18) -> R.Cell:
+    """A cell whose rounds ran at `per_round` img/s, every request 100 ms."""
+    rounds = [R.Round(images / rate, images, [100.0] * images) for rate in per_round]
+    return R.Cell(path, op, callers, rounds)
 
 
-def _result(cells: list[report.CellSummary], rows: list[report.ModelRow], roofline: report.Roofline | None = None):
-    class Info:  # the fields render() reads from the SDK's ModelInfo
-        name, device, weights, batch_size, max_batch_delay_ms, engine = "u2netp", "cpu", "w", 8, 20, "onnxruntime"
+def _run(cells: list[R.Cell], rows: list[R.ModelOnly], roofline: R.Roofline | None = None, **kw) -> R.EndToEnd:
+    settings = R.EndToEndSettings(18, 2, 2, [1, 4], [1, 4], ["onnxruntime"], [1], 1.0)
+    return R.EndToEnd(
+        kind=kw.get("kind", "cpu-bf16"), date=kw.get("date", "2026-11-21T22:39:00+00:00"), commit="abc", dirty=False,
+        smoke=False, provenance={"measured": True}, machine=MACHINE, served=SERVED, settings=settings,
+        round_loads=[1.0, 1.0], cells=cells, model_only=rows, roofline=roofline,
+    )  # fmt: skip
 
-    machine = report.Machine("AMD EPYC", 2, None, "Python 3", (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
-    archive = report.ArchiveSummary("onnxruntime", "`u2netp.mar`")
-    return report.Result(machine, Info(), archive, 18, [1.0, 1.0], 2, 1.0, cells, rows, roofline=roofline)
 
-
-def test_a_served_target_is_judged_against_the_stronger_rembg() -> None:
+def _targets_run() -> R.EndToEnd:
     cells = [
         _cell("rembg", "cutout", 1, [3.0, 3.0]),
         _cell("rembg", "cutout", 4, [3.3, 3.3]),  # threads overlap rembg's pre/post with inference
         _cell("served", "cutout", 4, [3.8, 3.8]),  # 1.27x the single caller, 1.15x the threaded one
         _cell("served", "mask", 4, [5.1, 5.1]),  # 1.7x and 1.55x
     ]
-    rows = [report.ModelRow("onnxruntime", 1, [250.0, 250.0])]
-    text = report.render(_result(cells, rows))
-    cutout = next(line for line in text.splitlines() if line.startswith("- served cutout"))
-    mask = next(line for line in text.splitlines() if line.startswith("- served mask"))
-    assert "1.27× rembg with 1 caller(s)" in cutout and "1.15× rembg with 4 caller(s)" in cutout
-    assert cutout.endswith("NOT met")
-    assert "1.70× rembg with 1 caller(s)" in mask and "1.55× rembg with 4 caller(s)" in mask
-    assert mask.endswith("— met")
-    # The ceiling: the engine alone (4 img/s) over the best rembg (3.3 img/s).
-    assert "runs 4.00 img/s (batch 1) = 1.21× rembg remove() with 4 caller(s)" in text
-    # The end-to-end table has the same-callers column, filled only where rembg ran with as many callers.
-    served_row = next(line for line in text.splitlines() if line.startswith("| u2serve SDK | cutout | 4 |"))
-    assert served_row.split("|")[7:10] == [" 1.27 ", " 1.15 ", " 1.27 "]
+    return _run(cells, [R.ModelOnly("onnxruntime", 1, [250.0, 250.0])])
 
 
-def test_the_model_table_reads_each_engine_against_the_matmul_roofline() -> None:
-    cells = [_cell("rembg", "cutout", 1, [3.0])]
-    rows = [report.ModelRow("onnxruntime", 1, [250.0])]
-    roof = report.Roofline(macs_per_image=20_000_000_000, matmul_gflops=200.0, threads=2)
-    text = report.render(_result(cells, rows, roof))
-    assert "convolutions are 20.00 GMAC per image" in text and "runs at 200 GFLOP/s" in text
+def test_a_served_target_is_judged_against_the_stronger_rembg() -> None:
+    cutout, mask = V.served_targets(_targets_run())
+    assert [(v.peer_callers, round(v.ratio.median, 2)) for v in cutout.against] == [(1, 1.27), (4, 1.15)]
+    assert cutout.goal == 1.2 and cutout.met is False  # 1.27x one caller, but not 1.2x the threaded rembg
+    assert [(v.peer_callers, round(v.ratio.median, 2)) for v in mask.against] == [(1, 1.7), (4, 1.55)]
+    assert mask.goal == 1.5 and mask.met is True
+
+
+def test_the_ceiling_is_the_served_engine_alone_over_the_fastest_rembg() -> None:
+    roof = V.ceiling(_targets_run())
+    assert roof is not None
+    assert (roof.engine, roof.batch, roof.peer_callers) == ("onnxruntime", 1, 4)
+    assert roof.images_per_s == pytest.approx(4.0) and roof.ratio == pytest.approx(4.0 / 3.3)
+
+
+def test_a_target_not_measured_has_no_verdict() -> None:
+    run = _run([_cell("rembg", "cutout", 1, [3.0]), _cell("served", "cutout", 1, [4.0])], [])
+    assert [(t.op, t.met, t.against) for t in V.served_targets(run)] == [("cutout", None, []), ("mask", None, [])]
+    assert V.ceiling(run) is None
+    assert [e.met for e in V.engine_targets(run)] == [None, None]
+
+
+def test_a_ratio_is_the_median_of_the_ratios_within_each_round_not_a_ratio_of_medians() -> None:
+    # A noisy neighbour slowed rembg's round 2 and the served mask's rounds 2 and 3: within the rounds both
+    # ran undisturbed (1) and equally disturbed (2), the served mask is 2x rembg.
+    rembg = _cell("rembg", "cutout", 1, [3.0, 1.0, 3.0])
+    served = _cell("served", "mask", 1, [6.0, 2.0, 2.0])
+    found = V.ratio(served, rembg)
+    assert found is not None and found.per_round == pytest.approx([2.0, 2.0, 2 / 3])
+    assert found.median == pytest.approx(2.0)  # the medians alone (2.0 over 3.0) would say 0.67
+
+
+def test_cell_figures_come_from_every_sample_of_every_round() -> None:
+    rounds = [
+        R.Round(2.0, 4, [100.0, 200.0, 300.0], [1, 2, 2], ["UNAVAILABLE: busy"], {V.REQUESTS: 3, V.BATCHES: 2}),
+        R.Round(1.0, 4, [400.0, 500.0, 600.0, 700.0], [4, 4, 4, 4], [], {V.REQUESTS: 4, V.BATCHES: 1}),
+    ]
+    f = V.cell_figures(R.Cell("served", "mask", 4, rounds))
+    assert f.images_per_s == pytest.approx(3.0)  # the median of 2 and 4 img/s
+    assert f.p50_ms == pytest.approx(400.0) and f.p90_ms == pytest.approx(640.0)  # over all 7 requests
+    assert f.p95_ms == pytest.approx(670.0) and f.p99_ms == pytest.approx(694.0)
+    assert (f.requests, f.errors, f.first_error) == (7, 1, "UNAVAILABLE: busy")
+    assert (f.formed_batches, f.mean_formed_batch) == (3, pytest.approx(7 / 3))
+    assert f.batch_sizes == {1: 1, 2: 2, 4: 4}
+
+
+def test_a_cell_without_metrics_or_requests_has_no_formed_batches_and_no_percentiles() -> None:
+    f = V.cell_figures(R.Cell("rembg", "cutout", 1, [R.Round(1.0, 2, [], errors=["boom", "boom"])]))
+    assert (f.p50_ms, f.p99_ms, f.formed_batches, f.mean_formed_batch, f.errors) == (None, None, None, None, 2)
+
+
+def test_model_only_rows_are_read_against_the_matmul_roofline() -> None:
+    roof = R.Roofline(macs_per_image=20_000_000_000, matmul_gflops=200.0, threads=2)
+    run = _run([_cell("rembg", "cutout", 1, [3.0])], [R.ModelOnly("onnxruntime", 1, [250.0, 240.0, 260.0])], roof)
+    f = V.model_figures(run, run.model_only[0])
     # 4 img/s x 2 x 20 GMAC = 160 GFLOP/s, 80 % of the matmul rate.
-    assert "| onnxruntime (served) | 1 | 250.0 | 4.00 | 160 | 80 |" in text
-    assert "| % of fp32 matmul peak |" in text
+    assert (f.ms, f.images_per_s, f.gflops, f.peak_percent) == pytest.approx((250.0, 4.0, 160.0, 80.0))
+    assert V.model_figures(dataclasses.replace(run, roofline=None), run.model_only[0]).gflops is None
+
+
+def test_the_served_engine_is_judged_against_each_onnxruntime_batch_for_batch() -> None:
+    rows = [
+        R.ModelOnly("torchscript-bf16", 1, [200.0, 210.0]),
+        R.ModelOnly("onnxruntime", 1, [240.0, 250.0]),  # bf16 1.2x, 1.19x
+        R.ModelOnly("onnxruntime-rembg", 1, [190.0, 200.0]),  # bf16 0.95x: not met
+        R.ModelOnly("torchscript-bf16", 4, [800.0, 800.0]),
+        R.ModelOnly("onnxruntime", 4, [900.0, 900.0]),
+    ]
+    run = _run([_cell("rembg", "cutout", 1, [3.0, 3.0])], rows)
+    run = dataclasses.replace(run, served=dataclasses.replace(SERVED, archive_engine="torchscript-bf16"))
+    ort, rembg = V.engine_targets(run)
+    assert [(b, round(r.median, 3)) for b, r in ort.ratios] == [(1, 1.195), (4, 1.125)] and ort.met is True
+    assert [b for b, _ in rembg.ratios] == [1] and rembg.met is False
+    assert V.best_served_model_only(run) == pytest.approx(1000 * 4 / 800)
+    # Serving onnxruntime itself: the comparison with onnxruntime is no target.
+    same = V.engine_targets(_run([_cell("rembg", "cutout", 1, [3.0])], [R.ModelOnly("onnxruntime", 1, [250.0])]))
+    assert same[0].same_engine and same[0].met is None
+
+
+def test_the_accuracy_gate_lives_in_the_handler_and_judges_study_rows() -> None:
+    assert (precision.GATE_MEAN_MAE, precision.GATE_MAX_MAE) == (0.001, 0.002)
+    assert precision.passes_gate(0.001, 0.002) and precision.passes_gate(0.00077, 0.00178)
+    assert not precision.passes_gate(0.0011, 0.0015) and not precision.passes_gate(0.0005, 0.0021)
+    row = R.StudyRow("u2netp", "bf16-cl", 1, 0.01, 1.0, 0.00839, 0.01704, [170.0])
+    assert V.gate(row) is False
+    assert V.gate(dataclasses.replace(row, mae_mean=None, mae_max=None)) is None
+
+
+def test_study_rows_are_summarised_from_every_timed_call() -> None:
+    rows = [
+        R.StudyRow("u2netp", "torchscript-bf16", 2, 0.002, 4.0, 0.0008, 0.0018, [400.0, 380.0, 420.0]),
+        R.StudyRow("u2netp", "onnxruntime-rembg", 2, 0.0, 2.0, 0.0003, 0.0011, [500.0, 500.0, 520.0]),
+    ]
+    settings = R.StudySettings("u2netp", 2, 3, "onnxruntime-rembg", 0.001, 0.002)
+    study = R.EngineStudy(
+        "cpu-bf16", "2026-11-21T22:42:00+00:00", "abc", False, False, {"measured": True}, MACHINE, settings,
+        180.0, 20_000_000_000, rows,
+    )  # fmt: skip
+    f = V.study_figures(study, rows[0])
+    assert (f.ms, f.images_per_s, f.vs_peer, f.gflops) == pytest.approx((400.0, 5.0, 0.8, 200.0))
+
+
+def test_a_record_survives_json_and_readers_ignore_fields_they_do_not_know(tmp_path: Path) -> None:
+    run = _targets_run()
+    path = R.save(run, tmp_path)
+    assert path.name == "end-to-end-cpu-bf16-20261121T223900.json"
+    assert R.read(path) == run
+    data = json.loads(path.read_text())
+    assert (data["schema"], data["study"], data["commit"]) == (1, "end-to-end", "abc")
+    assert data["cells"][0]["rounds"][0]["latency_ms"] == [100.0] * 18  # every sample, not a summary
+    # A later version adding a percentile sweep or queue time to a round still reads here.
+    data["cells"][0]["rounds"][0]["queue_ms"] = [1.0] * 18
+    data["cells"][0]["rounds"][0]["counters"]["ts_queue_latency_microseconds"] = 12.0
+    data["sweep"] = {"p99": 1}
+    assert R.from_dict(data).cells[0].rounds[0].counters == {"ts_queue_latency_microseconds": 12.0}
+    data["schema"] = 2
+    with pytest.raises(ValueError, match="schema 2; this reader knows schema 1"):
+        R.from_dict(data, "x.json")
+
+
+def test_the_machine_kind_follows_native_bf16_then_avx2() -> None:
+    flags = R.cpu_flags("fpu sse avx2 avx512f")
+    assert flags == {"avx2": True, "avx512f": True, "avx512_bf16": False, "amx_bf16": False, "amx_tile": False}
+    avx2 = dataclasses.replace(MACHINE, cpu_flags=flags, native_bf16=False)
+    assert R.device_kind(avx2) == "cpu-avx2"
+    assert R.device_kind(dataclasses.replace(avx2, native_bf16=True)) == "cpu-bf16"
+    assert R.device_kind(dataclasses.replace(avx2, cpu_flags=R.cpu_flags("fpu sse4_2"))) == "cpu"
+    assert R.device_kind(dataclasses.replace(avx2, gpu="NVIDIA H200")) == "cuda"
+    assert R.cpu_flags(None) is None
+
+
+def test_the_document_keeps_the_newest_record_of_each_kind() -> None:
+    old = _targets_run()
+    new = dataclasses.replace(old, date="2026-12-01T10:00:00+00:00")
+    avx2 = dataclasses.replace(old, kind="cpu-avx2", date="2026-01-01T00:00:00+00:00")
+    newest = report.latest([new, avx2, old])
+    assert newest == {("end-to-end", "cpu-bf16"): new, ("end-to-end", "cpu-avx2"): avx2}
+
+
+def test_a_smoke_run_never_lands_in_the_committed_results(tmp_path: Path) -> None:
+    folder, write = R.destinations(None, R.ROOT / "BENCHMARKS.md", smoke=True)
+    assert folder.resolve() != R.RESULTS_DIR.resolve() and write is not None and write.parent == folder.parents[1]
+    folder, write = R.destinations(R.RESULTS_DIR, None, smoke=True)
+    assert folder.resolve() != R.RESULTS_DIR.resolve() and write is None
+    # A real run records beside the markdown it renders; a smoke run aimed elsewhere stays there.
+    assert R.destinations(None, R.ROOT / "BENCHMARKS.md", smoke=False) == (R.RESULTS_DIR, R.ROOT / "BENCHMARKS.md")
+    assert R.destinations(None, tmp_path / "B.md", smoke=True) == (tmp_path / "benchmarks/results", tmp_path / "B.md")
+
+
+def test_the_recorded_results_load_and_their_verdicts_stand() -> None:
+    records = R.read_all([R.RESULTS_DIR])
+    assert records and all(r.schema == R.SCHEMA for r in records)
+    newest = report.latest(records)
+    run = newest["end-to-end", "cpu-bf16"]
+    assert isinstance(run, R.EndToEnd)
+    cutout, mask = V.served_targets(run)
+    assert cutout.met and [round(v.ratio.median, 2) for v in cutout.against] == [1.43, 1.33]
+    assert mask.met and [round(v.ratio.median, 2) for v in mask.against] == [1.74, 1.62]
+    assert all(e.met for e in V.engine_targets(run))
+    ceiling = V.ceiling(run)
+    assert ceiling is not None and round(ceiling.ratio, 2) == 1.57
+    study = newest["engines", "cpu-bf16"]
+    assert isinstance(study, R.EngineStudy)
+    failing = {r.engine for r in study.rows if V.gate(r) is False}
+    assert failing == {"bf16-cl", "openvino-bf16"}  # bf16 everywhere fails the gate; the islands pass it
+    assert V.gate(next(r for r in study.rows if r.engine == "torchscript-bf16")) is True
+
+
+def test_benchmarks_md_is_what_the_recorded_results_render_to() -> None:
+    # BENCHMARKS.md is output: edit the records (or rerun `make bench`), then render.
+    expected = report.render_document(R.read_all([R.RESULTS_DIR]))
+    assert (R.ROOT / "BENCHMARKS.md").read_text() == expected, (
+        "run: python -m benchmarks.report render --write BENCHMARKS.md"
+    )
 
 
 def test_u2netp_convolutions_are_19_8_gmac_per_image() -> None:
@@ -76,4 +241,4 @@ def test_engines_are_timed_in_an_order_that_rotates_from_round_to_round() -> Non
     runs = {name: recorder(name) for name in ("a", "b", "c")}
     times = engines._time_interleaved(runs, {1: torch.zeros(1)}, rounds=2, first_round=1)
     assert calls == ["b", "c", "a", "c", "a", "b"]  # no engine always runs right after the same one
-    assert set(times) == {("a", 1), ("b", 1), ("c", 1)}
+    assert set(times) == {("a", 1), ("b", 1), ("c", 1)} and all(len(t) == 2 for t in times.values())

