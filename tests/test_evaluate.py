@@ -112,6 +112,7 @@ def test_served_metrics_equal_pysodmetrics_called_directly(served, reference_dir
     u2netp = data["models"]["u2netp"]
     assert u2netp["images"] == 18 and u2netp["resized"] == 0 and u2netp["skipped"] == []
     assert u2netp["source"].startswith("served u2netp")
+    assert u2netp["largest_batch"] > 1  # 8 requests in flight: the server batched them
     stems = sorted(p.stem for p in (reference_dir / "images").iterdir())
     # The masks the server returned, saved byte for byte: the arrays the tool scored.
     preds = [read_mask(served / "predictions" / "u2netp" / f"{s}.png") for s in stems]

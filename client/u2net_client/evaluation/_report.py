@@ -56,7 +56,12 @@ class Report:
             "pysodmetrics": version("pysodmetrics"),
             "conventions": CONVENTIONS,
             "models": {
-                e.name: {"source": e.source, "skipped": list(e.skipped), **e.metrics.to_dict()}
+                e.name: {
+                    "source": e.source,
+                    "largest_batch": e.largest_batch,
+                    "skipped": list(e.skipped),
+                    **e.metrics.to_dict(),
+                }
                 for e in self.evaluations
             },
             "paper": _paper_dict(self.paper),
@@ -110,7 +115,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
     lines.append("")
     for name, m in data["models"].items():
-        lines.append(f"- **{name}**: {m['source']}; {m['images']} images, {m['resized']} predictions resized.")
+        batch = f", largest server batch {m['largest_batch']}" if m["largest_batch"] else ""
+        lines.append(f"- **{name}**: {m['source']}; {m['images']} images, {m['resized']} predictions resized{batch}.")
         lines += [f"  - skipped: {item}" for item in m["skipped"]]
     if data["paper"] is not None:
         lines += ["", f"Paper figures: {data['paper']['source']}. A dash: a figure we could not check in a source."]

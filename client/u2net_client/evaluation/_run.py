@@ -27,12 +27,14 @@ class Evaluation:
         source: Where the predictions came from, e.g. "served u2netp 1.0 (weights: ...)" or a folder.
         metrics: The figures.
         skipped: What was left out, "name: reason" (only with skip_unreadable).
+        largest_batch: The most requests the server batched together with one of ours; None for a folder.
     """
 
     name: str
     source: str
     metrics: Metrics
     skipped: tuple[str, ...] = ()
+    largest_batch: int | None = None
 
 
 def evaluate_served(
@@ -69,6 +71,7 @@ def evaluate_served(
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
     described: list[str] = []
+    batches: list[int] = []
 
     def predictions() -> Iterator[tuple[Pair, np.ndarray | str]]:
         outcomes = client.map(lambda p: client.mask(p.source, model, version=version), pairs, concurrency=concurrency)
@@ -81,6 +84,7 @@ def evaluate_served(
                     continue
                 if not described:
                     described.append(_describe(outcome))
+                batches.append(outcome.batch_size)
                 if save_dir is not None:
                     outcome.save(save_dir / f"{pair.stem}.png")
                 yield pair, outcome.array
@@ -88,7 +92,7 @@ def evaluate_served(
             outcomes.close()  # stops what is still queued when the run stops early
 
     metrics, skipped = _score(predictions(), skip_unreadable, on_item)
-    return Evaluation(model, described[0] if described else f"served {model}", metrics, skipped)
+    return Evaluation(model, described[0] if described else f"served {model}", metrics, skipped, max(batches))
 
 
 def evaluate_folder(
