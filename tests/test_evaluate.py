@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,12 @@ def test_predictions_of_another_size_are_resized_to_the_ground_truth(reference_d
     assert result.mae == pytest.approx(direct.get_results()["mae"], abs=1e-12)
     with pytest.raises(ValueError, match="no pair"):
         MetricAccumulator().result()
+
+
+def test_the_paper_figures_ship_with_the_package():
+    """The JSON is package data: a wheel built from pyproject.toml carries it beside the code that reads it."""
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert any(fnmatch("evaluation/paper_figures.json", p) for p in patterns["u2net_client"]), patterns
+    assert (ROOT / "client/u2net_client/evaluation/paper_figures.json").is_file()
