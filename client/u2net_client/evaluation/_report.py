@@ -20,6 +20,8 @@ PLOT_INCHES = (8.0, 6.0)
 PLOT_DPI = 100
 PLOT_SIZE = (800, 600)  # pixels, width x height: PLOT_INCHES at PLOT_DPI
 PR_PLOT = "pr_curves.png"
+# Line styles cycle too, so that curves lying on one another (a model and its published maps) stay visible.
+_STYLES = ("-", "--", ":", "-.")
 F_PLOT = "f_measure.png"
 CONVENTIONS = {
     "f_measure_beta2": BETA2,
@@ -119,7 +121,11 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append(f"- **{name}**: {m['source']}; {m['images']} images, {m['resized']} predictions resized{batch}.")
         lines += [f"  - skipped: {item}" for item in m["skipped"]]
     if data["paper"] is not None:
-        lines += ["", f"Paper figures: {data['paper']['source']}. A dash: a figure we could not check in a source."]
+        lines += [
+            "",
+            f"Paper figures: {data['paper']['source']}. "
+            "A dash: a figure the paper does not report, or one we could not check in a source.",
+        ]
     lines += ["", f"Computed with PySODMetrics {data['pysodmetrics']}:"]
     lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in data["conventions"].items()]
     lines += ["", f"![PR curves]({PR_PLOT})", "", f"![F-measure against threshold]({F_PLOT})", ""]
@@ -136,8 +142,9 @@ def _figure() -> tuple[Figure, Any]:
 def plot_pr_curves(data: dict[str, Any], path: Path) -> None:
     """The precision-recall curves of every model on one chart, PLOT_SIZE pixels."""
     figure, ax = _figure()
-    for name, m in data["models"].items():
-        ax.plot(m["curves"]["recall"], m["curves"]["precision"], label=f"{name} (maxFβ {m['max_f']:.3f})")
+    for i, (name, m) in enumerate(data["models"].items()):
+        label = f"{name} (maxFβ {m['max_f']:.3f})"
+        ax.plot(m["curves"]["recall"], m["curves"]["precision"], _STYLES[i % len(_STYLES)], label=label)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
@@ -147,9 +154,9 @@ def plot_pr_curves(data: dict[str, Any], path: Path) -> None:
 def plot_f_measure(data: dict[str, Any], path: Path) -> None:
     """F-measure (β² = 0.3) against the threshold 0..255 for every model, PLOT_SIZE pixels."""
     figure, ax = _figure()
-    for name, m in data["models"].items():
+    for i, (name, m) in enumerate(data["models"].items()):
         f = m["curves"]["f_measure"]
-        ax.plot(range(len(f)), f, label=f"{name} (meanFβ {m['mean_f']:.3f})")
+        ax.plot(range(len(f)), f, _STYLES[i % len(_STYLES)], label=f"{name} (meanFβ {m['mean_f']:.3f})")
     ax.set(xlabel="threshold (8-bit)", ylabel="Fβ", xlim=(0, 255), ylim=(0, 1.01), title="F-measure against threshold")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
