@@ -276,6 +276,8 @@ def test_usage_errors(reference_dir, tmp_path, capsys):
     assert "--model needs --images" in capsys.readouterr().err
     assert main(["evaluate", "--gt", gt, "--predictions", gt, "--paper", "MSRA-B", "-o", str(tmp_path)]) == 2
     assert "DUTS-TE" in capsys.readouterr().err
+    assert main(["evaluate", "--gt", gt, "--predictions", gt, "--predictions", gt, "-o", str(tmp_path)]) == 2
+    assert "share a name" in capsys.readouterr().err
 
 
 def test_server_errors_keep_their_exit_codes(server, reference_dir, tmp_path):

@@ -263,6 +263,9 @@ def _evaluations(args: argparse.Namespace, client: U2NetClient) -> list[Evaluati
     images = _pairs(args.images, args.gt, "image", args.skip_missing) if args.images else []
     folders = [(d.name, _pairs(d, args.gt, "prediction", args.skip_missing)) for d in args.predictions]
     models = (args.model or ["u2netp"]) if images else []
+    names = models + [name for name, _ in folders]
+    if len(set(names)) < len(names):  # the report keys models by these names
+        raise UsageError(f"two evaluations would share a name in the report: {', '.join(names)}; rename a folder")
     total = len(models) * len(images) + sum(len(pairs) for _, pairs in folders)
     progress = Progress(total, enabled=not args.no_progress and sys.stderr.isatty())
     try:
