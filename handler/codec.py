@@ -30,7 +30,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from handler.errors import U2ServeError, from_sdk
-from handler.pipeline import Outcome, SegmentRequest, Task
+from handler.pipeline import Batch, Outcome, SegmentRequest, Task
 from u2net_client._errors import U2NetError
 from u2net_client._generated import u2serve_pb2
 from u2net_client.options import Options
@@ -81,6 +81,14 @@ class Codec(abc.ABC):
     @abc.abstractmethod
     def reply(self, outcome: Outcome, served: Served, batch_size: int) -> Reply:
         """The row's answer for what the pipeline made of it."""
+
+
+@dataclass
+class Pending:
+    """A batch between TorchServe's stages, with each row's codec (its protocol, worked out once)."""
+
+    codecs: list[Codec]
+    batch: Batch
 
 
 def for_row(row: Mapping[str, object], headers: Mapping[str, object] | None = None) -> Codec:
