@@ -314,3 +314,57 @@ def test_async_client_on_triton(triton_server, reference_images):
     results, info, ready = asyncio.run(go())
     assert ready and info.variant == "u2netp" and info.batch_size == 8
     assert [r.input_size for r in results] == [Image.open(p).size for p in reference_images[:3]]
+
+
+def test_v2_falls_back_to_torchserves_service_name_and_shape():
+    """protocol="v2" asks Triton's standard service first; a server without it (TorchServe 0.12) answers
+    UNIMPLEMENTED, and the SDK keeps TorchServe's name, sending each BYTES input as TorchServe's handler
+    reads it (shape [1], contents.bytes_contents)."""
+    from concurrent import futures
+
+    from u2net_client import _v2
+    from u2net_client._generated import open_inference_grpc_pb2 as pb
+
+    seen = []
+
+    def infer(request, context):
+        seen.append(request)
+        response = u2serve_pb2.SegmentResponse(error=u2serve_pb2.Error(code=3, message="seen"))
+        out = pb.ModelInferResponse.InferOutputTensor(
+            name=_v2.RESPONSE_OUTPUT,
+            datatype="BYTES",
+            shape=[1],
+            contents=pb.InferTensorContents(bytes_contents=[response.SerializeToString()]),
+        )
+        return pb.ModelInferResponse(model_name="u2netp", outputs=[out])
+
+    handler = grpc.method_handlers_generic_handler(
+        _v2.TORCHSERVE_SERVICE,
+        {
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                infer,
+                request_deserializer=pb.ModelInferRequest.FromString,
+                response_serializer=lambda m: m.SerializeToString(),
+            )
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with U2NetClient(f"127.0.0.1:{port}", token="t", protocol="v2", timeout=30) as c:
+            for _ in range(2):
+                with pytest.raises(U2NetError, match="seen"):
+                    c.mask(_png(), threshold=0.5)
+            assert c._v2.service == _v2.TORCHSERVE_SERVICE and not c._v2.is_triton
+    finally:
+        server.stop(grace=None)
+    assert len(seen) == 2  # the first call was retried under TorchServe's name, the second went there at once
+    for request in seen:
+        assert [(t.name, t.datatype, list(t.shape)) for t in request.inputs] == [
+            (_v2.IMAGE_INPUT, "BYTES", [1]),
+            (_v2.REQUEST_INPUT, "BYTES", [1]),
+        ]
+        segment = u2serve_pb2.SegmentRequest.FromString(request.inputs[1].contents.bytes_contents[0])
+        assert segment.task == u2serve_pb2.MASK and abs(segment.options.threshold - 0.5) < 1e-6
