@@ -32,7 +32,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from handler.errors import U2ServeError, from_sdk
-from handler.pipeline import Outcome, SegmentRequest, Task
+from handler.pipeline import Batch, Outcome, SegmentRequest, Task
 from u2net_client._errors import U2NetError
 from u2net_client._generated import u2serve_pb2
 from u2net_client.options import Options
@@ -63,6 +63,14 @@ class Reply:
     body: bytes | str
     http_status: int | None = None
     content_type: str | None = None
+
+
+@dataclass
+class Pending:
+    """A batch between TorchServe's stages, with each row's codec (its protocol, worked out once)."""
+
+    codecs: list[Codec]
+    batch: Batch
 
 
 class Codec(abc.ABC):
