@@ -65,14 +65,6 @@ class Reply:
     content_type: str | None = None
 
 
-@dataclass
-class Pending:
-    """A batch between TorchServe's stages, with each row's codec (its protocol, worked out once)."""
-
-    codecs: list[Codec]
-    batch: Batch
-
-
 class Codec(abc.ABC):
     """The protocol of one row."""
 
