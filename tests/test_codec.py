@@ -54,9 +54,9 @@ def test_option_values_are_checked_where_they_enter_with_the_sdks_messages():
 
 
 def test_raw_fields_and_headers_become_the_same_options():
-    row = {"data": b"img", "task": b"mask", "threshold": b"0.25", "crop": b"yes", "margin": b"3"}
+    row = {"data": b"img", "task": b"cutout", "threshold": b"0.25", "crop": b"yes", "margin": b"3"}
     request = codec.for_row(row, {"X-U2Serve-Background": "#ff0000", "X-U2Serve-Compression": "9"}).parse()
-    assert (request.task, request.image) == (Task.MASK, b"img")
+    assert (request.task, request.image) == (Task.CUTOUT, b"img")
     assert request.options == Options(
         background=(255, 0, 0), threshold=0.25, crop=True, crop_margin=3, png_compression=9
     )
