@@ -95,3 +95,22 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def web(server):
+    """The web gateway (`python -m u2net_client.web`) on a free port in front of the session's TorchServe."""
+    import socket
+
+    from tools.web import Web, start
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gateway = Web(server.home, port=port)
+    targets = ["--target", server.grpc_target, "--management-target", server.grpc_management_target]
+    start(gateway, targets)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
