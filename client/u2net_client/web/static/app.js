@@ -332,8 +332,11 @@ async function start() {
   document.body.dataset.ready = "true";
   try {
     const ping = await fetch("/v1/ping");
-    if (ping.ok) setStatus((await ping.json()).healthy ? "Ready: TorchServe answers" : "TorchServe is not healthy", false);
-    else {
+    if (ping.ok && (await ping.json()).healthy) setStatus("Ready: TorchServe answers");
+    else if (ping.ok) {
+      setStatus("TorchServe is down", true);
+      appendError("The model server (TorchServe) does not answer: images will fail until it is back (`make serve`).");
+    } else {
       const message = explain(ping.status, await messageOf(ping));
       setStatus(ping.status === 503 ? "TorchServe is down" : "Not signed in", true);
       appendError(message);
