@@ -108,7 +108,8 @@ def web(server):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     gateway = Web(server.home, port=port)
-    targets = ["--target", server.grpc_target, "--management-target", server.grpc_management_target]
+    # A generous deadline: the test machines are shared and slow; the 504 path has its own unit test.
+    targets = ["--target", server.grpc_target, "--management-target", server.grpc_management_target, "--timeout", "300"]
     start(gateway, targets)
     try:
         yield gateway

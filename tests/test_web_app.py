@@ -161,11 +161,9 @@ def test_missing_file_and_unknown_model(app):
 def test_sdk_errors_become_json_statuses(app, fake, code, status, retry_after):
     fake.fail = U2NetError(code, "what went wrong")
     r = app.post("/v1/models/u2netp/cutout", files={"file": ("a.png", png())}, headers=KEY)
-    assert r.status_code == status and r.json() == {
-        "code": status,
-        "type": r.json()["type"],
-        "message": "what went wrong",
-    }
+    body = r.json()
+    assert r.status_code == status and body["code"] == status and body["message"].startswith("what went wrong")
+    assert set(body) == {"code", "type", "message"}
     assert r.headers.get("retry-after") == retry_after
 
 

@@ -62,7 +62,8 @@ def test_a_rembg_users_curl_calls_work_unchanged(web, key, photo, tmp_path, serv
             assert status == 400 and b"backgrounds issue (#11)" in body, body
 
 
-def test_sixteen_concurrent_http_requests_share_torchserve_batches(web, key, photo, record_property):
+def test_sixteen_concurrent_http_requests_share_torchserve_batches(web, key, reference_dir, record_property):
+    photo = min((reference_dir / "images").iterdir(), key=lambda p: p.stat().st_size)
     data = photo.read_bytes()
 
     async def run() -> list[httpx.Response]:

@@ -42,7 +42,10 @@ def from_sdk(error: U2NetError) -> HTTPError:
     status = _STATUS.get(error.code, 502)
     if status == 400 and "over the limit" in error.message:
         status = 413
-    return HTTPError(status, error.message, _RETRY_AFTER.get(error.code))
+    message = error.message
+    if status == 504:  # the SDK's advice (timeout=) is the operator's here
+        message = f"{message.split(';')[0]}: TorchServe is overloaded or stuck; retry later (the app's --timeout)"
+    return HTTPError(status, message, _RETRY_AFTER.get(error.code))
 
 
 def response(error: HTTPError) -> JSONResponse:
