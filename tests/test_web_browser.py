@@ -155,6 +155,7 @@ def test_the_page_in_a_real_browser(driver, web, server, reference_dir, tmp_path
 
     OUT.mkdir(parents=True, exist_ok=True)
     shot = OUT / "web-page.png"
+    driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(shot))
     record_property("screenshot", str(shot))
 
