@@ -184,10 +184,7 @@ class V2Codec(Codec):
                 f"and optionally {V2_REQUEST_INPUT!r} (BYTES [1], a serialised u2serve.v1.SegmentRequest)"
             )
         found = {name: _one_bytes(name, t) for name, t in tensors.items()}
-        image = found.get(V2_IMAGE_INPUT)
-        if V2_REQUEST_INPUT in found:
-            return parse_segment_request(found[V2_REQUEST_INPUT], image)
-        return SegmentRequest(Task.CUTOUT, image or b"")
+        return from_v2_inputs(found.get(V2_REQUEST_INPUT), found.get(V2_IMAGE_INPUT))
 
     def reply(self, outcome: Outcome, served: Served, batch_size: int) -> Reply:
         payload = segment_response(outcome, served, batch_size)
@@ -204,6 +201,14 @@ class V2Codec(Codec):
             "outputs": [output],
         }
         return Reply(json.dumps(envelope))
+
+
+def from_v2_inputs(segment: bytes | None, image: bytes | None) -> SegmentRequest:
+    """The request of a v2 ModelInfer's two inputs (TorchServe's OIP rows here, Triton's segment model in
+    handler/triton_backends): the image, with the task and options of the optional SegmentRequest."""
+    if segment is not None:
+        return parse_segment_request(segment, image)
+    return SegmentRequest(Task.CUTOUT, image or b"")
 
 
 def _one_bytes(name: str, tensor: Mapping[str, Any]) -> bytes:

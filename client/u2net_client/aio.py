@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from u2net_client import _management as mgmt
+from u2net_client import _triton
 from u2net_client._base import (
     DEFAULT_MANAGEMENT_TARGET,
     DEFAULT_TARGET,
@@ -70,9 +71,11 @@ class AsyncU2NetClient:
         tls_server_name: The name to expect in the server's certificate when it differs from the
             target's host (e.g. through a port-forward).
         channel_credentials: Any other grpc.ChannelCredentials, instead of `tls`.
-        protocol: "torchserve" (TorchServe's gRPC API), "v2" (the Open Inference Protocol TorchServe serves
-            with ts_open_inference_protocol=true), or "triton" (KServe v2 tensors to the model that
-            `python -m handler.triton` exports; pre/postprocessing run on the client). Same results on all three.
+        protocol: "torchserve" (TorchServe's gRPC API), "v2" (the Open Inference Protocol: Triton's segment
+            model, or TorchServe with ts_open_inference_protocol=true), or "triton" (KServe v2 tensors to the
+            `<model>_network` that `python -m handler.triton` exports; pre/postprocessing run on the client).
+            Same results on all three. With "v2" and "triton" the key file is looked for in
+            ./var/triton/key_file.json first, and models()/describe() read a Triton's repository and configs.
 
     Raises:
         U2NetError: INVALID_ARGUMENT for settings that cannot work, e.g. a key file that does not exist.
@@ -100,7 +103,7 @@ class AsyncU2NetClient:
         self._protocol = Protocol(protocol)
         self._settings = ClientSettings(
             target, management_target, token, management_token, key_file, timeout, retry,
-            max_send_bytes, max_receive_bytes,
+            max_send_bytes, max_receive_bytes, triton=protocol != "torchserve",
         )  # fmt: skip
         security = channel_security(tls, ca_file, root_certificates, tls_server_name, channel_credentials)
         options = [*self._settings.channel_options, *security.options]
@@ -108,7 +111,8 @@ class AsyncU2NetClient:
         self._management_channel = _channel(management_target, options, security.credentials)
         self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
         self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
-        self._v2 = V2Stub(self._channel, self._protocol.v2_service)
+        self._v2 = V2Stub(self._channel, self._protocol.v2_services)
+        self._repository = _triton.RepositoryStub(self._channel)
 
     @property
     def target(self) -> str:
@@ -237,6 +241,9 @@ class AsyncU2NetClient:
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """As `U2NetClient.models`, awaited."""
+        if await self._on_triton(timeout):
+            index = await self._call(self._repository.RepositoryIndex, _triton.index_request(), "management", timeout)
+            return [await self.describe(name, timeout=timeout) for name in _triton.served_names(index)]
         names: list[str] = []
         page: int | None = 0
         while page is not None:
@@ -248,6 +255,14 @@ class AsyncU2NetClient:
 
     async def describe(self, model: str, version: str | None = None, *, timeout: float | None = None) -> ModelInfo:
         """As `U2NetClient.describe`, awaited."""
+        if await self._on_triton(timeout):
+            mgmt.describe_request(model, version)  # the same checks
+            reply = await self._call(
+                self._repository.ModelConfig, _triton.config_request(model, version), "management", timeout
+            )
+            meta = await self.model_metadata(model, version, timeout=timeout)
+            ready = await self.model_ready(model, version, timeout=timeout)
+            return _triton.model_info(reply.config, version or (meta.versions or ("",))[-1], ready)
         request = mgmt.describe_request(model, version)
         reply = await self._call(self._management.DescribeModel, request, "management", timeout)
         return mgmt.parse_description(reply.msg)[0]
@@ -319,7 +334,7 @@ class AsyncU2NetClient:
 
     async def model_ready(self, model: str, version: str | None = None, *, timeout: float | None = None) -> bool:
         """KServe v2 ModelReady: whether `model` has a ready instance (TorchServe: a healthy worker)."""
-        request = v2pb.ModelReadyRequest(name=model, version=version or "")
+        request = v2pb.ModelReadyRequest(name=self._protocol.v2_model(model), version=version or "")
         return (await self._call(self._v2.ModelReady, request, "inference", timeout)).ready
 
     async def model_metadata(
@@ -330,8 +345,15 @@ class AsyncU2NetClient:
         Raises:
             U2NetError: NOT_FOUND for an unknown model.
         """
-        request = v2pb.ModelMetadataRequest(name=model, version=version or "")
+        request = v2pb.ModelMetadataRequest(name=self._protocol.v2_model(model), version=version or "")
         return metadata_from(await self._call(self._v2.ModelMetadata, request, "inference", timeout))
+
+    async def _on_triton(self, timeout: float | None) -> bool:
+        """Whether the server is Triton: protocol "triton", or "v2" once ServerLive found Triton's service."""
+        if self._protocol.name == "torchserve":
+            return False
+        await self.server_live(timeout=timeout)  # settles which v2 service the server implements
+        return self._v2.is_triton
 
     async def _call(
         self,
