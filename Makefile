@@ -41,6 +41,9 @@ $(READY): pyproject.toml setup.py $(wildcard protos/*.proto) protos/generate.py
 	# our stubs. nvidia-pytriton only for the tritonserver 2.51 + Python backend it bundles (tools/triton.py);
 	# its numpy<2 pin would break opencv: the Python backend's stubs get numpy 1.26 in .venv-triton instead.
 	$(PIP) install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25 nvidia-pytriton==0.7.0
+	# pymatting compiles its numba solvers on first import (minutes on a busy machine) and caches them:
+	# pay that here, not in the first refine="matting" request.
+	$(PY) -c "import pymatting"
 	touch $@
 
 # The Python backend's stub environment: numpy<2, the rest seen from .venv (tools/triton.py stub_env).

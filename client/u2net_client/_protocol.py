@@ -19,7 +19,7 @@ from typing import Any, Generic
 
 import grpc
 
-from u2net_client import _v2, imaging
+from u2net_client import _v2, compose, imaging
 from u2net_client._errors import U2NetError
 from u2net_client._image import ImageInput, image_bytes
 from u2net_client._request import MASK, ResultT, build_request, parse_response
@@ -72,6 +72,7 @@ class Protocol:
         result_type: type[ResultT],
     ) -> SegmentCall[ResultT]:
         data = image_bytes(image)
+        options.check_task(task == MASK)
         if self.name == "torchserve":
             request = build_request(task, data, model, version, options, max_bytes)
             return SegmentCall("Predictions", False, request, lambda reply: parse_response(reply, model, result_type))
@@ -92,6 +93,13 @@ def _tensor_call(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     decoded = imaging.decode_image(data, imaging.DEFAULT_MAX_PIXELS)
+    background = None
+    if (bg_data := options.background_bytes) is not None:
+        try:
+            background = imaging.decode_image(bg_data, imaging.DEFAULT_MAX_PIXELS)
+        except U2NetError as exc:
+            raise U2NetError(exc.code, f"background_image: {exc.message}") from exc
+        compose.check_background(background, options)
     timings["decode"] = _ms_since(start)
     start = time.perf_counter()
     request = _v2.tensor_request(
@@ -104,14 +112,13 @@ def _tensor_call(
     def finish(reply: Any) -> ResultT:
         start = time.perf_counter()
         mask = imaging.masks_from_output(_v2.tensor_output(reply, model), [decoded.size])[0]
-        result, box = imaging.compose(decoded, mask, task == MASK, options)
+        result, box = compose.compose(decoded, mask, task == MASK, options, background)
         timings["postprocess"] = _ms_since(start)
         start = time.perf_counter()
-        level = imaging.DEFAULT_PNG_COMPRESSION if options.png_compression is None else options.png_compression
-        png = imaging.encode_png(result, level)
+        encoded = compose.encode(result, options)
         timings["encode"] = _ms_since(start)
         return result_type(
-            png=png,
+            png=encoded,
             model=model,
             model_version=reply.model_version,
             weights="",
@@ -119,6 +126,7 @@ def _tensor_call(
             box=box,
             timings=timings,
             batch_size=0,
+            media_type=options.media_type,
         )
 
     return SegmentCall("ModelInfer", True, request, finish)

@@ -148,6 +148,12 @@ class U2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> MaskResult:
         """The saliency mask of one image.
@@ -161,6 +167,12 @@ class U2NetClient:
             crop_margin: Pixels added around the box when cropping.
             box_threshold: Saliency (0..1) above which a pixel counts for the box; None for 0.5.
             png_compression: zlib level 0..9 of the returned PNG; None for the server's default.
+            refine: "none" (default), "postprocess" (rembg's post_process_mask: a hard mask with smooth
+                outlines) or "matting" (pymatting alpha matting of the edges, foreground colours estimated).
+            matting_foreground_threshold, matting_background_threshold, matting_erode_size: rembg's
+                matting knobs (defaults 240, 10, 10); refine="matting" only.
+            output_format: "png" (default), "webp" (lossless unless `quality`) or "jpeg".
+            quality: 1..100 for "jpeg" (default 90) or lossy "webp".
             timeout: Deadline in seconds, retries included; None for the client's.
 
         Returns:
@@ -171,7 +183,12 @@ class U2NetClient:
             U2NetError: INVALID_ARGUMENT for an unreadable image or a bad option, NOT_FOUND for an
                 unknown model, UNAVAILABLE when the server cannot be reached, and so on.
         """
-        options = Options(None, threshold, crop, crop_margin, box_threshold, png_compression)
+        options = Options(  # checked here, before any call
+            None, threshold, crop, crop_margin, box_threshold, png_compression, refine=refine,
+            matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
         return self._segment(MASK, image, model, version, options, timeout, MaskResult)
 
     def cutout(
@@ -186,6 +203,16 @@ class U2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        background_image: ImageInput | None = None,
+        background_fit: str | None = None,
+        effect: str | None = None,
+        blur_radius: float | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> CutoutResult:
         """The foreground of one image, cut out.
@@ -201,6 +228,20 @@ class U2NetClient:
             crop_margin: Pixels added around the box when cropping.
             box_threshold: Saliency (0..1) above which a pixel counts for the box; None for 0.5.
             png_compression: zlib level 0..9 of the returned PNG; None for the server's default.
+            background_image: An image behind the subject: bytes, a path or a PIL image (sent with the
+                request). RGB output unless background_fit="contain" without a `background` colour.
+            background_fit: "cover" (default: scaled to cover, centre crop), "contain" (letterboxed; bars
+                transparent, or the `background` colour) or "stretch".
+            effect: "blur" (the input's background blurred, portrait style) or "greyscale" (the background
+                desaturated, the subject in colour); RGB output. Not together with a background.
+            blur_radius: Gaussian radius in pixels for effect="blur"; None for 1 % of the longer side.
+            refine: "none" (default), "postprocess" (rembg's post_process_mask: a hard mask with smooth
+                outlines) or "matting" (pymatting alpha matting of the edges, foreground colours estimated).
+            matting_foreground_threshold, matting_background_threshold, matting_erode_size: rembg's
+                matting knobs (defaults 240, 10, 10); refine="matting" only.
+            output_format: "png" (default), "webp" (lossless unless `quality`) or "jpeg" (opaque results
+                only: give a background or an effect).
+            quality: 1..100 for "jpeg" (default 90) or lossy "webp".
             timeout: Deadline in seconds, retries included; None for the client's.
 
         Returns:
@@ -210,7 +251,13 @@ class U2NetClient:
         Raises:
             U2NetError: As for `mask`.
         """
-        options = Options(background, threshold, crop, crop_margin, box_threshold, png_compression)
+        options = Options(  # checked here, before any call
+            background, threshold, crop, crop_margin, box_threshold, png_compression,
+            background_image=background_image, background_fit=background_fit, effect=effect,
+            blur_radius=blur_radius, refine=refine, matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
         return self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
     def map(
@@ -239,6 +286,12 @@ class U2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> list[MaskResult | U2NetError]:
         """Masks of many images, `concurrency` requests at a time (so the server can batch them).
@@ -246,18 +299,23 @@ class U2NetClient:
         Args:
             images: The images, each as `mask` takes it.
             concurrency: Requests in flight at once.
-            model, version, threshold, crop, crop_margin, box_threshold, png_compression, timeout:
-                As for `mask`, applied to every image; `timeout` is per image.
+            model, version, threshold, crop, crop_margin, box_threshold, png_compression, refine,
+                matting_*, output_format, quality, timeout: As for `mask`, applied to every image;
+                `timeout` is per image.
 
         Returns:
             One entry per image, in input order: its MaskResult, or the U2NetError it failed with.
         """
 
+        options = Options(  # checked here, before any call
+            None, threshold, crop, crop_margin, box_threshold, png_compression, refine=refine,
+            matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
+
         def one(image: ImageInput) -> MaskResult:
-            return self.mask(
-                image, model, version=version, threshold=threshold, crop=crop, crop_margin=crop_margin,
-                box_threshold=box_threshold, png_compression=png_compression, timeout=timeout,
-            )  # fmt: skip
+            return self._segment(MASK, image, model, version, options, timeout, MaskResult)
 
         return list(self.map(one, images, concurrency=concurrency))
 
@@ -274,6 +332,16 @@ class U2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        background_image: ImageInput | None = None,
+        background_fit: str | None = None,
+        effect: str | None = None,
+        blur_radius: float | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> list[CutoutResult | U2NetError]:
         """Cutouts of many images, `concurrency` requests at a time (so the server can batch them).
@@ -282,18 +350,24 @@ class U2NetClient:
             images: The images, each as `cutout` takes it.
             concurrency: Requests in flight at once.
             model, version, background, threshold, crop, crop_margin, box_threshold, png_compression,
-                timeout: As for `cutout`, applied to every image; `timeout` is per image.
+                background_image, background_fit, effect, blur_radius, refine, matting_*, output_format,
+                quality, timeout: As for `cutout`, applied to every image (the background image is read
+                once); `timeout` is per image.
 
         Returns:
             One entry per image, in input order: its CutoutResult, or the U2NetError it failed with.
         """
 
+        options = Options(  # checked here, before any call
+            background, threshold, crop, crop_margin, box_threshold, png_compression,
+            background_image=background_image, background_fit=background_fit, effect=effect,
+            blur_radius=blur_radius, refine=refine, matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
+
         def one(image: ImageInput) -> CutoutResult:
-            return self.cutout(
-                image, model, version=version, background=background, threshold=threshold, crop=crop,
-                crop_margin=crop_margin, box_threshold=box_threshold, png_compression=png_compression,
-                timeout=timeout,
-            )  # fmt: skip
+            return self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
         return list(self.map(one, images, concurrency=concurrency))
 

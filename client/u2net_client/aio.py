@@ -148,10 +148,21 @@ class AsyncU2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> MaskResult:
         """As `U2NetClient.mask`, awaited."""
-        options = Options(None, threshold, crop, crop_margin, box_threshold, png_compression)
+        options = Options(  # checked here, before any call
+            None, threshold, crop, crop_margin, box_threshold, png_compression, refine=refine,
+            matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
         return await self._segment(MASK, image, model, version, options, timeout, MaskResult)
 
     async def cutout(
@@ -166,10 +177,26 @@ class AsyncU2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        background_image: ImageInput | None = None,
+        background_fit: str | None = None,
+        effect: str | None = None,
+        blur_radius: float | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> CutoutResult:
         """As `U2NetClient.cutout`, awaited."""
-        options = Options(background, threshold, crop, crop_margin, box_threshold, png_compression)
+        options = Options(  # checked here, before any call
+            background, threshold, crop, crop_margin, box_threshold, png_compression,
+            background_image=background_image, background_fit=background_fit, effect=effect,
+            blur_radius=blur_radius, refine=refine, matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
         return await self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
     def map(
@@ -190,15 +217,25 @@ class AsyncU2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> list[MaskResult | U2NetError]:
         """As `U2NetClient.mask_many`, awaited."""
 
+        options = Options(  # checked here, before any call
+            None, threshold, crop, crop_margin, box_threshold, png_compression, refine=refine,
+            matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
+
         async def one(image: ImageInput) -> MaskResult:
-            return await self.mask(
-                image, model, version=version, threshold=threshold, crop=crop, crop_margin=crop_margin,
-                box_threshold=box_threshold, png_compression=png_compression, timeout=timeout,
-            )  # fmt: skip
+            return await self._segment(MASK, image, model, version, options, timeout, MaskResult)
 
         return [r async for r in self.map(one, images, concurrency=concurrency)]
 
@@ -215,16 +252,30 @@ class AsyncU2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        background_image: ImageInput | None = None,
+        background_fit: str | None = None,
+        effect: str | None = None,
+        blur_radius: float | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> list[CutoutResult | U2NetError]:
         """As `U2NetClient.cutout_many`, awaited."""
 
+        options = Options(  # checked here, before any call
+            background, threshold, crop, crop_margin, box_threshold, png_compression,
+            background_image=background_image, background_fit=background_fit, effect=effect,
+            blur_radius=blur_radius, refine=refine, matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
+
         async def one(image: ImageInput) -> CutoutResult:
-            return await self.cutout(
-                image, model, version=version, background=background, threshold=threshold, crop=crop,
-                crop_margin=crop_margin, box_threshold=box_threshold, png_compression=png_compression,
-                timeout=timeout,
-            )  # fmt: skip
+            return await self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
         return [r async for r in self.map(one, images, concurrency=concurrency)]
 
