@@ -35,7 +35,7 @@ def curl(web, key: str, photo: Path, out: Path, *fields: str) -> tuple[int, byte
     extra = [arg for f in fields for arg in ("-F", f)]
     cmd = ["curl", "-sS", "-H", f"X-Api-Key: {key}", "-F", f"file=@{photo}", *extra, f"{web.url}/api/remove",
            "-o", str(out), "-w", "%{http_code}"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
     return int(done.stdout), out.read_bytes()
 
 
