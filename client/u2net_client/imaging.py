@@ -118,6 +118,31 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
     return Decoded(rgb=rgb, alpha=alpha, format=fmt)
 
 
+def probe_image(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
+    """The format and (width, height) of an image file from its header alone, with `decode_image`'s checks.
+
+    For a gateway that refuses bad or oversized uploads before handing them on: no pixel data is
+    decompressed. Raises U2NetError INVALID_ARGUMENT as `decode_image` does (empty, not an image,
+    truncated header, over `max_pixels`).
+    """
+    if not data:
+        raise _invalid(f"empty image body; send the image file's bytes ({_ACCEPTED_TEXT})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open(data) as im:
+                _check_size(im.size, max_pixels)
+                return im.format or "unknown", im.size
+    except U2NetError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_large(exc, max_pixels) from exc
+    except Exception as exc:  # PIL's plugins raise many types on hostile headers (see decode_image)
+        raise _invalid(
+            f"could not read the image's header ({type(exc).__name__}: {exc}); send a complete {_ACCEPTED_TEXT} file"
+        ) from exc
+
+
 def _open(data: bytes) -> Image.Image:
     """Reads only the header; restricting the plugins keeps odd formats' parsers off hostile bytes."""
     try:

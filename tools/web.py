@@ -1,0 +1,143 @@
+"""Start, wait for, and stop the web gateway beside a TorchServe (used by `make serve`/`make stop` and the tests).
+
+    python tools/web.py start --home var [--host 127.0.0.1] [--port 7000] [--target 127.0.0.1:7070 ...]
+    python tools/web.py stop --home var
+
+It runs `python -m u2net_client.web` in the background with TorchServe's key file from the home
+folder, writes its pid to <home>/web.pid and its log to <home>/logs/web.log, waits until /healthz
+answers, and prints the page's address with the key (`http://127.0.0.1:7000/?token=...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+MODULE = "u2net_client.web"
+
+
+class WebError(RuntimeError):
+    """The gateway could not be started, reached or stopped."""
+
+
+@dataclass
+class Web:
+    """A gateway started by `start`; its pid file and log live under `home`."""
+
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 7000
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "web.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "logs" / "web.log"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def token(self) -> str:
+        return str(json.loads((self.home / "key_file.json").read_text())["inference"]["key"])
+
+    def page_url(self) -> str:
+        return f"{self.url}/?token={self.token()}"
+
+    def pid(self) -> int | None:
+        """The pid in the pid file, if that process is still ours (a reused pid is not)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path("/proc").is_dir() else MODULE.encode()
+        except (OSError, ValueError):
+            return None
+        return pid if MODULE.encode() in cmdline else None
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as resp:
+                return resp.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """Stop it (SIGTERM, then SIGKILL); whether one was running."""
+        pid = self.pid()
+        self.pid_file.unlink(missing_ok=True)
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return True
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        return True
+
+
+def start(web: Web, extra_args: list[str] | None = None, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """Start the gateway in the background and wait until /healthz answers; raises WebError with its log."""
+    if web.pid() is not None:
+        raise WebError(f"a web gateway of this home is running already (pid {web.pid()}); `make stop` first")
+    key_file = web.home / "key_file.json"
+    if not key_file.is_file():
+        raise WebError(f"no {key_file}: start TorchServe first (it writes the key the gateway accepts)")
+    web.log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", MODULE, "--host", web.host, "--port", str(web.port), "--key-file", str(key_file),
+           *(extra_args or [])]  # fmt: skip
+    with web.log.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    web.pid_file.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while not web.answers():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            web.stop()
+            tail = "\n".join(web.log.read_text(errors="replace").splitlines()[-30:])
+            raise WebError(f"the web gateway did not answer on {web.url}:\n{tail}")
+        time.sleep(0.3)
+    return proc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["start", "stop", "url"])
+    parser.add_argument("--home", type=Path, default=Path(__file__).resolve().parents[1] / "var")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7000)
+    args, extra = parser.parse_known_args(argv)
+    web = Web(args.home.resolve(), args.host, args.port)
+    try:
+        if args.command == "stop":
+            print("web gateway stopped" if web.stop() else "web gateway was not running")
+            return 0
+        if args.command == "start":
+            start(web, extra)
+        print(
+            f"The page and the HTTP APIs (rembg's /api/remove, /v1, /docs) at {web.url}\n"
+            f"  open             {web.page_url()}\n"
+            f"  log              {web.log}\n"
+            f"  stop with        make stop"
+        )
+    except (WebError, OSError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
