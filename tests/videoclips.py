@@ -76,16 +76,17 @@ def still_with_noise(subject: Image.Image, n: int, sigma: float, seed: int = 0, 
     return [np.clip(base + rng.normal(0, sigma, base.shape), 0, 255).astype(np.uint8) for _ in range(n)]
 
 
-def decode(path: Path, codec: str | None = None, fmt: str = "rgb24") -> tuple[list[np.ndarray], av.video.stream.VideoStream]:
+def decode(
+    path: Path, codec: str | None = None, fmt: str = "rgb24"
+) -> tuple[list[np.ndarray], av.video.stream.VideoStream]:
     """Every frame of the first video stream (with `codec`'s decoder, e.g. libvpx-vp9 for VP9 alpha)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         if codec is None:
-            return [f.to_ndarray(format=fmt) for f in container.decode(stream)], stream
+            return [f.to_ndarray(format=fmt) for f in container.decode(stream)]
         ctx = av.codec.CodecContext.create(codec, "r")
         ctx.extradata = stream.codec_context.extradata
-        frames = [f.to_ndarray(format=fmt) for packet in container.demux(stream) for f in ctx.decode(packet)]
-        return frames, stream
+        return [f.to_ndarray(format=fmt) for packet in container.demux(stream) for f in ctx.decode(packet)]
 
 
 def probe(path: Path) -> dict[str, object]:

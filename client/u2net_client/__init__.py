@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_KEY_FILE",
     "KEY_FILE_ENV",
+    "VIDEO_FORMATS",
     "AsyncU2NetClient",
     "Box",
     "Color",
@@ -38,7 +39,6 @@ __all__ = [
     "TensorSpec",
     "U2NetClient",
     "U2NetError",
-    "VIDEO_FORMATS",
     "VideoResult",
     "WorkerInfo",
     "__version__",

@@ -194,7 +194,7 @@ class Frame:
 
 def _rotation_turns(degrees: float) -> int:
     """Quarter turns counter-clockwise that display the frame as FFmpeg's display matrix says."""
-    return int(round(degrees / 90.0)) % 4
+    return round(degrees / 90.0) % 4
 
 
 class _Source:
@@ -475,9 +475,7 @@ class VideoJob:
         )  # fmt: skip
 
 
-def run(
-    job: VideoJob, mask: Callable[[bytes], MaskResult], concurrency: int, progress: Progress | None
-) -> VideoResult:
+def run(job: VideoJob, mask: Callable[[bytes], MaskResult], concurrency: int, progress: Progress | None) -> VideoResult:
     """Drives `job` with blocking `mask` calls, `concurrency` frames in flight, in order; closes the job.
 
     Raises:

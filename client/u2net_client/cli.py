@@ -1,8 +1,8 @@
 """u2net-client: masks and cutouts of files, folders and globs, videos, and the server's state, from a shell.
 
 Exit codes: 0 all done; 1 some inputs failed (the others were written), or the video could not be
-read (nothing written); 2 bad arguments or no inputs; 3 the server could not be reached in time; 4 the token was refused; 5 another server error
-(an unknown model, an internal error).
+read (nothing written); 2 bad arguments or no inputs; 3 the server could not be reached in time;
+4 the token was refused; 5 another server error (an unknown model, an internal error); 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -231,7 +231,9 @@ def _video(args: argparse.Namespace, client: U2NetClient) -> int:
         for b in bar:
             b.close()
     if args.json:
-        print(json.dumps({**asdict(summary), "path": str(summary.path), "frames_per_second": summary.frames_per_second}))
+        print(
+            json.dumps({**asdict(summary), "path": str(summary.path), "frames_per_second": summary.frames_per_second})
+        )
     print(describe_video(summary), file=sys.stderr)
     return EXIT_OK
 
