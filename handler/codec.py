@@ -30,7 +30,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from handler.errors import U2ServeError, from_sdk
-from handler.pipeline import Outcome, SegmentRequest, Task
+from handler.pipeline import Batch, Outcome, SegmentRequest, Task
 from u2net_client._errors import U2NetError
 from u2net_client._generated import u2serve_pb2
 from u2net_client.options import Options
@@ -270,3 +270,15 @@ def _as_text(value: object) -> str:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", "replace").strip()
     return str(value).strip()
+
+
+@dataclass
+class Pending:
+    """A batch between TorchServe's stages, with each row's codec (its protocol, worked out once).
+
+    It lives here, not in u2net_handler.py: TorchServe refuses a handler module that defines more than
+    one class ("Expected only one class in custom service code").
+    """
+
+    codecs: list[Codec]
+    batch: Batch

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,11 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler import codec, engine
-from handler.pipeline import Batch, BatchStats, Segmenter
+from handler.codec import Pending
+from handler.pipeline import BatchStats, Segmenter
 from handler.settings import ArchiveInfo, HandlerSettings, worker_threads
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Pending:
-    """A batch between TorchServe's stages, with each row's codec (its protocol, worked out once)."""
-
-    codecs: list[codec.Codec]
-    batch: Batch
 
 
 class U2NetHandler(BaseHandler):
