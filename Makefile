@@ -7,7 +7,7 @@ READY  := $(VENV)/.ready
 MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 
-.PHONY: all serve stop test test-fast soak archives protos lint clean help docker docker-cpu triton-repo loadtest bench bench-render
+.PHONY: all serve stop test test-fast soak archives protos lint clean help docker docker-cpu triton-repo loadtest bench bench-render bench-video
 all: archives
 
 help:
@@ -20,6 +20,8 @@ help:
 	@echo "make bench     rembg vs served vs model-only engines, own TorchServe; records benchmarks/results/*.json"
 	@echo "               and renders BENCHMARKS.md from them (BENCH_ARGS=--smoke: to a temp folder instead)"
 	@echo "make bench-render  BENCHMARKS.md from benchmarks/results/*.json, measuring nothing"
+	@echo "make bench-video   rembg frame by frame vs u2net-client video on a 10 s 720p clip, own TorchServe;"
+	@echo "               records benchmarks/results/video/*.json (BENCH_VIDEO_ARGS=--seconds 2: a quick check)"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
 	@echo "make lint      ruff and hadolint"
 	@echo "make triton-repo  Triton model repository (u2netp/, u2net/) from the archives"
@@ -73,6 +75,12 @@ loadtest: $(READY)
 BENCH_ARGS ?=
 bench: archives
 	$(PY) -m benchmarks.bench --write BENCHMARKS.md $(BENCH_ARGS)
+
+# rembg frame by frame against `u2net-client video` (issue 13); its records live apart from the
+# end-to-end and engine ones, which BENCHMARKS.md is rendered from.
+BENCH_VIDEO_ARGS ?=
+bench-video: archives
+	$(PY) -m benchmarks.video $(BENCH_VIDEO_ARGS)
 
 bench-render: $(READY)
 	$(PY) -m benchmarks.report render benchmarks/results --write BENCHMARKS.md

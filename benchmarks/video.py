@@ -4,7 +4,7 @@ The clip: 10 s of 1280x720 at 25 fps, two shots of the authors' test images movi
 background, with an AAC tone. (a) rembg: decode with PyAV, `remove()` each frame, encode a
 transparent WebM (VP9 + alpha, the same encoder settings as ours). (b) `client.video` to a
 transparent WebM, as `u2net-client video` runs it, without and with `--smooth`. Printed and
-written as a JSON record (benchmarks/results/video-<kind>-<date>.json, or --results): frames/s of
+written as a JSON record (benchmarks/results/video/video-<kind>-<date>.json, or --results): frames/s of
 each, the mean server batch size, the mask MAE between the two (every 5th frame: rembg's alpha
 against the mask our pipeline computes for that frame), and the flicker figure with and without
 smoothing (rembg's too, measured the same way on its masks brought to 320×320).
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", type=Path, default=REFERENCE, help="the authors' test images")
     parser.add_argument("--target", help="a running server's gRPC host:port (default: start one)")
     parser.add_argument("--key-file", type=Path)
-    parser.add_argument("--results", type=Path, default=R.RESULTS_DIR, help="where the JSON record goes")
+    # A folder of its own: benchmarks/results/*.json are the records BENCHMARKS.md is rendered from.
+    parser.add_argument("--results", type=Path, default=R.RESULTS_DIR / "video", help="where the JSON record goes")
     args = parser.parse_args(argv)
     machine = R.Machine.here()
     head, dirty = R.commit()
