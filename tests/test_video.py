@@ -24,7 +24,7 @@ from PIL import Image
 from tests import videoclips as vc
 from u2net_client import AsyncU2NetClient, U2NetClient, U2NetError, imaging
 from u2net_client._temporal import Flicker, MaskSmoother, is_scene_cut, thumbnail
-from u2net_client._video import FORMATS, check_options, output_format
+from u2net_client._video import FORMATS, check_options, output_format, video_options
 from u2net_client.options import Options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +50,11 @@ def test_output_format_from_extension_or_name_and_refusals():
     with pytest.raises(U2NetError, match="crop changes the size"):
         check_options(Options(crop=True), FORMATS["webm"])
     check_options(Options(background="#00ff00"), FORMATS["mp4"])
+    assert video_options(None, "#00ff00", 0.5) == Options(background=(0, 255, 0), threshold=0.5)
+    given = Options(background="#102030")
+    assert video_options(given, None, None) is given
+    with pytest.raises(U2NetError, match="not both"):
+        video_options(given, None, 0.5)
 
 
 def test_model_view_is_what_the_server_feeds_the_network():

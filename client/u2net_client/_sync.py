@@ -32,7 +32,7 @@ from u2net_client._request import CUTOUT, MASK, ResultT
 from u2net_client._retry import RetryPolicy, call
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
 from u2net_client._v2 import ModelMetadata, V2Stub, metadata_from
-from u2net_client._video import DEFAULT_CONCURRENCY, Progress, VideoJob, VideoResult
+from u2net_client._video import DEFAULT_CONCURRENCY, Progress, VideoJob, VideoResult, video_options
 from u2net_client._video import run as run_video
 from u2net_client.imaging import DEFAULT_MAX_PIXELS
 from u2net_client.options import Color, Options
@@ -305,6 +305,7 @@ class U2NetClient:
         version: str | None = None,
         background: Color | None = None,
         threshold: float | None = None,
+        options: Options | None = None,
         format: str | None = None,
         smooth: float = 0.0,
         concurrency: int = DEFAULT_CONCURRENCY,
@@ -327,6 +328,8 @@ class U2NetClient:
             version: The model version; None for the default one.
             background: Composite over this colour (opaque output); None keeps the alpha.
             threshold: Make the alpha hard: opaque where saliency >= threshold (0..1).
+            options: Every cutout option as one `Options` (also those newer than these parameters),
+                instead of `background` and `threshold`; composed at full resolution on the client.
             format: "webm", "mov" or "mp4" instead of the output's extension.
             smooth: Temporal smoothing of the mask, 0 (off) up to below 1 (0.6 is a good start),
                 reset at scene cuts.
@@ -344,7 +347,7 @@ class U2NetClient:
                 behind), a bad option or output format; FAILED_PRECONDITION without PyAV; any error
                 of a frame's request.
         """
-        options = Options(background, threshold)
+        options = video_options(options, background, threshold)
         job = VideoJob(src, dst, options, format, smooth, max_pixels)
         return run_video(
             job, lambda png: self.mask(png, model, version=version, timeout=timeout), concurrency, progress

@@ -30,7 +30,7 @@ from u2net_client._concurrency import check_concurrency, ordered_map
 from u2net_client._errors import U2NetError
 from u2net_client._temporal import Flicker, MaskSmoother, is_scene_cut, thumbnail
 from u2net_client._types import MaskResult
-from u2net_client.options import Options
+from u2net_client.options import Color, Options
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,19 @@ def output_format(dst: str | os.PathLike[str], format: str | None = None) -> Out
         given = f"format={format!r}" if format else f"output {os.fspath(dst)!r}"
         raise _invalid(f"{given}: unknown video format; accepted: {', '.join('.' + f for f in FORMATS)}")
     return FORMATS[name]
+
+
+def video_options(given: Options | None, background: Color | None, threshold: float | None) -> Options:
+    """The cutout options of a video call: `given` as it is, else built from the named ones.
+
+    Raises:
+        U2NetError: INVALID_ARGUMENT for both at once, or a bad value.
+    """
+    if given is None:
+        return Options(background, threshold)
+    if background is not None or threshold is not None:
+        raise _invalid("give the cutout options either as options=Options(...) or as background/threshold, not both")
+    return given
 
 
 def check_options(options: Options, fmt: OutputFormat) -> None:

@@ -33,7 +33,7 @@ from u2net_client._request import CUTOUT, MASK, ResultT
 from u2net_client._retry import RetryPolicy, acall
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
 from u2net_client._v2 import ModelMetadata, V2Stub, metadata_from
-from u2net_client._video import DEFAULT_CONCURRENCY, Progress, VideoJob, VideoResult
+from u2net_client._video import DEFAULT_CONCURRENCY, Progress, VideoJob, VideoResult, video_options
 from u2net_client._video import arun as arun_video
 from u2net_client.imaging import DEFAULT_MAX_PIXELS
 from u2net_client.options import Color, Options
@@ -237,6 +237,7 @@ class AsyncU2NetClient:
         version: str | None = None,
         background: Color | None = None,
         threshold: float | None = None,
+        options: Options | None = None,
         format: str | None = None,
         smooth: float = 0.0,
         concurrency: int = DEFAULT_CONCURRENCY,
@@ -245,7 +246,7 @@ class AsyncU2NetClient:
         timeout: float | None = None,
     ) -> VideoResult:
         """As `U2NetClient.video`, awaited; decoding and encoding run in a worker thread."""
-        options = Options(background, threshold)
+        options = video_options(options, background, threshold)
         job = await asyncio.to_thread(VideoJob, src, dst, options, format, smooth, max_pixels)
         return await arun_video(
             job, lambda png: self.mask(png, model, version=version, timeout=timeout), concurrency, progress
