@@ -313,7 +313,12 @@ class VideoJob:
         # which must be set before the output's first packet.
         self._audio_waiting: list[Any] | None = []
         self._src = Path(src)
-        self._open_output()
+        self._output: Any = None
+        try:
+            self._open_output()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def expected_frames(self) -> int | None:
