@@ -122,11 +122,19 @@ def mask_mae(client: U2NetClient, src: Path, rembg_alphas: dict[int, np.ndarray]
     return float(np.mean(errors))
 
 
+def warm_up(client: U2NetClient, src: Path, concurrency: int) -> None:
+    """The first frame's model view alone, then `concurrency` at once: the worker's first calls are slow."""
+    with av.open(str(src)) as inp:
+        png = imaging.encode_png(imaging.model_view(next(inp.decode(video=0)).to_ndarray(format="rgb24")), 0)
+    for size in (1, concurrency):
+        list(client.map(lambda image: client.mask(image), [png] * size, concurrency=size))
+
+
 def measure(client: U2NetClient, args: argparse.Namespace, folder: Path) -> dict[str, object]:
     clip = folder / "clip.mp4"
     frames = build_clip(clip, args.seconds, (args.width, args.height), args.fps, args.reference)
     print(f"clip: {frames} frames, {args.width}x{args.height} at {args.fps} fps, {args.seconds} s", file=sys.stderr)
-    client.video(clip, folder / "warm.webm", concurrency=args.concurrency)  # worker warm-up on every batch size
+    warm_up(client, clip, args.concurrency)
     plain = client.video(clip, folder / "ours.webm", concurrency=args.concurrency)
     smooth = client.video(clip, folder / "ours-smooth.webm", concurrency=args.concurrency, smooth=args.smooth)
     rembg = run_rembg(clip, folder / "rembg.webm")
