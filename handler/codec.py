@@ -83,6 +83,14 @@ class Codec(abc.ABC):
         """The row's answer for what the pipeline made of it."""
 
 
+@dataclass
+class Pending:
+    """A batch between TorchServe's stages, with each row's codec (its protocol, worked out once)."""
+
+    codecs: list[Codec]
+    batch: Batch
+
+
 def for_row(row: Mapping[str, object], headers: Mapping[str, object] | None = None) -> Codec:
     """The codec of a TorchServe request row (input name -> bytes/str/parsed JSON) and its HTTP headers."""
     if PROTO_KEY in row:
@@ -270,15 +278,3 @@ def _as_text(value: object) -> str:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", "replace").strip()
     return str(value).strip()
-
-
-@dataclass
-class Pending:
-    """A batch between TorchServe's stages, with each row's codec (its protocol, worked out once).
-
-    It lives here, not in u2net_handler.py: TorchServe refuses a handler module that defines more than
-    one class ("Expected only one class in custom service code").
-    """
-
-    codecs: list[Codec]
-    batch: Batch

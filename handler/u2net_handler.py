@@ -1,4 +1,7 @@
-"""TorchServe handler for U²-Net: thin glue between TorchServe's stages and handler.pipeline."""
+"""TorchServe handler for U²-Net: thin glue between TorchServe's stages and handler.pipeline.
+
+TorchServe loads the one class this module defines (tests/test_build.py checks there is only one).
+"""
 
 from __future__ import annotations
 

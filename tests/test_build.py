@@ -75,6 +75,14 @@ def _imports(tree: ast.AST) -> set[str]:
     return roots
 
 
+def test_handler_module_defines_one_class(archive):
+    # TorchServe's loader refuses a handler module with more than one class ("Expected only one class").
+    with zipfile.ZipFile(archive) as mar:
+        tree = ast.parse(mar.read("u2net_handler.py").decode())
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert classes == ["U2NetHandler"], classes
+
+
 def test_shipped_modules_import_only_what_a_stock_worker_has(archive):
     allowed = ALLOWED | set(sys.stdlib_module_names)
     with zipfile.ZipFile(archive) as mar:

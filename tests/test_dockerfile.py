@@ -86,6 +86,10 @@ def test_image_runs_tokened_torchserve_as_a_numeric_non_root_user(tmp_path):
     user = [a for w, a in steps if w == "USER"][-1]
     assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0, f"last USER {user}: numeric, not root"
     entrypoint = _arguments(next(a for w, a in steps if w == "ENTRYPOINT"))
+    # tini as PID 1 passes `docker stop`'s SIGTERM to TorchServe's process group (PID 1 ignored it).
+    assert entrypoint[:3] == ["tini", "-g", "--"], f"ENTRYPOINT {entrypoint}: TorchServe under tini"
+    assert any(w == "RUN" and "tini" in a and "apt-get install" in a for w, a in steps)
+    entrypoint = entrypoint[3:]
     assert entrypoint[:2] == ["torchserve", "--start"] and "--foreground" in entrypoint
     assert not {"--disable-token-auth", "--enable-model-api"} & set(entrypoint)
     assert entrypoint[entrypoint.index("--ts-config") + 1] == "/opt/u2serve/container.properties"
@@ -99,6 +103,14 @@ def test_image_runs_tokened_torchserve_as_a_numeric_non_root_user(tmp_path):
     assert config_ports(container) == PORTS
     assert "127.0.0.1" not in text and text.count("0.0.0.0") == 5
     assert "disable_token_authorization=false" in text and "enable_model_api=false" in text
+
+
+def test_pip_settings_reach_the_build_only_as_secrets():
+    steps = instructions()
+    pip_step = next(a for w, a in steps if w == "RUN" and "pip install" in a)
+    assert "--mount=type=secret,id=pip.conf,target=/etc/pip.conf" in pip_step
+    assert "--mount=type=secret,id=pip-cert" in pip_step
+    assert not any(w in ("COPY", "ADD") and ("pip" in a or ".crt" in a or ".pem" in a) for w, a in steps)
 
 
 def _healthcheck(config: Path, key_file: Path) -> int:

@@ -122,15 +122,3 @@ def test_pixel_limit_comes_from_model_config(model_dir, tmp_path):
     reply = u2serve_pb2.SegmentResponse.FromString(bytes.fromhex(out["replies"][0]))
     assert reply.error.code == 3 and "10000000" in reply.error.message.replace(",", "")
 
-
-def test_handler_module_defines_exactly_one_class():
-    """TorchServe loads a handler file only if it defines one class ("Expected only one class in custom
-    service code"); a helper class defined beside U2NetHandler stops every worker from starting."""
-    import inspect
-
-    from handler import u2net_handler
-
-    defined = [
-        c for _, c in inspect.getmembers(u2net_handler, inspect.isclass) if c.__module__ == u2net_handler.__name__
-    ]
-    assert defined == [u2net_handler.U2NetHandler]
