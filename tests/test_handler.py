@@ -121,4 +121,3 @@ def test_pixel_limit_comes_from_model_config(model_dir, tmp_path):
     out = _run(model_dir, tmp_path, [_proto(sk.png_declaring(4000, 3000))])
     reply = u2serve_pb2.SegmentResponse.FromString(bytes.fromhex(out["replies"][0]))
     assert reply.error.code == 3 and "10000000" in reply.error.message.replace(",", "")
-
