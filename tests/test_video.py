@@ -128,9 +128,9 @@ def served(client, clip) -> list[np.ndarray]:
 
 
 def cli(server, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    conn = ["--target", server.grpc_target, "--management-target", server.grpc_management_target]
+    conn = ["--target", server.grpc_target, "--management-target", server.grpc_management_target, "--timeout", "300"]
     return subprocess.run(
-        [sys.executable, "-m", "u2net_client", "video", *args, *conn, "--key-file", str(server.key_file), "--timeout", "300"],
+        [sys.executable, "-m", "u2net_client", "video", *args, *conn, "--key-file", str(server.key_file)],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )  # fmt: skip
 
