@@ -69,10 +69,17 @@ def moving_clip(subject: Image.Image, n: int, size: tuple[int, int] = (160, 120)
     return [scene(subject, size, -n * step // 2 + i * step, (90, 110, 120)) for i in range(n)]
 
 
-def still_with_noise(subject: Image.Image, n: int, sigma: float, seed: int = 0, size: tuple[int, int] = (160, 120)):
-    """n frames of a still subject with Gaussian noise of `sigma` (0..255) added per frame."""
+def still_with_noise(
+    subject: Image.Image,
+    n: int,
+    sigma: float,
+    seed: int = 0,
+    size: tuple[int, int] = (160, 120),
+    background: tuple[int, int, int] = (90, 110, 120),
+) -> list[np.ndarray]:
+    """n frames of a still subject over `background` with Gaussian noise of `sigma` (0..255) added per frame."""
     rng = np.random.default_rng(seed)
-    base = scene(subject, size, 0, (90, 110, 120)).astype(np.float32)
+    base = scene(subject, size, 0, background).astype(np.float32)
     return [np.clip(base + rng.normal(0, sigma, base.shape), 0, 255).astype(np.uint8) for _ in range(n)]
 
 
