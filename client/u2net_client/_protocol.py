@@ -2,11 +2,12 @@
 how its reply becomes a typed result. The sync and asyncio clients only carry the plan out.
 
 - "torchserve": TorchServe's own gRPC API (Predictions) with a SegmentRequest; the server does everything.
-- "v2": the Open Inference Protocol TorchServe serves with `ts_open_inference_protocol=true` (ModelInfer
-  with the image as a BYTES tensor); the server does everything and answers a SegmentResponse.
-- "triton": KServe v2 on Triton with the tensor model of `python -m handler.triton`; the client decodes,
-  preprocesses and postprocesses with u2net_client.imaging (the server's own pipeline code), the
-  server runs only the network.
+- "v2": the Open Inference Protocol (ModelInfer with the image as a BYTES tensor) to Triton's segment model
+  or to TorchServe with `ts_open_inference_protocol=true`; the server does everything and answers a
+  SegmentResponse.
+- "triton": KServe v2 on Triton to the network model of `python -m handler.triton` (`<model>_network`); the
+  client decodes, preprocesses and postprocesses with u2net_client.imaging (the server's own pipeline code),
+  the server runs only the network.
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ from typing import Any, Generic
 
 import grpc
 
-from u2net_client import _v2, imaging
+from u2net_client import _v2, compose, imaging
 from u2net_client._errors import U2NetError
 from u2net_client._image import ImageInput, image_bytes
 from u2net_client._request import MASK, ResultT, build_request, parse_response
 from u2net_client.options import Options
 
 PROTOCOLS = ("torchserve", "v2", "triton")
-_SERVICE = {"torchserve": _v2.TORCHSERVE_SERVICE, "v2": _v2.TORCHSERVE_SERVICE, "triton": _v2.TRITON_SERVICE}
+# The v2 service names to try, in order (u2net_client._v2.V2Stub): Triton's standard one, then TorchServe's.
+_SERVICES = {
+    "torchserve": (_v2.TORCHSERVE_SERVICE,),
+    "v2": (_v2.TRITON_SERVICE, _v2.TORCHSERVE_SERVICE),
+    "triton": (_v2.TRITON_SERVICE,),
+}
 
 
 @dataclass(frozen=True)
@@ -45,11 +51,15 @@ class Protocol:
         if name not in PROTOCOLS:
             raise U2NetError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"protocol={name!r}; accepted: 'torchserve' (TorchServe's gRPC API), 'v2' (TorchServe's Open "
-                "Inference Protocol) or 'triton' (KServe v2 tensors, pre/postprocessing on the client)",
+                f"protocol={name!r}; accepted: 'torchserve' (TorchServe's gRPC API), 'v2' (the Open Inference "
+                "Protocol of Triton or TorchServe) or 'triton' (KServe v2 tensors, pre/postprocessing on the client)",
             )
         self.name = name
-        self.v2_service = _SERVICE[name]
+        self.v2_services = _SERVICES[name]
+
+    def v2_model(self, model: str) -> str:
+        """The model that v2 readiness and metadata calls name: the network for protocol="triton"."""
+        return _v2.network_model(model) if self.name == "triton" and model else model
 
     def segment(
         self,
@@ -62,6 +72,7 @@ class Protocol:
         result_type: type[ResultT],
     ) -> SegmentCall[ResultT]:
         data = image_bytes(image)
+        options.check_task(task == MASK)
         if self.name == "torchserve":
             request = build_request(task, data, model, version, options, max_bytes)
             return SegmentCall("Predictions", False, request, lambda reply: parse_response(reply, model, result_type))
@@ -82,31 +93,40 @@ def _tensor_call(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     decoded = imaging.decode_image(data, imaging.DEFAULT_MAX_PIXELS)
+    background = None
+    if (bg_data := options.background_bytes) is not None:
+        try:
+            background = imaging.decode_image(bg_data, imaging.DEFAULT_MAX_PIXELS)
+        except U2NetError as exc:
+            raise U2NetError(exc.code, f"background_image: {exc.message}") from exc
+        compose.check_background(background, options)
     timings["decode"] = _ms_since(start)
     start = time.perf_counter()
     request = _v2.tensor_request(
-        imaging.preprocess([decoded.rgb], imaging.INPUT_SIZE, imaging.MEAN, imaging.STD), model, version
+        imaging.preprocess([decoded.rgb], imaging.INPUT_SIZE, imaging.MEAN, imaging.STD),
+        _v2.network_model(model),
+        version,
     )
     timings["preprocess"] = _ms_since(start)
 
     def finish(reply: Any) -> ResultT:
         start = time.perf_counter()
         mask = imaging.masks_from_output(_v2.tensor_output(reply, model), [decoded.size])[0]
-        result, box = imaging.compose(decoded, mask, task == MASK, options)
+        result, box = compose.compose(decoded, mask, task == MASK, options, background)
         timings["postprocess"] = _ms_since(start)
         start = time.perf_counter()
-        level = imaging.DEFAULT_PNG_COMPRESSION if options.png_compression is None else options.png_compression
-        png = imaging.encode_png(result, level)
+        encoded = compose.encode(result, options)
         timings["encode"] = _ms_since(start)
         return result_type(
-            png=png,
-            model=reply.model_name or model,
+            png=encoded,
+            model=model,
             model_version=reply.model_version,
             weights="",
             input_size=decoded.size,
             box=box,
             timings=timings,
             batch_size=0,
+            media_type=options.media_type,
         )
 
     return SegmentCall("ModelInfer", True, request, finish)

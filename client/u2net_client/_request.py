@@ -35,8 +35,12 @@ def build_request(
     segment = u2serve_pb2.SegmentRequest(task=task, image=image, options=options.to_proto())
     payload = segment.SerializeToString()
     if len(payload) > max_bytes:
+        background = options.background_bytes
+        what = f"the image is {len(image)} bytes" + (
+            f" and the background image {len(background)} bytes" if background else ""
+        )
         raise _invalid(
-            f"the image is {len(image)} bytes, over the server's request limit of {max_bytes} bytes "
+            f"{what}, over the server's request limit of {max_bytes} bytes "
             "(max_request_size in config.properties); send a smaller or more compressed image"
         )
     return inference_pb2.PredictionsRequest(model_name=model, model_version=version or "", input={PROTO_KEY: payload})
@@ -63,4 +67,5 @@ def parse_response(reply: inference_pb2.PredictionResponse, model: str, result_t
         box=Box(msg.box.x, msg.box.y, msg.box.width, msg.box.height) if msg.HasField("box") else None,
         timings=dict(msg.timings_ms),
         batch_size=msg.batch_size,
+        media_type=msg.media_type or "image/png",
     )

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from u2net_client import _management as mgmt
+from u2net_client import _triton
 from u2net_client._base import (
     DEFAULT_MANAGEMENT_TARGET,
     DEFAULT_TARGET,
@@ -73,9 +74,11 @@ class U2NetClient:
         tls_server_name: The name to expect in the server's certificate when it differs from the
             target's host (e.g. through a port-forward).
         channel_credentials: Any other grpc.ChannelCredentials, instead of `tls`.
-        protocol: "torchserve" (TorchServe's gRPC API), "v2" (the Open Inference Protocol TorchServe serves
-            with ts_open_inference_protocol=true), or "triton" (KServe v2 tensors to the model that
-            `python -m handler.triton` exports; pre/postprocessing run on the client). Same results on all three.
+        protocol: "torchserve" (TorchServe's gRPC API), "v2" (the Open Inference Protocol: Triton's segment
+            model, or TorchServe with ts_open_inference_protocol=true), or "triton" (KServe v2 tensors to the
+            `<model>_network` that `python -m handler.triton` exports; pre/postprocessing run on the client).
+            Same results on all three. With "v2" and "triton" the key file is looked for in
+            ./var/triton/key_file.json first, and models()/describe() read a Triton's repository and configs.
 
     Raises:
         U2NetError: INVALID_ARGUMENT for settings that cannot work, e.g. a key file that does not exist.
@@ -103,7 +106,7 @@ class U2NetClient:
         self._protocol = Protocol(protocol)
         self._settings = ClientSettings(
             target, management_target, token, management_token, key_file, timeout, retry,
-            max_send_bytes, max_receive_bytes,
+            max_send_bytes, max_receive_bytes, triton=protocol != "torchserve",
         )  # fmt: skip
         security = channel_security(tls, ca_file, root_certificates, tls_server_name, channel_credentials)
         options = [*self._settings.channel_options, *security.options]
@@ -111,7 +114,8 @@ class U2NetClient:
         self._management_channel = _channel(management_target, options, security.credentials)
         self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
         self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
-        self._v2 = V2Stub(self._channel, self._protocol.v2_service)
+        self._v2 = V2Stub(self._channel, self._protocol.v2_services)
+        self._repository = _triton.RepositoryStub(self._channel)
 
     @property
     def target(self) -> str:
@@ -147,6 +151,12 @@ class U2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> MaskResult:
         """The saliency mask of one image.
@@ -160,6 +170,12 @@ class U2NetClient:
             crop_margin: Pixels added around the box when cropping.
             box_threshold: Saliency (0..1) above which a pixel counts for the box; None for 0.5.
             png_compression: zlib level 0..9 of the returned PNG; None for the server's default.
+            refine: "none" (default), "postprocess" (rembg's post_process_mask: a hard mask with smooth
+                outlines) or "matting" (pymatting alpha matting of the edges, foreground colours estimated).
+            matting_foreground_threshold, matting_background_threshold, matting_erode_size: rembg's
+                matting knobs (defaults 240, 10, 10); refine="matting" only.
+            output_format: "png" (default), "webp" (lossless unless `quality`) or "jpeg".
+            quality: 1..100 for "jpeg" (default 90) or lossy "webp".
             timeout: Deadline in seconds, retries included; None for the client's.
 
         Returns:
@@ -170,7 +186,12 @@ class U2NetClient:
             U2NetError: INVALID_ARGUMENT for an unreadable image or a bad option, NOT_FOUND for an
                 unknown model, UNAVAILABLE when the server cannot be reached, and so on.
         """
-        options = Options(None, threshold, crop, crop_margin, box_threshold, png_compression)
+        options = Options(  # checked here, before any call
+            None, threshold, crop, crop_margin, box_threshold, png_compression, refine=refine,
+            matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
         return self._segment(MASK, image, model, version, options, timeout, MaskResult)
 
     def cutout(
@@ -185,6 +206,16 @@ class U2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        background_image: ImageInput | None = None,
+        background_fit: str | None = None,
+        effect: str | None = None,
+        blur_radius: float | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> CutoutResult:
         """The foreground of one image, cut out.
@@ -200,6 +231,20 @@ class U2NetClient:
             crop_margin: Pixels added around the box when cropping.
             box_threshold: Saliency (0..1) above which a pixel counts for the box; None for 0.5.
             png_compression: zlib level 0..9 of the returned PNG; None for the server's default.
+            background_image: An image behind the subject: bytes, a path or a PIL image (sent with the
+                request). RGB output unless background_fit="contain" without a `background` colour.
+            background_fit: "cover" (default: scaled to cover, centre crop), "contain" (letterboxed; bars
+                transparent, or the `background` colour) or "stretch".
+            effect: "blur" (the input's background blurred, portrait style) or "greyscale" (the background
+                desaturated, the subject in colour); RGB output. Not together with a background.
+            blur_radius: Gaussian radius in pixels for effect="blur"; None for 1 % of the longer side.
+            refine: "none" (default), "postprocess" (rembg's post_process_mask: a hard mask with smooth
+                outlines) or "matting" (pymatting alpha matting of the edges, foreground colours estimated).
+            matting_foreground_threshold, matting_background_threshold, matting_erode_size: rembg's
+                matting knobs (defaults 240, 10, 10); refine="matting" only.
+            output_format: "png" (default), "webp" (lossless unless `quality`) or "jpeg" (opaque results
+                only: give a background or an effect).
+            quality: 1..100 for "jpeg" (default 90) or lossy "webp".
             timeout: Deadline in seconds, retries included; None for the client's.
 
         Returns:
@@ -209,7 +254,13 @@ class U2NetClient:
         Raises:
             U2NetError: As for `mask`.
         """
-        options = Options(background, threshold, crop, crop_margin, box_threshold, png_compression)
+        options = Options(  # checked here, before any call
+            background, threshold, crop, crop_margin, box_threshold, png_compression,
+            background_image=background_image, background_fit=background_fit, effect=effect,
+            blur_radius=blur_radius, refine=refine, matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
         return self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
     def map(
@@ -238,6 +289,12 @@ class U2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> list[MaskResult | U2NetError]:
         """Masks of many images, `concurrency` requests at a time (so the server can batch them).
@@ -245,18 +302,23 @@ class U2NetClient:
         Args:
             images: The images, each as `mask` takes it.
             concurrency: Requests in flight at once.
-            model, version, threshold, crop, crop_margin, box_threshold, png_compression, timeout:
-                As for `mask`, applied to every image; `timeout` is per image.
+            model, version, threshold, crop, crop_margin, box_threshold, png_compression, refine,
+                matting_*, output_format, quality, timeout: As for `mask`, applied to every image;
+                `timeout` is per image.
 
         Returns:
             One entry per image, in input order: its MaskResult, or the U2NetError it failed with.
         """
 
+        options = Options(  # checked here, before any call
+            None, threshold, crop, crop_margin, box_threshold, png_compression, refine=refine,
+            matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
+
         def one(image: ImageInput) -> MaskResult:
-            return self.mask(
-                image, model, version=version, threshold=threshold, crop=crop, crop_margin=crop_margin,
-                box_threshold=box_threshold, png_compression=png_compression, timeout=timeout,
-            )  # fmt: skip
+            return self._segment(MASK, image, model, version, options, timeout, MaskResult)
 
         return list(self.map(one, images, concurrency=concurrency))
 
@@ -273,6 +335,16 @@ class U2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        background_image: ImageInput | None = None,
+        background_fit: str | None = None,
+        effect: str | None = None,
+        blur_radius: float | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> list[CutoutResult | U2NetError]:
         """Cutouts of many images, `concurrency` requests at a time (so the server can batch them).
@@ -281,18 +353,24 @@ class U2NetClient:
             images: The images, each as `cutout` takes it.
             concurrency: Requests in flight at once.
             model, version, background, threshold, crop, crop_margin, box_threshold, png_compression,
-                timeout: As for `cutout`, applied to every image; `timeout` is per image.
+                background_image, background_fit, effect, blur_radius, refine, matting_*, output_format,
+                quality, timeout: As for `cutout`, applied to every image (the background image is read
+                once); `timeout` is per image.
 
         Returns:
             One entry per image, in input order: its CutoutResult, or the U2NetError it failed with.
         """
 
+        options = Options(  # checked here, before any call
+            background, threshold, crop, crop_margin, box_threshold, png_compression,
+            background_image=background_image, background_fit=background_fit, effect=effect,
+            blur_radius=blur_radius, refine=refine, matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
+
         def one(image: ImageInput) -> CutoutResult:
-            return self.cutout(
-                image, model, version=version, background=background, threshold=threshold, crop=crop,
-                crop_margin=crop_margin, box_threshold=box_threshold, png_compression=png_compression,
-                timeout=timeout,
-            )  # fmt: skip
+            return self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
         return list(self.map(one, images, concurrency=concurrency))
 
@@ -305,6 +383,9 @@ class U2NetClient:
         version: str | None = None,
         background: Color | None = None,
         threshold: float | None = None,
+        background_image: ImageInput | None = None,
+        effect: str | None = None,
+        refine: str | None = None,
         options: Options | None = None,
         format: str | None = None,
         smooth: float = 0.0,
@@ -328,8 +409,11 @@ class U2NetClient:
             version: The model version; None for the default one.
             background: Composite over this colour (opaque output); None keeps the alpha.
             threshold: Make the alpha hard: opaque where saliency >= threshold (0..1).
-            options: Every cutout option as one `Options` (also those newer than these parameters),
-                instead of `background` and `threshold`; composed at full resolution on the client.
+            background_image: An image behind the subject (fitted to each frame); opaque output.
+            effect: "blur" or "greyscale": the frame's own background, blurred or desaturated; opaque output.
+            refine: "postprocess" (rembg's smoothing of the mask) or "matting", per frame at full resolution.
+            options: Every cutout option as one `Options` (also those without a parameter here), instead
+                of the named ones; composed at full resolution on the client.
             format: "webm", "mov" or "mp4" instead of the output's extension.
             smooth: Temporal smoothing of the mask, 0 (off) up to below 1 (0.6 is a good start),
                 reset at scene cuts.
@@ -347,7 +431,7 @@ class U2NetClient:
                 behind), a bad option or output format; FAILED_PRECONDITION without PyAV; any error
                 of a frame's request.
         """
-        options = video_options(options, background, threshold)
+        options = video_options(options, background, threshold, background_image, effect, refine)
         job = VideoJob(src, dst, options, format, smooth, max_pixels)
         return run_video(
             job, lambda png: self.mask(png, model, version=version, timeout=timeout), concurrency, progress
@@ -374,6 +458,9 @@ class U2NetClient:
         Raises:
             U2NetError: For a transport failure or a refused management token.
         """
+        if self._on_triton(timeout):
+            index = self._call(self._repository.RepositoryIndex, _triton.index_request(), "management", timeout)
+            return [self.describe(name, timeout=timeout) for name in _triton.served_names(index)]
         names: list[str] = []
         page: int | None = 0
         while page is not None:
@@ -389,6 +476,14 @@ class U2NetClient:
         Raises:
             U2NetError: NOT_FOUND for an unknown model or version.
         """
+        if self._on_triton(timeout):
+            mgmt.describe_request(model, version)  # the same checks
+            reply = self._call(
+                self._repository.ModelConfig, _triton.config_request(model, version), "management", timeout
+            )
+            meta = self.model_metadata(model, version, timeout=timeout)
+            ready = self.model_ready(model, version, timeout=timeout)
+            return _triton.model_info(reply.config, version or (meta.versions or ("",))[-1], ready)
         request = mgmt.describe_request(model, version)
         reply = self._call(self._management.DescribeModel, request, "management", timeout)
         return mgmt.parse_description(reply.msg)[0]
@@ -498,7 +593,7 @@ class U2NetClient:
 
     def model_ready(self, model: str, version: str | None = None, *, timeout: float | None = None) -> bool:
         """KServe v2 ModelReady: whether `model` has a ready instance (TorchServe: a healthy worker)."""
-        request = v2pb.ModelReadyRequest(name=model, version=version or "")
+        request = v2pb.ModelReadyRequest(name=self._protocol.v2_model(model), version=version or "")
         return (self._call(self._v2.ModelReady, request, "inference", timeout)).ready
 
     def model_metadata(self, model: str, version: str | None = None, *, timeout: float | None = None) -> ModelMetadata:
@@ -507,8 +602,15 @@ class U2NetClient:
         Raises:
             U2NetError: NOT_FOUND for an unknown model.
         """
-        request = v2pb.ModelMetadataRequest(name=model, version=version or "")
+        request = v2pb.ModelMetadataRequest(name=self._protocol.v2_model(model), version=version or "")
         return metadata_from(self._call(self._v2.ModelMetadata, request, "inference", timeout))
+
+    def _on_triton(self, timeout: float | None) -> bool:
+        """Whether the server is Triton: protocol "triton", or "v2" once ServerLive found Triton's service."""
+        if self._protocol.name == "torchserve":
+            return False
+        self.server_live(timeout=timeout)  # settles which v2 service the server implements
+        return self._v2.is_triton
 
     def _call(
         self,

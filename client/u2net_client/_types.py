@@ -36,6 +36,12 @@ class _Result:
     box: Box | None
     timings: Mapping[str, float] = field(repr=False)
     batch_size: int
+    media_type: str = "image/png"
+
+    @property
+    def data(self) -> bytes:
+        """The encoded image as the server returned it (PNG, WebP or JPEG: see `media_type`)."""
+        return self.png
 
     @cached_property
     def image(self) -> Image.Image:
@@ -54,8 +60,13 @@ class _Result:
         """(width, height) of the returned image; smaller than `input_size` when cropped."""
         return self.image.size
 
+    @property
+    def extension(self) -> str:
+        """The file name extension of `media_type`: ".png", ".webp" or ".jpg"."""
+        return {"image/webp": ".webp", "image/jpeg": ".jpg"}.get(self.media_type, ".png")
+
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the PNG the server returned, byte for byte."""
+        """Write the file the server returned (PNG, WebP or JPEG), byte for byte."""
         with open(path, "wb") as f:
             f.write(self.png)
 
@@ -65,7 +76,8 @@ class MaskResult(_Result):
     """A saliency mask.
 
     Attributes:
-        png: The PNG bytes the server returned.
+        png: The encoded bytes the server returned (PNG unless output_format said otherwise).
+        media_type: What `png` holds: "image/png", "image/webp" or "image/jpeg".
         image: The mask as a PIL image, mode "L", the size of the input as displayed (EXIF applied),
             or of the box when cropped.
         array: The mask as a numpy uint8 array of shape (height, width).
@@ -78,14 +90,23 @@ class MaskResult(_Result):
         batch_size: How many requests the server batched together with this one.
     """
 
+    @cached_property
+    def image(self) -> Image.Image:
+        """The mask as a PIL image, mode "L" (WebP has no grey mode: its RGB is taken back to "L")."""
+        im = Image.open(io.BytesIO(self.png))
+        im.load()
+        return im if im.mode == "L" else im.convert("L")
+
 
 @dataclass(frozen=True)
 class CutoutResult(_Result):
-    """A cutout: the input with the mask as alpha (RGBA), or composited over a background (RGB).
+    """A cutout: the input with the mask as alpha (RGBA), or composited over a background or effect (RGB).
 
     Attributes:
-        png: The PNG bytes the server returned.
-        image: The cutout as a PIL image, mode "RGBA", or "RGB" when a background colour was given.
+        png: The encoded bytes the server returned (PNG unless output_format said otherwise).
+        media_type: What `png` holds: "image/png", "image/webp" or "image/jpeg".
+        image: The cutout as a PIL image, mode "RGBA", or "RGB" over a background colour, an opaque
+            background image or an effect.
         array: The cutout as a numpy uint8 array of shape (height, width, 4 or 3).
         model: The model that answered, e.g. "u2netp".
         model_version: Its version, e.g. "1.0".

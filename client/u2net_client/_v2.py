@@ -2,7 +2,9 @@
 
 TorchServe 0.12 names its service `org.pytorch.serve.grpc.openinference.GRPCInferenceService`, Triton
 `inference.GRPCInferenceService`; the messages are the same on the wire, so one generated module
-(open_inference_grpc_pb2) and a stub bound to either service name serve both.
+(open_inference_grpc_pb2) and a stub bound to either service name serve both. With protocol="v2" the
+stub finds out which server it talks to: it calls the standard name first and keeps TorchServe's once
+the server answers UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -30,24 +32,95 @@ RESPONSE_OUTPUT = "u2serve"
 # The tensor names of the Triton export (handler/triton.py): libtorch's positional naming.
 TENSOR_INPUT = "INPUT__0"
 TENSOR_OUTPUT = "OUTPUT__0"
+# On Triton, model "u2netp" is the segment model (protocol="v2") and "u2netp_network" the network alone,
+# which protocol="triton" feeds with tensors (handler/triton.py).
+NETWORK_SUFFIX = "_network"
+
+
+def network_model(model: str) -> str:
+    """The Triton model that runs `model`'s network alone."""
+    return model if model.endswith(NETWORK_SUFFIX) else f"{model}{NETWORK_SUFFIX}"
 
 
 class V2Stub:
-    """The v2 service's calls on a sync or asyncio channel, under one service name."""
+    """The v2 service's calls on a sync or asyncio channel, under the first of `services` the server implements.
 
-    def __init__(self, channel: grpc.Channel | grpc.aio.Channel, service: str) -> None:
-        def method(name: str, request: Any, response: Any) -> Any:
-            return channel.unary_unary(
+    Each call tries the service name in use; on UNIMPLEMENTED it moves to the next name for good (so a
+    client of protocol="v2" reaches Triton's standard service and TorchServe's own alike).
+    """
+
+    def __init__(self, channel: grpc.Channel | grpc.aio.Channel, services: tuple[str, ...]) -> None:
+        self._services = services
+        self._current = 0
+        self._aio = isinstance(channel, grpc.aio.Channel)
+        self._channel = channel
+        self.ServerLive = self._method("ServerLive", pb.ServerLiveRequest, pb.ServerLiveResponse)
+        self.ServerReady = self._method("ServerReady", pb.ServerReadyRequest, pb.ServerReadyResponse)
+        self.ModelReady = self._method("ModelReady", pb.ModelReadyRequest, pb.ModelReadyResponse)
+        self.ModelMetadata = self._method("ModelMetadata", pb.ModelMetadataRequest, pb.ModelMetadataResponse)
+        self.ModelInfer = self._method("ModelInfer", pb.ModelInferRequest, pb.ModelInferResponse)
+
+    @property
+    def service(self) -> str:
+        """The service name in use."""
+        return self._services[self._current]
+
+    @property
+    def is_triton(self) -> bool:
+        return self.service == TRITON_SERVICE
+
+    def _method(self, name: str, request_type: Any, response_type: Any) -> Any:
+        calls = [
+            self._channel.unary_unary(
                 f"/{service}/{name}",
-                request_serializer=request.SerializeToString,
-                response_deserializer=response.FromString,
+                request_serializer=request_type.SerializeToString,
+                response_deserializer=response_type.FromString,
             )
+            for service in self._services
+        ]
 
-        self.ServerLive = method("ServerLive", pb.ServerLiveRequest, pb.ServerLiveResponse)
-        self.ServerReady = method("ServerReady", pb.ServerReadyRequest, pb.ServerReadyResponse)
-        self.ModelReady = method("ModelReady", pb.ModelReadyRequest, pb.ModelReadyResponse)
-        self.ModelMetadata = method("ModelMetadata", pb.ModelMetadataRequest, pb.ModelMetadataResponse)
-        self.ModelInfer = method("ModelInfer", pb.ModelInferRequest, pb.ModelInferResponse)
+        def call_sync(request: Any, **kwargs: Any) -> Any:
+            while True:
+                index = self._current
+                try:
+                    return calls[index](for_service(request, self._services[index]), **kwargs)
+                except grpc.RpcError as exc:
+                    if not self._next_service(exc, index):
+                        raise
+
+        async def call_aio(request: Any, **kwargs: Any) -> Any:
+            while True:
+                index = self._current
+                try:
+                    return await calls[index](for_service(request, self._services[index]), **kwargs)
+                except grpc.RpcError as exc:
+                    if not self._next_service(exc, index):
+                        raise
+
+        return call_aio if self._aio else call_sync
+
+    def _next_service(self, error: grpc.RpcError, index: int) -> bool:
+        """Whether `error` says the service name `index` is unknown there and another is left to try."""
+        code = error.code() if callable(getattr(error, "code", None)) else None
+        if code != grpc.StatusCode.UNIMPLEMENTED or index + 1 >= len(self._services):
+            return False
+        self._current = max(self._current, index + 1)
+        return True
+
+
+def for_service(request: Any, service: str) -> Any:
+    """`request` as `service` takes it: TorchServe's handler reads each BYTES input as shape [1], while
+    Triton's segment model batches, so its inputs carry the batch dimension: [1, 1]."""
+    if service != TORCHSERVE_SERVICE or not isinstance(request, pb.ModelInferRequest):
+        return request
+    if not any(t.datatype == "BYTES" and list(t.shape) == [1, 1] for t in request.inputs):
+        return request
+    adapted = pb.ModelInferRequest()
+    adapted.CopyFrom(request)
+    for tensor in adapted.inputs:
+        if tensor.datatype == "BYTES":
+            tensor.shape[:] = [1]
+    return adapted
 
 
 @dataclass(frozen=True)
@@ -78,8 +151,9 @@ def metadata_from(reply: pb.ModelMetadataResponse) -> ModelMetadata:
 
 
 def _bytes_input(name: str, value: bytes) -> pb.ModelInferRequest.InferInputTensor:
+    # A batch of one (Triton's segment model batches); for_service reshapes it for TorchServe.
     return pb.ModelInferRequest.InferInputTensor(
-        name=name, datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[value])
+        name=name, datatype="BYTES", shape=[1, 1], contents=pb.InferTensorContents(bytes_contents=[value])
     )
 
 
@@ -114,8 +188,12 @@ def _check(model: str, image: bytes, max_bytes: int) -> None:
 
 
 def segment_payload(reply: pb.ModelInferResponse, model: str) -> inference_pb2.PredictionResponse:
-    """The SegmentResponse in a v2 reply, as the PredictionResponse `parse_response` reads."""
-    element = _output(reply, RESPONSE_OUTPUT, model).contents.bytes_contents
+    """The SegmentResponse in a v2 reply, as the PredictionResponse `parse_response` reads.
+
+    TorchServe answers in `contents.bytes_contents`, Triton in `raw_output_contents`.
+    """
+    tensor = _output(reply, RESPONSE_OUTPUT, model)
+    element = list(tensor.contents.bytes_contents) or _raw_bytes(reply, RESPONSE_OUTPUT, model)
     if len(element) != 1:
         raise U2NetError(
             grpc.StatusCode.INTERNAL, f"{model}'s {RESPONSE_OUTPUT!r} output holds {len(element)} elements"
@@ -128,6 +206,21 @@ def segment_payload(reply: pb.ModelInferResponse, model: str) -> inference_pb2.P
         except (ValueError, binascii.Error) as exc:
             raise U2NetError(grpc.StatusCode.INTERNAL, f"{model}'s output is not base64 in JSON: {exc}") from exc
     return inference_pb2.PredictionResponse(prediction=raw)
+
+
+def _raw_bytes(reply: pb.ModelInferResponse, name: str, model: str) -> list[bytes]:
+    """The elements of a BYTES output in raw_output_contents: each a 4-byte little-endian length, then the bytes."""
+    index = next(i for i, t in enumerate(reply.outputs) if t.name == name)
+    if index >= len(reply.raw_output_contents):
+        return []
+    raw, elements, offset = reply.raw_output_contents[index], [], 0
+    while offset < len(raw):
+        size = int.from_bytes(raw[offset : offset + 4], "little")
+        if offset + 4 + size > len(raw):
+            raise U2NetError(grpc.StatusCode.INTERNAL, f"{model}'s {name!r} output is cut short at byte {offset}")
+        elements.append(raw[offset + 4 : offset + 4 + size])
+        offset += 4 + size
+    return elements
 
 
 def _output(reply: pb.ModelInferResponse, name: str, model: str) -> pb.ModelInferResponse.InferOutputTensor:

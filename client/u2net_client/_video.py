@@ -2,7 +2,7 @@
 
 A `VideoJob` streams a clip: it decodes one frame at a time, hands out the small image the model
 sees (`imaging.model_view`, 320×320) for the server to mask, and takes the masks back in order to
-smooth them, bring them to full resolution and compose the frame with `imaging.compose` before
+smooth them, bring them to full resolution and compose the frame with `compose.compose` before
 encoding it. The clients (`U2NetClient.video`, `AsyncU2NetClient.video`) only move the frames to the
 server and back, bounded and in order, so TorchServe batches them. Nothing holds more than the
 frames in flight, and the output is written to a temporary file renamed when complete.
@@ -25,9 +25,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from u2net_client import imaging
+from u2net_client import compose, imaging
 from u2net_client._concurrency import check_concurrency, ordered_map
 from u2net_client._errors import U2NetError
+from u2net_client._image import ImageInput
 from u2net_client._temporal import Flicker, MaskSmoother, is_scene_cut, thumbnail
 from u2net_client._types import MaskResult
 from u2net_client.options import Color, Options
@@ -113,17 +114,31 @@ def output_format(dst: str | os.PathLike[str], format: str | None = None) -> Out
     return FORMATS[name]
 
 
-def video_options(given: Options | None, background: Color | None, threshold: float | None) -> Options:
+def video_options(
+    given: Options | None,
+    background: Color | None = None,
+    threshold: float | None = None,
+    background_image: ImageInput | None = None,
+    effect: str | None = None,
+    refine: str | None = None,
+) -> Options:
     """The cutout options of a video call: `given` as it is, else built from the named ones.
 
     Raises:
         U2NetError: INVALID_ARGUMENT for both at once, or a bad value.
     """
+    named = {"background": background, "threshold": threshold, "background_image": background_image,
+             "effect": effect, "refine": refine}  # fmt: skip
     if given is None:
-        return Options(background, threshold)
-    if background is not None or threshold is not None:
-        raise _invalid("give the cutout options either as options=Options(...) or as background/threshold, not both")
+        return Options(**named)
+    if any(value is not None for value in named.values()):
+        raise _invalid("give the cutout options either as options=Options(...) or as named arguments, not both")
     return given
+
+
+def is_transparent(options: Options) -> bool:
+    """Whether the video keeps an alpha channel: nothing goes behind the subject."""
+    return options.rgb_background is None and options.background_image is None and options.effect is None
 
 
 def check_options(options: Options, fmt: OutputFormat) -> None:
@@ -134,7 +149,7 @@ def check_options(options: Options, fmt: OutputFormat) -> None:
     """
     if options.crop:
         raise _invalid("crop changes the size from frame to frame; a video keeps one size (leave crop off)")
-    if fmt.alpha_pix_fmt is None and options.rgb_background is None:
+    if fmt.alpha_pix_fmt is None and is_transparent(options):
         raise _invalid(
             f".{fmt.name} cannot carry transparency: give a background (e.g. background='#00ff00'), "
             "or write .webm or .mov for a transparent result"
@@ -302,6 +317,7 @@ class VideoJob:
         self.dst = Path(dst)
         self._tmp = self.dst.with_name(f".{self.dst.name}.part")
         self._started = time.monotonic()
+        self._background = self._background_image(max_pixels)
         self._source = _Source(self._av, Path(src), max_pixels)
         self._smoother = MaskSmoother(smooth)
         self._flicker, self._raw_flicker = Flicker(), Flicker()
@@ -319,6 +335,15 @@ class VideoJob:
         except BaseException:
             self.close()
             raise
+
+    def _background_image(self, max_pixels: int) -> imaging.Decoded | None:
+        data = self.options.background_image
+        if data is None:
+            return None
+        try:
+            return imaging.decode_image(data, max_pixels)  # type: ignore[arg-type]  # Options keeps the bytes
+        except U2NetError as exc:
+            raise U2NetError(exc.code, f"background_image: {exc.message}") from exc
 
     @property
     def expected_frames(self) -> int | None:
@@ -347,7 +372,7 @@ class VideoJob:
     def _open_output(self) -> None:
         self.dst.parent.mkdir(parents=True, exist_ok=True)
         self._output = self._av.open(os.fspath(self._tmp), "w", format=self.format.name)
-        self.transparent = self.options.rgb_background is None
+        self.transparent = is_transparent(self.options)
         self.video_codec = self._encoder()
         src = self._source.stream
         stream = self._output.add_stream(self.video_codec, rate=self._source.fps)
@@ -464,7 +489,7 @@ class VideoJob:
         self._batch_sizes += batch_size
         full = imaging.resize_mask(mask, (frame.rgb.shape[1], frame.rgb.shape[0]))
         decoded = imaging.Decoded(rgb=frame.rgb, alpha=None, format="video")
-        composed, _ = imaging.compose(decoded, full, task_mask=False, options=self.options)
+        composed, _ = compose.compose(decoded, full, False, self.options, self._background)
         layout = "rgba" if composed.shape[2] == 4 else "rgb24"
         out = self._av.VideoFrame.from_ndarray(composed, format=layout)
         out.pts, out.time_base = frame.pts, self._source.stream.time_base

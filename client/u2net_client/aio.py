@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from u2net_client import _management as mgmt
+from u2net_client import _triton
 from u2net_client._base import (
     DEFAULT_MANAGEMENT_TARGET,
     DEFAULT_TARGET,
@@ -74,9 +75,11 @@ class AsyncU2NetClient:
         tls_server_name: The name to expect in the server's certificate when it differs from the
             target's host (e.g. through a port-forward).
         channel_credentials: Any other grpc.ChannelCredentials, instead of `tls`.
-        protocol: "torchserve" (TorchServe's gRPC API), "v2" (the Open Inference Protocol TorchServe serves
-            with ts_open_inference_protocol=true), or "triton" (KServe v2 tensors to the model that
-            `python -m handler.triton` exports; pre/postprocessing run on the client). Same results on all three.
+        protocol: "torchserve" (TorchServe's gRPC API), "v2" (the Open Inference Protocol: Triton's segment
+            model, or TorchServe with ts_open_inference_protocol=true), or "triton" (KServe v2 tensors to the
+            `<model>_network` that `python -m handler.triton` exports; pre/postprocessing run on the client).
+            Same results on all three. With "v2" and "triton" the key file is looked for in
+            ./var/triton/key_file.json first, and models()/describe() read a Triton's repository and configs.
 
     Raises:
         U2NetError: INVALID_ARGUMENT for settings that cannot work, e.g. a key file that does not exist.
@@ -104,7 +107,7 @@ class AsyncU2NetClient:
         self._protocol = Protocol(protocol)
         self._settings = ClientSettings(
             target, management_target, token, management_token, key_file, timeout, retry,
-            max_send_bytes, max_receive_bytes,
+            max_send_bytes, max_receive_bytes, triton=protocol != "torchserve",
         )  # fmt: skip
         security = channel_security(tls, ca_file, root_certificates, tls_server_name, channel_credentials)
         options = [*self._settings.channel_options, *security.options]
@@ -112,7 +115,8 @@ class AsyncU2NetClient:
         self._management_channel = _channel(management_target, options, security.credentials)
         self._inference = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
         self._management = management_pb2_grpc.ManagementAPIsServiceStub(self._management_channel)
-        self._v2 = V2Stub(self._channel, self._protocol.v2_service)
+        self._v2 = V2Stub(self._channel, self._protocol.v2_services)
+        self._repository = _triton.RepositoryStub(self._channel)
 
     @property
     def target(self) -> str:
@@ -148,10 +152,21 @@ class AsyncU2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> MaskResult:
         """As `U2NetClient.mask`, awaited."""
-        options = Options(None, threshold, crop, crop_margin, box_threshold, png_compression)
+        options = Options(  # checked here, before any call
+            None, threshold, crop, crop_margin, box_threshold, png_compression, refine=refine,
+            matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
         return await self._segment(MASK, image, model, version, options, timeout, MaskResult)
 
     async def cutout(
@@ -166,10 +181,26 @@ class AsyncU2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        background_image: ImageInput | None = None,
+        background_fit: str | None = None,
+        effect: str | None = None,
+        blur_radius: float | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> CutoutResult:
         """As `U2NetClient.cutout`, awaited."""
-        options = Options(background, threshold, crop, crop_margin, box_threshold, png_compression)
+        options = Options(  # checked here, before any call
+            background, threshold, crop, crop_margin, box_threshold, png_compression,
+            background_image=background_image, background_fit=background_fit, effect=effect,
+            blur_radius=blur_radius, refine=refine, matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
         return await self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
     def map(
@@ -190,15 +221,25 @@ class AsyncU2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> list[MaskResult | U2NetError]:
         """As `U2NetClient.mask_many`, awaited."""
 
+        options = Options(  # checked here, before any call
+            None, threshold, crop, crop_margin, box_threshold, png_compression, refine=refine,
+            matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
+
         async def one(image: ImageInput) -> MaskResult:
-            return await self.mask(
-                image, model, version=version, threshold=threshold, crop=crop, crop_margin=crop_margin,
-                box_threshold=box_threshold, png_compression=png_compression, timeout=timeout,
-            )  # fmt: skip
+            return await self._segment(MASK, image, model, version, options, timeout, MaskResult)
 
         return [r async for r in self.map(one, images, concurrency=concurrency)]
 
@@ -215,16 +256,30 @@ class AsyncU2NetClient:
         crop_margin: int = 0,
         box_threshold: float | None = None,
         png_compression: int | None = None,
+        background_image: ImageInput | None = None,
+        background_fit: str | None = None,
+        effect: str | None = None,
+        blur_radius: float | None = None,
+        refine: str | None = None,
+        matting_foreground_threshold: int | None = None,
+        matting_background_threshold: int | None = None,
+        matting_erode_size: int | None = None,
+        output_format: str | None = None,
+        quality: int | None = None,
         timeout: float | None = None,
     ) -> list[CutoutResult | U2NetError]:
         """As `U2NetClient.cutout_many`, awaited."""
 
+        options = Options(  # checked here, before any call
+            background, threshold, crop, crop_margin, box_threshold, png_compression,
+            background_image=background_image, background_fit=background_fit, effect=effect,
+            blur_radius=blur_radius, refine=refine, matting_foreground_threshold=matting_foreground_threshold,
+            matting_background_threshold=matting_background_threshold, matting_erode_size=matting_erode_size,
+            output_format=output_format, quality=quality,
+        )  # fmt: skip
+
         async def one(image: ImageInput) -> CutoutResult:
-            return await self.cutout(
-                image, model, version=version, background=background, threshold=threshold, crop=crop,
-                crop_margin=crop_margin, box_threshold=box_threshold, png_compression=png_compression,
-                timeout=timeout,
-            )  # fmt: skip
+            return await self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
         return [r async for r in self.map(one, images, concurrency=concurrency)]
 
@@ -237,6 +292,9 @@ class AsyncU2NetClient:
         version: str | None = None,
         background: Color | None = None,
         threshold: float | None = None,
+        background_image: ImageInput | None = None,
+        effect: str | None = None,
+        refine: str | None = None,
         options: Options | None = None,
         format: str | None = None,
         smooth: float = 0.0,
@@ -246,7 +304,7 @@ class AsyncU2NetClient:
         timeout: float | None = None,
     ) -> VideoResult:
         """As `U2NetClient.video`, awaited; decoding and encoding run in a worker thread."""
-        options = video_options(options, background, threshold)
+        options = video_options(options, background, threshold, background_image, effect, refine)
         job = await asyncio.to_thread(VideoJob, src, dst, options, format, smooth, max_pixels)
         return await arun_video(
             job, lambda png: self.mask(png, model, version=version, timeout=timeout), concurrency, progress
@@ -265,6 +323,9 @@ class AsyncU2NetClient:
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """As `U2NetClient.models`, awaited."""
+        if await self._on_triton(timeout):
+            index = await self._call(self._repository.RepositoryIndex, _triton.index_request(), "management", timeout)
+            return [await self.describe(name, timeout=timeout) for name in _triton.served_names(index)]
         names: list[str] = []
         page: int | None = 0
         while page is not None:
@@ -276,6 +337,14 @@ class AsyncU2NetClient:
 
     async def describe(self, model: str, version: str | None = None, *, timeout: float | None = None) -> ModelInfo:
         """As `U2NetClient.describe`, awaited."""
+        if await self._on_triton(timeout):
+            mgmt.describe_request(model, version)  # the same checks
+            reply = await self._call(
+                self._repository.ModelConfig, _triton.config_request(model, version), "management", timeout
+            )
+            meta = await self.model_metadata(model, version, timeout=timeout)
+            ready = await self.model_ready(model, version, timeout=timeout)
+            return _triton.model_info(reply.config, version or (meta.versions or ("",))[-1], ready)
         request = mgmt.describe_request(model, version)
         reply = await self._call(self._management.DescribeModel, request, "management", timeout)
         return mgmt.parse_description(reply.msg)[0]
@@ -347,7 +416,7 @@ class AsyncU2NetClient:
 
     async def model_ready(self, model: str, version: str | None = None, *, timeout: float | None = None) -> bool:
         """KServe v2 ModelReady: whether `model` has a ready instance (TorchServe: a healthy worker)."""
-        request = v2pb.ModelReadyRequest(name=model, version=version or "")
+        request = v2pb.ModelReadyRequest(name=self._protocol.v2_model(model), version=version or "")
         return (await self._call(self._v2.ModelReady, request, "inference", timeout)).ready
 
     async def model_metadata(
@@ -358,8 +427,15 @@ class AsyncU2NetClient:
         Raises:
             U2NetError: NOT_FOUND for an unknown model.
         """
-        request = v2pb.ModelMetadataRequest(name=model, version=version or "")
+        request = v2pb.ModelMetadataRequest(name=self._protocol.v2_model(model), version=version or "")
         return metadata_from(await self._call(self._v2.ModelMetadata, request, "inference", timeout))
+
+    async def _on_triton(self, timeout: float | None) -> bool:
+        """Whether the server is Triton: protocol "triton", or "v2" once ServerLive found Triton's service."""
+        if self._protocol.name == "torchserve":
+            return False
+        await self.server_live(timeout=timeout)  # settles which v2 service the server implements
+        return self._v2.is_triton
 
     async def _call(
         self,

@@ -28,7 +28,7 @@ from u2net_client._errors import U2NetError
 from u2net_client._sync import U2NetClient
 from u2net_client._temporal import DEFAULT_SMOOTH
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
-from u2net_client._video import DEFAULT_CONCURRENCY, VideoResult, output_format
+from u2net_client._video import DEFAULT_CONCURRENCY, VideoResult, output_format, video_options
 from u2net_client._video import FORMATS as VIDEO_FORMATS
 from u2net_client._video import check_options as check_video_options
 from u2net_client.options import Options
@@ -44,6 +44,7 @@ EXIT_AUTH = 4
 EXIT_SERVER = 5
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+OUTPUT_EXTENSIONS = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
 # Errors that belong to one input: report it, go on with the rest. Any other error would fail every
 # input the same way (server down, token refused, unknown model), so the run stops at the first.
 _PER_ITEM = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL})
@@ -92,17 +93,23 @@ def expand_inputs(inputs: Sequence[str], recursive: bool, output_suffix: str) ->
 
 
 def _is_input_image(path: Path, output_suffix: str) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.endswith(output_suffix + ".png")
+    return (
+        path.is_file()
+        and path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(path.name.endswith(output_suffix + ext) for ext in OUTPUT_EXTENSIONS.values())
+    )
 
 
-def output_path(source: Path, output_dir: Path | None, suffix: str) -> Path:
-    """Where the result for `source` goes: beside it, or in `output_dir`, as <stem><suffix>.png."""
-    return (output_dir or source.parent) / f"{source.stem}{suffix}.png"
+def output_path(source: Path, output_dir: Path | None, suffix: str, extension: str = ".png") -> Path:
+    """Where the result for `source` goes: beside it, or in `output_dir`, as <stem><suffix><extension>."""
+    return (output_dir or source.parent) / f"{source.stem}{suffix}{extension}"
 
 
-def plan(sources: Sequence[Path], output_dir: Path | None, suffix: str) -> list[tuple[Path, Path]]:
+def plan(
+    sources: Sequence[Path], output_dir: Path | None, suffix: str, extension: str = ".png"
+) -> list[tuple[Path, Path]]:
     """(input, output) pairs; raises UsageError when two inputs would write the same output."""
-    pairs = [(src, output_path(src, output_dir, suffix)) for src in sources]
+    pairs = [(src, output_path(src, output_dir, suffix, extension)) for src in sources]
     seen: dict[Path, Path] = {}
     for src, dst in pairs:
         if dst in seen:
@@ -160,7 +167,8 @@ class Progress:
 
 def _process(args: argparse.Namespace, client: U2NetClient) -> int:
     suffix = args.suffix if args.suffix is not None else f".{args.command}"
-    pairs = plan(expand_inputs(args.inputs, args.recursive, suffix), args.output_dir, suffix)
+    extension = OUTPUT_EXTENSIONS.get((args.format or "png").lower(), ".png")  # an unknown one: Options says so
+    pairs = plan(expand_inputs(args.inputs, args.recursive, suffix), args.output_dir, suffix, extension)
     if not pairs:
         raise UsageError(f"no images found in {' '.join(args.inputs)} (accepted: {', '.join(sorted(IMAGE_SUFFIXES))})")
     todo = [(src, dst) for src, dst in pairs if not (args.skip_existing and dst.exists())]
@@ -190,18 +198,41 @@ def _process(args: argparse.Namespace, client: U2NetClient) -> int:
 
 def _segment_function(args: argparse.Namespace, client: U2NetClient) -> Callable[[Path], MaskResult | CutoutResult]:
     common: dict[str, Any] = {
-        "version": args.model_version,
         "threshold": args.threshold,
         "crop": args.crop,
         "crop_margin": args.margin,
         "box_threshold": args.box_threshold,
         "png_compression": args.compression,
+        "refine": args.refine,
+        "matting_foreground_threshold": args.matting_foreground_threshold,
+        "matting_background_threshold": args.matting_background_threshold,
+        "matting_erode_size": args.matting_erode_size,
+        "output_format": args.format,
+        "quality": args.quality,
     }
+    if args.command == "cutout":
+        common.update(
+            background=args.background,
+            background_image=_read_background(args.background_image),
+            background_fit=args.background_fit,
+            effect=args.effect,
+            blur_radius=args.blur_radius,
+        )
     # Check the options once, before any file: a bad option is a usage error, not a failure per file.
-    Options(args.background if args.command == "cutout" else None, *list(common.values())[1:])
+    Options(**common).check_task(args.command == "mask")
     if args.command == "mask":
-        return lambda path: client.mask(path, args.model, **common)
-    return lambda path: client.cutout(path, args.model, background=args.background, **common)
+        return lambda path: client.mask(path, args.model, version=args.model_version, **common)
+    return lambda path: client.cutout(path, args.model, version=args.model_version, **common)
+
+
+def _read_background(path: str | None) -> bytes | None:
+    """The --background-image file's bytes, read once: every request carries the same."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--background-image {path}: {exc.strerror}") from exc
 
 
 def _video(args: argparse.Namespace, client: U2NetClient) -> int:
@@ -209,7 +240,8 @@ def _video(args: argparse.Namespace, client: U2NetClient) -> int:
     dst = args.output or args.input.with_name(f"{args.input.stem}.cutout.{fmt}")
     try:
         # Arguments first: a bad one is a usage error (2); a bad input file fails the run (1).
-        check_video_options(Options(args.background, args.threshold), output_format(dst, args.format))
+        options = video_options(None, args.background, args.threshold, args.background_image, args.effect, args.refine)
+        check_video_options(options, output_format(dst, args.format))
     except U2NetError as exc:
         raise UsageError(exc.message) from exc
     if not 0.0 <= args.smooth < 1.0:
@@ -224,9 +256,8 @@ def _video(args: argparse.Namespace, client: U2NetClient) -> int:
 
     try:
         summary = client.video(
-            args.input, dst, args.model, version=args.model_version, background=args.background,
-            threshold=args.threshold, format=args.format, smooth=args.smooth, concurrency=args.concurrency,
-            progress=tick,
+            args.input, dst, args.model, version=args.model_version, options=options, format=args.format,
+            smooth=args.smooth, concurrency=args.concurrency, progress=tick,
         )  # fmt: skip
     except U2NetError as exc:
         print(f"error: {args.input}: {exc}", file=sys.stderr)
@@ -399,6 +430,12 @@ def _segment_options(command: str) -> argparse.ArgumentParser:
     p.add_argument("--margin", type=int, default=0, help="pixels around the box when cropping")
     p.add_argument("--box-threshold", type=float, help="saliency (0..1) that counts for the box (default 0.5)")
     p.add_argument("--compression", type=int, help="PNG zlib level 0..9 (default: the server's)")
+    p.add_argument("--refine", help="none (default), postprocess (rembg's smoothing) or matting (cleaner edges)")
+    p.add_argument("--matting-foreground-threshold", type=int, help="matting: sure foreground above (default 240)")
+    p.add_argument("--matting-background-threshold", type=int, help="matting: sure background below (default 10)")
+    p.add_argument("--matting-erode-size", type=int, help="matting: erosion of the sure regions, px (default 10)")
+    p.add_argument("--format", help="png (default), webp (lossless unless --quality) or jpeg (opaque results)")
+    p.add_argument("--quality", type=int, help="1..100: JPEG quality (default 90), or lossy WebP")
     return p
 
 
@@ -413,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("mask", parents=[conn, _segment_options("mask")], help="saliency masks (grayscale PNG)")
     cutout = sub.add_parser("cutout", parents=[conn, _segment_options("cutout")], help="cutouts (RGBA PNG)")
     cutout.add_argument("--background", help="composite over this colour ('#rrggbb' or 'r,g,b'): RGB output")
+    cutout.add_argument("--background-image", help="composite over this image file (fitted to the output)")
+    cutout.add_argument("--background-fit", help="cover (default), contain (bars: --background or clear) or stretch")
+    cutout.add_argument("--effect", help="blur or greyscale: the input's own background, blurred or desaturated")
+    cutout.add_argument("--blur-radius", type=float, help="blur radius in pixels (default 1%% of the longer side)")
     sub.add_parser("ping", parents=[conn], help="is the server up and healthy?")
     models = sub.add_parser("models", parents=[conn], help="the models served, their workers and weights")
     models.add_argument("--json", action="store_true", help="machine-readable output")
@@ -426,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--model-version", help="model version (default: the server's default)")
     video.add_argument("--background", help="composite over this colour ('#rrggbb' or 'r,g,b'): opaque output")
     video.add_argument("--threshold", type=float, help="hard alpha: saliency >= this (0..1) is opaque")
+    video.add_argument("--background-image", type=Path, help="composite over this image (fitted to the frame)")
+    video.add_argument("--effect", help="blur or greyscale: the frame's own background, blurred or desaturated")
+    video.add_argument("--refine", help="postprocess (rembg's smoothing of the mask) or matting, per frame")
     video.add_argument("--smooth", type=float, nargs="?", const=DEFAULT_SMOOTH, default=0.0,
                        help=f"temporal smoothing of the mask, reset at scene cuts (strength 0..<1, "
                        f"{DEFAULT_SMOOTH} when given alone)")  # fmt: skip

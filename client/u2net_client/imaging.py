@@ -1,4 +1,5 @@
-"""The one image pipeline: decode, U²-Net's pre- and postprocessing, compose and encode (numpy and Pillow).
+"""The one image pipeline: decode, U²-Net's pre- and postprocessing, cutout and PNG (numpy and Pillow); what a
+request returns from them (backgrounds, effects, refine, formats) is u2net_client.compose's.
 
 Shared by every process that touches pixels: the TorchServe handler and the Triton model import it
 from the installed SDK, and the SDK's tensor path (protocol="triton") runs it on the client, so the
@@ -22,7 +23,6 @@ from PIL import Image, ImageOps
 
 from u2net_client._errors import U2NetError
 from u2net_client._types import Box
-from u2net_client.options import DEFAULT_BOX_THRESHOLD, Options
 
 # The server's default pixel limit (width x height), also the SDK's tensor path's.
 DEFAULT_MAX_PIXELS = 25_000_000
@@ -403,8 +403,7 @@ def cutout(
     effective = mask
     if alpha is not None:
         _check_mask(alpha, rgb.shape[:2], what="alpha")
-        # (m * a + 127) // 255 rounds m * a / 255 exactly: an odd multiple of 127.5 cannot occur.
-        effective = ((mask.astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+        effective = multiply_alpha(mask, alpha)
     if background is None:
         out = np.dstack((rgb, effective))
         # Fully transparent pixels become (0, 0, 0, 0), as in rembg's cutout: their colour is invisible,
@@ -415,6 +414,12 @@ def cutout(
     a = effective.astype(np.uint32)[..., None]
     blended = (rgb.astype(np.uint32) * a + bg * (255 - a) + 127) // 255
     return blended.astype(np.uint8)
+
+
+def multiply_alpha(mask: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """mask * alpha / 255, rounded: the mask of an input that carries its own transparency."""
+    # (m * a + 127) // 255 rounds m * a / 255 exactly: an odd multiple of 127.5 cannot occur.
+    return ((mask.astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
 
 
 def _check_background(background: tuple[int, int, int]) -> np.ndarray:
@@ -462,24 +467,3 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
-
-
-def compose(image: Decoded, mask: np.ndarray, task_mask: bool, options: Options) -> tuple[np.ndarray, Box | None]:
-    """What one request returns, before encoding: the mask or the cutout, thresholded and cropped as asked.
-
-    Args:
-        image: The decoded input.
-        mask: Its HxW uint8 saliency map.
-        task_mask: True for the mask task, False for the cutout.
-        options: The request's (checked) options.
-
-    Returns:
-        (the array to encode, the salient object's box in input pixels or None when nothing is salient).
-    """
-    box = bounding_box(mask, DEFAULT_BOX_THRESHOLD if options.box_threshold is None else options.box_threshold)
-    if options.threshold is not None:
-        mask = apply_threshold(mask, options.threshold)
-    result = mask if task_mask else cutout(image.rgb, mask, image.alpha, options.rgb_background)
-    if options.crop and box is not None:
-        result = crop(result, expand_box(box, options.crop_margin, *image.size))
-    return result, box

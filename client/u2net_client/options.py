@@ -10,17 +10,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from u2net_client._errors import U2NetError
 from u2net_client._generated import u2serve_pb2
+from u2net_client._image import ImageInput, image_bytes
 
 Color = tuple[int, int, int] | str
 """A background colour: (r, g, b) with 0-255 components, "#rrggbb", "rrggbb", or "r,g,b"."""
 
 DEFAULT_BOX_THRESHOLD = 0.5
+FITS = ("cover", "contain", "stretch")
+EFFECTS = ("blur", "greyscale")
+REFINES = ("none", "postprocess", "matting")
+FORMATS = ("png", "webp", "jpeg")
+MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+DEFAULT_JPEG_QUALITY = 90
+# rembg's alpha-matting defaults (rembg.bg.remove): trimap levels on the 0-255 mask, erosion in pixels.
+DEFAULT_MATTING = (240, 10, 10)
+MAX_BLUR_RADIUS = 500.0
+MAX_ERODE_SIZE = 100
 _HEX = re.compile(r"#?([0-9a-fA-F]{6})")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -63,6 +74,22 @@ class Options:
         crop_margin: Pixels added around the box when cropping.
         box_threshold: Saliency (0..1) above which a pixel counts for the box; None means 0.5.
         png_compression: zlib level 0..9 of the PNG output; None for the server's default.
+        background_image: An image (bytes, a path or a PIL image; kept as its encoded bytes) composited
+            behind the subject; it travels in the request.
+        background_fit: How the background image fills the output: "cover" (default: scale to cover,
+            centre crop), "contain" (letterbox: bars transparent, or `background` when given) or "stretch".
+        effect: "blur" (the background blurred behind the sharp subject, portrait style) or "greyscale"
+            (the background desaturated, the subject in colour): applied to the input's own background,
+            or to background_image when one is given. RGB output unless contain leaves bars clear.
+        blur_radius: Gaussian radius in pixels for effect="blur"; None for 1 % of the input's longer side.
+        refine: "none" (default), "postprocess" (rembg's post_process_mask: opening, blur, threshold)
+            or "matting" (pymatting's closed-form alpha and foreground colours from a trimap).
+        matting_foreground_threshold: Mask level (0-255) above which the trimap is sure foreground; 240.
+        matting_background_threshold: Mask level below which it is sure background; 10.
+        matting_erode_size: Side of the square the sure regions are eroded with, in pixels; 10.
+        output_format: "png" (default), "webp" (lossless unless `quality` is given) or "jpeg"
+            (opaque results only).
+        quality: 1..100 for "jpeg" (default 90) and lossy "webp".
 
     Raises:
         U2NetError: INVALID_ARGUMENT naming the option and what is accepted.
@@ -74,6 +101,16 @@ class Options:
     crop_margin: int = 0
     box_threshold: float | None = DEFAULT_BOX_THRESHOLD
     png_compression: int | None = None
+    background_image: ImageInput | None = field(default=None, repr=False)
+    background_fit: str | None = None
+    effect: str | None = None
+    blur_radius: float | None = None
+    refine: str | None = None
+    matting_foreground_threshold: int | None = None
+    matting_background_threshold: int | None = None
+    matting_erode_size: int | None = None
+    output_format: str | None = None
+    quality: int | None = None
 
     def __post_init__(self) -> None:
         if self.background is not None:
@@ -88,6 +125,129 @@ class Options:
         level = self.png_compression
         if level is not None and (isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9):
             raise _invalid(f"png_compression={level!r}; accepted: 0 (fastest) to 9 (smallest)")
+        self._check_background_image()
+        self._check_effect()
+        self._check_refine()
+        self._check_format()
+
+    def _check_background_image(self) -> None:
+        if self.background_image is not None:
+            data = image_bytes(self.background_image)
+            if not data:
+                raise _invalid("background_image is empty (0 bytes); send an image file's bytes, or leave it out")
+            object.__setattr__(self, "background_image", data)
+        fit = _name("background_fit", self.background_fit, FITS)
+        if fit is not None and self.background_image is None:
+            raise _invalid(f"background_fit={fit!r} needs a background_image to fit")
+        object.__setattr__(self, "background_fit", fit)
+
+    def _check_effect(self) -> None:
+        effect = _name("effect", self.effect, EFFECTS)
+        object.__setattr__(self, "effect", effect)
+        if effect is not None and self.background is not None and self.background_image is None:
+            raise _invalid(
+                f"effect={effect!r} works on an image behind the subject (the input's own, or background_image), "
+                "not on a plain background colour; give one of them"
+            )
+        if self.blur_radius is not None:
+            if effect != "blur":
+                raise _invalid(f"blur_radius={self.blur_radius!r} applies to effect='blur' only")
+            r = self.blur_radius
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r <= MAX_BLUR_RADIUS:
+                raise _invalid(f"blur_radius={r!r}; accepted: pixels, more than 0 and at most {MAX_BLUR_RADIUS:g}")
+            object.__setattr__(self, "blur_radius", float(r))
+
+    def _check_refine(self) -> None:
+        refine = _name("refine", self.refine, REFINES)
+        object.__setattr__(self, "refine", None if refine == "none" else refine)
+        knobs = {
+            "matting_foreground_threshold": self.matting_foreground_threshold,
+            "matting_background_threshold": self.matting_background_threshold,
+            "matting_erode_size": self.matting_erode_size,
+        }
+        given = [k for k, v in knobs.items() if v is not None]
+        if given and refine != "matting":
+            raise _invalid(f"{', '.join(given)} apply to refine='matting' only")
+        for name, value in knobs.items():
+            top = MAX_ERODE_SIZE if name == "matting_erode_size" else 255
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top):
+                raise _invalid(f"{name}={value!r}; accepted: a whole number from 0 to {top}")
+        fg, bg, _ = self.matting
+        if refine == "matting" and bg >= fg:
+            raise _invalid(
+                f"matting_background_threshold={bg} must be below matting_foreground_threshold={fg} "
+                "(the trimap's sure background and sure foreground levels)"
+            )
+        if refine is not None and refine != "none" and self.threshold is not None:
+            raise _invalid(f"threshold= hardens the mask that refine={refine!r} refines; give one of them")
+
+    def _check_format(self) -> None:
+        fmt = _name("output_format", self.output_format, FORMATS)
+        object.__setattr__(self, "output_format", None if fmt == "png" else fmt)
+        if self.png_compression is not None and fmt not in (None, "png"):
+            raise _invalid(f"png_compression applies to PNG output, not output_format={fmt!r}")
+        q = self.quality
+        if q is None:
+            return
+        if fmt not in ("jpeg", "webp"):
+            raise _invalid(f"quality={q!r} applies to output_format 'jpeg' or 'webp' (lossy), not PNG")
+        if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
+            raise _invalid(f"quality={q!r}; accepted: a whole number from 1 (smallest) to 100 (best)")
+
+    def check_task(self, mask: bool) -> None:
+        """Checks the options against the task; raises U2NetError INVALID_ARGUMENT for a combination
+        that means nothing (a background for a mask) or an output the format cannot hold (JPEG with alpha)."""
+        if mask:
+            given = [n for n in ("background", "background_image", "effect") if getattr(self, n) is not None]
+            if given:
+                raise _invalid(f"{', '.join(given)} apply to the cutout; a mask has no background")
+            return
+        if self.output_format == "jpeg" and self.output_has_alpha:
+            why = "contain's bars are transparent" if self.background_image is not None else "the cutout has alpha"
+            raise _invalid(
+                f"output_format='jpeg' cannot hold alpha ({why}): give a background colour "
+                "(background=...), a background_image with fit cover/stretch, or an effect; or use png/webp"
+            )
+
+    @property
+    def output_has_alpha(self) -> bool:
+        """Whether a cutout keeps an alpha channel: nothing, or only contain's transparent bars, behind it.
+        (A transparent background image also keeps it: checked when it is decoded.)"""
+        if self.background is not None:
+            return False
+        if self.background_image is not None:
+            return self.fit == "contain"
+        return self.effect is None
+
+    @property
+    def fit(self) -> str:
+        """The background fit, "cover" when none was given."""
+        return self.background_fit or "cover"
+
+    @property
+    def matting(self) -> tuple[int, int, int]:
+        """(foreground threshold, background threshold, erode size) with rembg's defaults filled in."""
+        fg, bg, erode = DEFAULT_MATTING
+        return (
+            fg if self.matting_foreground_threshold is None else self.matting_foreground_threshold,
+            bg if self.matting_background_threshold is None else self.matting_background_threshold,
+            erode if self.matting_erode_size is None else self.matting_erode_size,
+        )
+
+    @property
+    def format(self) -> str:
+        """The output format: "png" when none was given."""
+        return self.output_format or "png"
+
+    @property
+    def media_type(self) -> str:
+        """What the response's media_type says for this output format."""
+        return MEDIA_TYPES[self.format]
+
+    @property
+    def background_bytes(self) -> bytes | None:
+        """The background image's encoded bytes, normalised by the constructor."""
+        return self.background_image  # type: ignore[return-value]
 
     @property
     def rgb_background(self) -> tuple[int, int, int] | None:
@@ -106,6 +266,17 @@ class Options:
             msg.box_threshold = float(self.box_threshold or 0.0)
         if self.png_compression is not None:
             msg.png_compression = self.png_compression
+        if (data := self.background_bytes) is not None:
+            msg.background_image = data
+        msg.background_fit = self.background_fit or ""
+        msg.effect = self.effect or ""
+        if self.blur_radius is not None:
+            msg.blur_radius = self.blur_radius
+        msg.refine = self.refine or ""
+        for name in ("matting_foreground_threshold", "matting_background_threshold", "matting_erode_size", "quality"):
+            if (value := getattr(self, name)) is not None:
+                setattr(msg, name, value)
+        msg.output_format = self.output_format or ""
         return msg
 
     @classmethod
@@ -119,12 +290,23 @@ class Options:
             crop_margin=msg.crop_margin,
             box_threshold=msg.box_threshold or None,
             png_compression=msg.png_compression if msg.HasField("png_compression") else None,
+            background_image=msg.background_image or None,
+            background_fit=msg.background_fit or None,
+            effect=msg.effect or None,
+            blur_radius=msg.blur_radius if msg.HasField("blur_radius") else None,
+            refine=msg.refine or None,
+            matting_foreground_threshold=_optional(msg, "matting_foreground_threshold"),
+            matting_background_threshold=_optional(msg, "matting_background_threshold"),
+            matting_erode_size=_optional(msg, "matting_erode_size"),
+            output_format=msg.output_format or None,
+            quality=_optional(msg, "quality"),
         )
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str, str]) -> Options:
-        """The options of REST form fields or X-U2Serve-* headers: background, threshold, crop, margin,
-        box_threshold, compression (all text)."""
+    def from_fields(cls, fields: Mapping[str, str], background_image: bytes | None = None) -> Options:
+        """The options of REST form fields or X-U2Serve-* headers (all text): background, threshold, crop,
+        margin, box_threshold, compression, background_fit, effect, blur_radius, refine, the three
+        matting_* knobs, format and quality. The background image comes as a multipart file field's bytes."""
         return cls(
             background=fields.get("background") or None,
             threshold=_number("threshold", fields["threshold"]) if "threshold" in fields else None,
@@ -134,7 +316,33 @@ class Options:
             png_compression=int(_number("compression", fields["compression"], integer=True))
             if "compression" in fields
             else None,
+            background_image=background_image,
+            background_fit=fields.get("background_fit") or None,
+            effect=fields.get("effect") or None,
+            blur_radius=_number("blur_radius", fields["blur_radius"]) if "blur_radius" in fields else None,
+            refine=fields.get("refine") or None,
+            matting_foreground_threshold=_whole(fields, "matting_foreground_threshold"),
+            matting_background_threshold=_whole(fields, "matting_background_threshold"),
+            matting_erode_size=_whole(fields, "matting_erode_size"),
+            output_format=fields.get("format") or None,
+            quality=_whole(fields, "quality"),
         )
+
+
+def _name(option: str, value: str | None, accepted: tuple[str, ...]) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value.strip().lower() not in accepted:
+        raise _invalid(f"{option}={value!r}; accepted: {', '.join(repr(a) for a in accepted)}")
+    return value.strip().lower()
+
+
+def _optional(msg: u2serve_pb2.Options, name: str) -> int | None:
+    return int(getattr(msg, name)) if msg.HasField(name) else None
+
+
+def _whole(fields: Mapping[str, str], name: str) -> int | None:
+    return int(_number(name, fields[name], integer=True)) if name in fields else None
 
 
 def _unit(name: str, value: float) -> float:
