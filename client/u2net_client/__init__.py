@@ -15,6 +15,8 @@ from u2net_client._retry import RetryPolicy
 from u2net_client._sync import U2NetClient
 from u2net_client._types import Box, CutoutResult, MaskResult, ModelInfo, WorkerInfo
 from u2net_client._v2 import ModelMetadata, TensorSpec
+from u2net_client._video import FORMATS as VIDEO_FORMATS
+from u2net_client._video import VideoResult
 from u2net_client.aio import AsyncU2NetClient
 from u2net_client.options import Color, Options
 
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_KEY_FILE",
     "KEY_FILE_ENV",
+    "VIDEO_FORMATS",
     "AsyncU2NetClient",
     "Box",
     "Color",
@@ -36,6 +39,7 @@ __all__ = [
     "TensorSpec",
     "U2NetClient",
     "U2NetError",
+    "VideoResult",
     "WorkerInfo",
     "__version__",
 ]

@@ -33,6 +33,9 @@ from u2net_client._request import CUTOUT, MASK, ResultT
 from u2net_client._retry import RetryPolicy, call
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
 from u2net_client._v2 import ModelMetadata, V2Stub, metadata_from
+from u2net_client._video import DEFAULT_CONCURRENCY, Progress, VideoJob, VideoResult, video_options
+from u2net_client._video import run as run_video
+from u2net_client.imaging import DEFAULT_MAX_PIXELS
 from u2net_client.options import Color, Options
 
 T = TypeVar("T")
@@ -370,6 +373,69 @@ class U2NetClient:
             return self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
         return list(self.map(one, images, concurrency=concurrency))
+
+    def video(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        model: str = "u2netp",
+        *,
+        version: str | None = None,
+        background: Color | None = None,
+        threshold: float | None = None,
+        background_image: ImageInput | None = None,
+        effect: str | None = None,
+        refine: str | None = None,
+        options: Options | None = None,
+        format: str | None = None,
+        smooth: float = 0.0,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        progress: Progress | None = None,
+        timeout: float | None = None,
+    ) -> VideoResult:
+        """Removes the background of every frame of a video (needs PyAV: the `video` extra).
+
+        Frames are decoded one at a time; each travels to the server as the 320×320 image the model
+        sees, `concurrency` at a time so the server batches them; the masks come back in order and
+        are composed with the full frames here. Frame rate, size, rotation (applied to the pixels)
+        and duration are kept; audio is copied, or re-encoded when the container needs it.
+
+        Args:
+            src: The input video (anything FFmpeg reads).
+            dst: The output: .webm (VP9 with alpha), .mov (ProRes 4444 with alpha) or .mp4 (H.264,
+                opaque: needs `background`). Written to a temporary file, renamed when complete.
+            model: The served model: "u2netp" or "u2net".
+            version: The model version; None for the default one.
+            background: Composite over this colour (opaque output); None keeps the alpha.
+            threshold: Make the alpha hard: opaque where saliency >= threshold (0..1).
+            background_image: An image behind the subject (fitted to each frame); opaque output.
+            effect: "blur" or "greyscale": the frame's own background, blurred or desaturated; opaque output.
+            refine: "postprocess" (rembg's smoothing of the mask) or "matting", per frame at full resolution.
+            options: Every cutout option as one `Options` (also those without a parameter here), instead
+                of the named ones; composed at full resolution on the client.
+            format: "webm", "mov" or "mp4" instead of the output's extension.
+            smooth: Temporal smoothing of the mask, 0 (off) up to below 1 (0.6 is a good start),
+                reset at scene cuts.
+            concurrency: Frames in flight at once.
+            max_pixels: The largest frame (width * height) accepted.
+            progress: Called after each frame with (frames done, frames expected or None).
+            timeout: Deadline per frame in seconds, retries included; None for the client's.
+
+        Returns:
+            A summary: frames, source fps, duration, elapsed time, frames/s, mean server batch size,
+            codecs, the flicker figure with and without smoothing.
+
+        Raises:
+            U2NetError: INVALID_ARGUMENT for an input that is not a readable video (no file left
+                behind), a bad option or output format; FAILED_PRECONDITION without PyAV; any error
+                of a frame's request.
+        """
+        options = video_options(options, background, threshold, background_image, effect, refine)
+        job = VideoJob(src, dst, options, format, smooth, max_pixels)
+        return run_video(
+            job, lambda png: self.mask(png, model, version=version, timeout=timeout), concurrency, progress
+        )
 
     def ping(self, *, timeout: float | None = 5.0) -> bool:
         """Whether the server answers and reports itself healthy; tried once, no retries.

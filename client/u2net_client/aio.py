@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
@@ -33,6 +34,9 @@ from u2net_client._request import CUTOUT, MASK, ResultT
 from u2net_client._retry import RetryPolicy, acall
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
 from u2net_client._v2 import ModelMetadata, V2Stub, metadata_from
+from u2net_client._video import DEFAULT_CONCURRENCY, Progress, VideoJob, VideoResult, video_options
+from u2net_client._video import arun as arun_video
+from u2net_client.imaging import DEFAULT_MAX_PIXELS
 from u2net_client.options import Color, Options
 
 T = TypeVar("T")
@@ -278,6 +282,33 @@ class AsyncU2NetClient:
             return await self._segment(CUTOUT, image, model, version, options, timeout, CutoutResult)
 
         return [r async for r in self.map(one, images, concurrency=concurrency)]
+
+    async def video(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        model: str = "u2netp",
+        *,
+        version: str | None = None,
+        background: Color | None = None,
+        threshold: float | None = None,
+        background_image: ImageInput | None = None,
+        effect: str | None = None,
+        refine: str | None = None,
+        options: Options | None = None,
+        format: str | None = None,
+        smooth: float = 0.0,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        progress: Progress | None = None,
+        timeout: float | None = None,
+    ) -> VideoResult:
+        """As `U2NetClient.video`, awaited; decoding and encoding run in a worker thread."""
+        options = video_options(options, background, threshold, background_image, effect, refine)
+        job = await asyncio.to_thread(VideoJob, src, dst, options, format, smooth, max_pixels)
+        return await arun_video(
+            job, lambda png: self.mask(png, model, version=version, timeout=timeout), concurrency, progress
+        )
 
     async def ping(self, *, timeout: float | None = 5.0) -> bool:
         """As `U2NetClient.ping`, awaited."""

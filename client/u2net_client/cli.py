@@ -1,9 +1,9 @@
-"""u2net-client: masks and cutouts of files, folders and globs, the server's state, and evaluations, from a shell.
+"""u2net-client: masks and cutouts of files, folders and globs, videos, the server's state, and evaluations.
 
-Exit codes: 0 all done; 1 some inputs failed (the others were written); 2 bad arguments or no
-inputs (for evaluate: a missing or empty folder, unpaired or unreadable files); 3 the server could
-not be reached in time; 4 the token was refused; 5 another server error (an unknown model, an
-internal error).
+Exit codes: 0 all done; 1 some inputs failed (the others were written), or the video could not be
+read (nothing written); 2 bad arguments or no inputs (for evaluate: a missing or empty folder,
+unpaired or unreadable files); 3 the server could not be reached in time; 4 the token was refused;
+5 another server error (an unknown model, an internal error); 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ from u2net_client import __version__
 from u2net_client._base import DEFAULT_MANAGEMENT_TARGET, DEFAULT_TARGET, DEFAULT_TIMEOUT
 from u2net_client._errors import U2NetError
 from u2net_client._sync import U2NetClient
+from u2net_client._temporal import DEFAULT_SMOOTH
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
+from u2net_client._video import DEFAULT_CONCURRENCY, VideoResult, output_format, video_options
+from u2net_client._video import FORMATS as VIDEO_FORMATS
+from u2net_client._video import check_options as check_video_options
 from u2net_client.options import Options
 
 if TYPE_CHECKING:  # the evaluation needs the eval extra; it is imported when the command runs
@@ -123,10 +127,14 @@ def _write(result: MaskResult | CutoutResult, path: Path) -> None:
 
 
 class Progress:
-    """tqdm if it is installed, else a one-line bar on stderr; silent when disabled."""
+    """tqdm if it is installed, else a one-line bar on stderr; silent when disabled.
 
-    def __init__(self, total: int, enabled: bool, stream: TextIO = sys.stderr) -> None:
-        self.total, self.done, self.enabled, self.stream = total, 0, enabled, stream
+    tqdm shows what is done, the rate and the time left; a total of None (a video that does not
+    declare its length) shows the count and rate only.
+    """
+
+    def __init__(self, total: int | None, enabled: bool, stream: TextIO = sys.stderr, unit: str = "img") -> None:
+        self.total, self.done, self.enabled, self.stream, self.unit = total, 0, enabled, stream, unit
         self.started = time.monotonic()
         self._tqdm: Any = None
         if enabled:
@@ -135,7 +143,7 @@ class Progress:
             except ImportError:
                 pass
             else:
-                self._tqdm = tqdm(total=total, unit="img", file=stream)
+                self._tqdm = tqdm(total=total, unit=unit, file=stream)
 
     def update(self) -> None:
         self.done += 1
@@ -143,9 +151,11 @@ class Progress:
             self._tqdm.update(1)
         elif self.enabled:
             rate = self.done / max(time.monotonic() - self.started, 1e-9)
-            filled = 30 * self.done // max(self.total, 1)
+            total = max(self.total or self.done, self.done, 1)
+            filled = 30 * self.done // total
             bar = "#" * filled + "." * (30 - filled)
-            self.stream.write(f"\r[{bar}] {self.done}/{self.total} {rate:.1f} img/s")
+            left = f", {(total - self.done) / rate:.0f} s left" if self.total and rate > 0 else ""
+            self.stream.write(f"\r[{bar}] {self.done}/{self.total or '?'} {rate:.1f} {self.unit}/s{left}")
             self.stream.flush()
 
     def close(self) -> None:
@@ -223,6 +233,57 @@ def _read_background(path: str | None) -> bytes | None:
         return Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"--background-image {path}: {exc.strerror}") from exc
+
+
+def _video(args: argparse.Namespace, client: U2NetClient) -> int:
+    fmt = args.format or (args.output.suffix.lstrip(".") if args.output else "webm")
+    dst = args.output or args.input.with_name(f"{args.input.stem}.cutout.{fmt}")
+    try:
+        # Arguments first: a bad one is a usage error (2); a bad input file fails the run (1).
+        options = video_options(None, args.background, args.threshold, args.background_image, args.effect, args.refine)
+        check_video_options(options, output_format(dst, args.format))
+    except U2NetError as exc:
+        raise UsageError(exc.message) from exc
+    if not 0.0 <= args.smooth < 1.0:
+        raise UsageError(f"--smooth {args.smooth}; accepted: 0 (off) up to, not including, 1")
+    enabled = not args.no_progress and sys.stderr.isatty()
+    bar: list[Progress] = []
+
+    def tick(done: int, total: int | None) -> None:
+        if not bar:
+            bar.append(Progress(total, enabled, unit="frame"))
+        bar[0].update()
+
+    try:
+        summary = client.video(
+            args.input, dst, args.model, version=args.model_version, options=options, format=args.format,
+            smooth=args.smooth, concurrency=args.concurrency, progress=tick,
+        )  # fmt: skip
+    except U2NetError as exc:
+        print(f"error: {args.input}: {exc}", file=sys.stderr)
+        return EXIT_ITEMS_FAILED if exc.code == grpc.StatusCode.INVALID_ARGUMENT else exit_code(exc)
+    finally:
+        for b in bar:
+            b.close()
+    if args.json:
+        print(
+            json.dumps({**asdict(summary), "path": str(summary.path), "frames_per_second": summary.frames_per_second})
+        )
+    print(describe_video(summary), file=sys.stderr)
+    return EXIT_OK
+
+
+def describe_video(s: VideoResult) -> str:
+    """One line saying what a video run did."""
+    alpha = "with alpha" if s.transparent else "opaque"
+    flicker = "flicker n/a" if s.flicker is None else f"flicker {s.flicker:.4f}"
+    if s.smooth and s.flicker_unsmoothed is not None:
+        flicker += f" (unsmoothed {s.flicker_unsmoothed:.4f}, smooth {s.smooth})"
+    return (
+        f"{s.path}: {s.frames} frames ({s.fps:.2f} fps, {s.duration_s:.2f} s) in {s.elapsed_s:.1f} s = "
+        f"{s.frames_per_second:.2f} frames/s, mean server batch {s.mean_batch_size:.2f}; {s.video_codec} {alpha}, "
+        f"audio {s.audio or 'none'}; {flicker}, {s.scene_cuts} scene cuts"
+    )
 
 
 def _ping(args: argparse.Namespace, client: U2NetClient) -> int:
@@ -396,6 +457,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("ping", parents=[conn], help="is the server up and healthy?")
     models = sub.add_parser("models", parents=[conn], help="the models served, their workers and weights")
     models.add_argument("--json", action="store_true", help="machine-readable output")
+    video = sub.add_parser("video", parents=[conn], help="a video with its background removed (WebM/MOV/MP4)")
+    video.add_argument("input", type=Path, help="the video (anything FFmpeg reads)")
+    video.add_argument("-o", "--output", type=Path,
+                       help="the output: .webm (VP9 + alpha), .mov (ProRes 4444 + alpha), .mp4 (H.264, opaque: needs "
+                       "--background); default <input stem>.cutout.webm beside the input")  # fmt: skip
+    video.add_argument("--format", choices=sorted(VIDEO_FORMATS), help="container, instead of the output's extension")
+    video.add_argument("-m", "--model", default="u2netp", help="u2netp (fast) or u2net (default %(default)s)")
+    video.add_argument("--model-version", help="model version (default: the server's default)")
+    video.add_argument("--background", help="composite over this colour ('#rrggbb' or 'r,g,b'): opaque output")
+    video.add_argument("--threshold", type=float, help="hard alpha: saliency >= this (0..1) is opaque")
+    video.add_argument("--background-image", type=Path, help="composite over this image (fitted to the frame)")
+    video.add_argument("--effect", help="blur or greyscale: the frame's own background, blurred or desaturated")
+    video.add_argument("--refine", help="postprocess (rembg's smoothing of the mask) or matting, per frame")
+    video.add_argument("--smooth", type=float, nargs="?", const=DEFAULT_SMOOTH, default=0.0,
+                       help=f"temporal smoothing of the mask, reset at scene cuts (strength 0..<1, "
+                       f"{DEFAULT_SMOOTH} when given alone)")  # fmt: skip
+    video.add_argument("-j", "--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                       help="frames in flight, so the server batches them (default %(default)s)")  # fmt: skip
+    video.add_argument("--no-progress", action="store_true", help="no progress bar")
+    video.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     scale = sub.add_parser("scale", parents=[conn], help="set a model's worker count")
     scale.add_argument("model")
     scale.add_argument("min_workers", type=int)
@@ -438,6 +519,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, U2NetClient], int]] = {
     "ping": _ping,
     "models": _models,
     "scale": _scale,
+    "video": _video,
     "evaluate": _evaluate,
 }
 

@@ -320,8 +320,35 @@ def masks_from_output(d0: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[
         # The authors save Image.fromarray(pred * 255).convert("RGB"): PIL's F -> L/RGB conversion
         # clamps to 0..255 and TRUNCATES (254.9 -> 254), and so does a float -> uint8 cast.
         level = np.clip(normed * np.float32(255), 0, 255).astype(np.uint8)
-        masks.append(np.asarray(Image.fromarray(level).resize((width, height), Image.Resampling.BILINEAR)))
+        masks.append(resize_mask(level, (width, height)))
     return masks
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An HxW uint8 mask resized to size = (width, height), bilinear as the authors' last step (PIL).
+
+    Raises:
+        U2NetError: INTERNAL for an array that is not an HxW uint8 mask.
+    """
+    _check_mask(mask)
+    if (mask.shape[1], mask.shape[0]) == tuple(size):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.BILINEAR))
+
+
+def model_view(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """The size x size uint8 image the model sees of an HxWx3 image (the authors' resize, rounded).
+
+    Sending this instead of the full image gives the server the same model input up to rounding (its
+    resize of a size x size image is the identity), so a video frame need not travel at full
+    resolution; the returned mask is then brought back to the frame's size with `resize_mask`,
+    which is the server's own last step.
+
+    Raises:
+        U2NetError: INTERNAL for an array that is not HxWx3 uint8.
+    """
+    _check_rgb(image)
+    return np.clip(np.rint(resize_bilinear(image, size)), 0, 255).astype(np.uint8)
 
 
 def bounding_box(mask: np.ndarray, threshold: float = 0.5) -> Box | None:
