@@ -35,7 +35,7 @@ def test_u2net_archive_from_a_users_pth_serves_its_outputs(tmp_path, reference_d
     expected_model = U2NetD0(weights.load("u2net", pth).model).eval()
     local = Segmenter(expected_model, VARIANTS["u2net"], torch.device("cpu"), 25_000_000)
     (outcome,), _ = local.run([SegmentRequest(Task.MASK, image)])
-    expected = np.asarray(Image.open(io.BytesIO(outcome.png)))
+    expected = np.asarray(Image.open(io.BytesIO(outcome.image)))
 
     srv = start(tmp_path / "ts", store, ["u2net"], Ports.free())
     try:
@@ -55,4 +55,4 @@ def test_u2net_archive_from_a_users_pth_serves_its_outputs(tmp_path, reference_d
     stand_in = Segmenter(U2NetD0(weights.random_weights("u2net", 0).model).eval(), VARIANTS["u2net"],
                          torch.device("cpu"), 25_000_000)  # fmt: skip
     (other,), _ = stand_in.run([SegmentRequest(Task.MASK, image)])
-    assert np.abs(got.astype(int) - np.asarray(Image.open(io.BytesIO(other.png))).astype(int)).mean() / 255 > 0.01
+    assert np.abs(got.astype(int) - np.asarray(Image.open(io.BytesIO(other.image))).astype(int)).mean() / 255 > 0.01
