@@ -148,13 +148,8 @@ class Segmenter:
 
     def _decode_background(self, options: Options) -> imaging.Decoded | None:
         """The request's background image, under the input's limits; its faults name it."""
-        if (data := options.background_bytes) is None:
-            return None
-        try:
-            background = imaging.decode_image(data, self.max_pixels)
-        except U2NetError as exc:
-            raise U2NetError(exc.code, f"background_image: {exc.message}") from exc
-        compose.check_background(background, options)
+        if (background := compose.decode_background(options, self.max_pixels)) is not None:
+            compose.check_background(background, options)
         return background
 
     def infer(self, batch: Batch) -> Batch:

@@ -93,12 +93,7 @@ def _tensor_call(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     decoded = imaging.decode_image(data, imaging.DEFAULT_MAX_PIXELS)
-    background = None
-    if (bg_data := options.background_bytes) is not None:
-        try:
-            background = imaging.decode_image(bg_data, imaging.DEFAULT_MAX_PIXELS)
-        except U2NetError as exc:
-            raise U2NetError(exc.code, f"background_image: {exc.message}") from exc
+    if (background := compose.decode_background(options, imaging.DEFAULT_MAX_PIXELS)) is not None:
         compose.check_background(background, options)
     timings["decode"] = _ms_since(start)
     start = time.perf_counter()

@@ -337,13 +337,7 @@ class VideoJob:
             raise
 
     def _background_image(self, max_pixels: int) -> imaging.Decoded | None:
-        data = self.options.background_image
-        if data is None:
-            return None
-        try:
-            return imaging.decode_image(data, max_pixels)  # type: ignore[arg-type]  # Options keeps the bytes
-        except U2NetError as exc:
-            raise U2NetError(exc.code, f"background_image: {exc.message}") from exc
+        return compose.decode_background(self.options, max_pixels)
 
     @property
     def expected_frames(self) -> int | None:

@@ -213,6 +213,16 @@ def _behind(
     return None
 
 
+def decode_background(options: Options, max_pixels: int) -> imaging.Decoded | None:
+    """The options' background image decoded under the input's limits, or None; its faults name it."""
+    if (data := options.background_bytes) is None:
+        return None
+    try:
+        return imaging.decode_image(data, max_pixels)
+    except U2NetError as exc:
+        raise U2NetError(exc.code, f"background_image: {exc.message}") from exc
+
+
 def check_background(background: imaging.Decoded, options: Options) -> None:
     """A transparent background image under JPEG output is the caller's fault: raises INVALID_ARGUMENT
     before any work is spent (Options.check_task caught every other alpha)."""
