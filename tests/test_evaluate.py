@@ -313,6 +313,25 @@ def test_paper_data_sets_and_lookup():
         paper_figures("MSRA10K")
 
 
+def test_the_paper_figures_are_complete_and_as_printed():
+    # Every dataset, model and metric of Tables 3 and 4 is present; a few cells read back as printed.
+    for dataset in paper_datasets():
+        for model, row in paper_figures(dataset).models.items():
+            assert set(row) == {"max_f", "mae", "weighted_f", "s_measure", "relax_boundary_f"}, (dataset, model)
+            assert all(isinstance(v, float) and 0 < v < 1 for v in row.values()), (dataset, model, row)
+        # The small model never beats the full one on maxF in the paper.
+        assert paper_figures(dataset).models["U2NET†"]["max_f"] <= paper_figures(dataset).models["U2NET"]["max_f"]
+    assert paper_figures("DUTS-TE").models["U2NET†"] == {
+        "max_f": 0.852,
+        "mae": 0.054,
+        "weighted_f": 0.763,
+        "s_measure": 0.847,
+        "relax_boundary_f": 0.723,
+    }
+    assert paper_figures("SOD").models["U2NET"]["relax_boundary_f"] == 0.613
+    assert paper_figures("ECSSD").models["U2NET†"]["s_measure"] == 0.918
+
+
 def test_predictions_of_another_size_are_resized_to_the_ground_truth(reference_dir):
     gt = read_mask(reference_dir / "u2net_masks" / "bike.png")
     pred = read_mask(reference_dir / "u2netp_masks" / "bike.png")

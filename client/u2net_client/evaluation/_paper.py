@@ -18,7 +18,7 @@ class PaperFigures:
         dataset: The data set's name as the paper spells it, e.g. "DUTS-TE".
         source: The paper and table they come from.
         models: Model ("U2NET", "U2NET†") -> metric key ("max_f", "mae", "weighted_f", "s_measure",
-            "relax_boundary_f") -> value, None where no source we could check states it.
+            "relax_boundary_f") -> value, as Tables 3 and 4 print it.
         labels: Metric key -> the paper's label.
     """
 

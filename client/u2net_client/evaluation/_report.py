@@ -123,8 +123,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     if data["paper"] is not None:
         lines += [
             "",
-            f"Paper figures: {data['paper']['source']}. "
-            "A dash: a figure the paper does not report, or one we could not check in a source.",
+            f"Paper figures: {data['paper']['source']}. A dash: a metric the paper does not report.",
         ]
     lines += ["", f"Computed with PySODMetrics {data['pysodmetrics']}:"]
     lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in data["conventions"].items()]
