@@ -22,7 +22,7 @@ help:
 	@echo "make bench     rembg vs served vs model-only engines, own TorchServe; records benchmarks/results/*.json"
 	@echo "               and renders BENCHMARKS.md from them (BENCH_ARGS=--smoke: to a temp folder instead)"
 	@echo "make bench-render  BENCHMARKS.md from benchmarks/results/*.json, measuring nothing"
-	@echo "make bench-video   rembg frame by frame vs u2net-client video on a 10 s 720p clip, own TorchServe;"
+	@echo "make bench-video   (also the end of make bench) rembg frame by frame vs u2net-client video, 10 s 720p clip;"
 	@echo "               records benchmarks/results/video/*.json (BENCH_VIDEO_ARGS=--seconds 2: a quick check)"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
 	@echo "make lint      ruff and hadolint"
@@ -88,7 +88,7 @@ triton: archives $(STUB_ENV)
 
 # The browser tests drive Debian's chromium; as root (CI) this installs it, elsewhere they fail saying why.
 test: archives $(STUB_ENV) browser
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 browser:
 	@tools/install-browser.sh
@@ -107,9 +107,10 @@ loadtest: $(READY)
 BENCH_ARGS ?=
 bench: archives
 	$(PY) -m benchmarks.bench --write BENCHMARKS.md $(BENCH_ARGS)
+	$(PY) -m benchmarks.video $(filter --smoke,$(BENCH_ARGS)) $(BENCH_VIDEO_ARGS)
 
-# rembg frame by frame against `u2net-client video` (issue 13); its records live apart from the
-# end-to-end and engine ones, which BENCHMARKS.md is rendered from.
+# rembg frame by frame against `u2net-client video` (issue 13; `make bench` runs it last); its records
+# live in benchmarks/results/video/, apart from the end-to-end and engine ones.
 BENCH_VIDEO_ARGS ?=
 bench-video: archives
 	$(PY) -m benchmarks.video $(BENCH_VIDEO_ARGS)
