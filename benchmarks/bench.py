@@ -10,7 +10,9 @@ Every round runs each measurement once, in an order rotated from round to round,
 neighbour slows all of them alike: (a) rembg remove() on each image, one at a time as in a script,
 and from several threads sharing one session as in a web app (default 1 and 4 callers); (b) the
 served cutout and mask through the SDK at each concurrency; (c) each engine's d0 head alone at each
-batch size (benchmarks/engines.py on the CPU; eager and TorchScript on CUDA). The tables show
+batch size (benchmarks/engines.py on the CPU; eager and TorchScript on CUDA); (d) the other paths to the
+same model (benchmarks/paths.py): the cutout options' server time, the web gateway over HTTP, and a real
+Triton through the SDK (--no-options, --no-web, --no-triton leave them out). The tables show
 per-round ratios (each measurement against rembg's in the same round) and their median, and the load
 average at the start of each round.
 
@@ -42,7 +44,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarks import report
+from benchmarks import paths, report
 from benchmarks import results as R
 from benchmarks import verdicts as V
 from handler.model import VARIANTS
@@ -257,9 +259,10 @@ def _cuda_model_only(
 
 
 def run_rounds(
-    settings: Settings, client: U2NetClient, metrics: Metrics
+    settings: Settings, client: U2NetClient, metrics: Metrics, other_paths: Sequence[paths.Step] = ()
 ) -> tuple[list[Cell], list[R.ModelOnly], list[float]]:
-    """Every measurement once per round; also the 1-minute load average at the start of each round."""
+    """Every measurement once per round (`other_paths`' steps too); also the 1-minute load average at the start of
+    each round."""
     rembg = Rembg()
     cells = [Cell("rembg", op, c) for op in ("cutout", "mask") for c in settings.rembg_concurrencies]
     cells += [Cell("served", op, c) for op in ("cutout", "mask") for c in settings.concurrencies]
@@ -273,6 +276,7 @@ def run_rounds(
     if settings.engines:
         engine_rounds = itertools.count()  # each call is one round: the engines' order rotates across them
         steps.append(("model only", lambda: _collect(model_times, model_only_round(settings, next(engine_rounds)))))
+    steps += other_paths
     loads = []
     for r in range(settings.rounds):
         loads.append(os.getloadavg()[0])
@@ -296,11 +300,12 @@ def _collect(into: dict[tuple[str, int], list[float]], times: dict[tuple[str, in
 
 
 @contextlib.contextmanager
-def served(args: argparse.Namespace) -> Iterator[tuple[U2NetClient, Metrics]]:
-    """A client for --target, or for a TorchServe started here on free ports and stopped afterwards."""
+def served(args: argparse.Namespace) -> Iterator[tuple[U2NetClient, Metrics, Path | None]]:
+    """A client for --target, or for a TorchServe started here on free ports and stopped afterwards; and the
+    server's key file (--key-file with --target: None leaves it to the SDK's and the gateway's defaults)."""
     if args.target:
         with U2NetClient(args.target, args.management_target, key_file=args.key_file, timeout=600) as client:
-            yield client, Metrics(args.metrics_url, args.model)
+            yield client, Metrics(args.metrics_url, args.model), args.key_file
         return
     from tools.torchserve import Ports, start
 
@@ -313,7 +318,7 @@ def served(args: argparse.Namespace) -> Iterator[tuple[U2NetClient, Metrics]]:
             with U2NetClient(
                 server.grpc_target, server.grpc_management_target, key_file=server.key_file, timeout=600
             ) as client:
-                yield client, metrics
+                yield client, metrics, server.key_file
         finally:
             server.stop()
 
@@ -352,10 +357,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     server.add_argument("--key-file", type=Path, help="its key_file.json; default $U2SERVE_KEY_FILE, var/...")
     server.add_argument("--metrics-url", help="its Prometheus endpoint, for the batches it formed")
     parser.add_argument("--model-store", type=Path, default=ROOT / "model_store", help="archives to serve")
+    paths.add_arguments(parser)
     args = parser.parse_args(argv)
-    counts = [args.rounds, *(args.concurrency or []), *(args.rembg_concurrency or []), *(args.batch_sizes or [])]
+    counts = [args.rounds, args.web_callers, *(args.concurrency or []), *(args.rembg_concurrency or []),
+              *(args.batch_sizes or [])]  # fmt: skip
     if min(counts) < 1:
-        parser.error("--rounds, --concurrency, --rembg-concurrency and --batch-sizes must be at least 1")
+        parser.error("--rounds, --web-callers, --concurrency, --rembg-concurrency and --batch-sizes must be at least 1")
     return args
 
 
@@ -372,7 +379,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         model=args.model,
         images=load_images(args.images, limit),
         rounds=rounds,
-        concurrencies=args.concurrency or concurrencies,
+        concurrencies=paths.concurrencies(args, args.concurrency or concurrencies),
         engines=[] if args.no_model_only else args.engines or engine_names,
         batch_sizes=args.batch_sizes or batch_sizes,
         threads=args.threads or torch.get_num_threads(),
@@ -399,10 +406,14 @@ def main(argv: list[str] | None = None) -> int:
     machine = R.Machine.here(torch.cuda.get_device_name(0) if settings.device == "cuda" else None)
     roofline = _roofline(settings)
     date, (commit, dirty) = R.now(), R.commit()  # what runs, as it starts
-    with served(args) as (client, metrics):
+    with served(args) as (client, metrics, key_file):
         info = client.describe(settings.model)
         started = time.monotonic()
-        cells, model_rows, loads = run_rounds(settings, client, metrics)
+        with paths.started(
+            args, client, key_file, metrics, settings.images, settings.concurrencies, settings.device,
+            time_served, warm_up_server,
+        ) as other:  # fmt: skip
+            cells, model_rows, loads = run_rounds(settings, client, metrics, other.steps)
     minutes = (time.monotonic() - started) / 60.0
     archive = report_archive(args.model_store / f"{settings.model}.mar") if not args.target else None
     record = R.EndToEnd(
@@ -437,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         cells=[c.record() for c in cells],
         model_only=model_rows,
         roofline=roofline,
+        paths=other.record(),
     )
     path = R.save(record, folder)
     print(report.render_end_to_end(record))

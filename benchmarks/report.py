@@ -117,6 +117,8 @@ def render_end_to_end(run: R.EndToEnd) -> str:
         "Targets:",
         "",
         *_targets(run),
+        "",
+        *render_paths(run),
     ]
     return "\n".join(parts)
 
@@ -259,6 +261,139 @@ def _targets(run: R.EndToEnd) -> list[str]:
 
 def _rounds(ratio: R.Ratio) -> str:
     return " / ".join(f"{x:.2f}" for x in ratio.per_round) if ratio.per_round else "not recorded"
+
+
+# ---- the other paths of an end-to-end record (benchmarks/paths.py) ----
+
+PATH_TITLES = {
+    "options": "Cutout options through TorchServe (issue 11)",
+    "web": "The web gateway over HTTP (issue 12)",
+    "triton": "Triton (issue 15)",
+}
+
+
+def render_paths(run: R.EndToEnd) -> list[str]:
+    """The options' server time, the web gateway and Triton against the gRPC SDK path, each with its targets."""
+    other = run.paths
+    if other is None:
+        return ["The cutout options, the web gateway and Triton: not measured (the record predates them)."]
+    parts: list[str] = []
+    for group, why in other.not_measured.items():
+        parts += [f"#### {PATH_TITLES[group]}", "", f"Not measured: {why}.", ""]
+    if other.options:
+        parts += _options_section(other.options)
+    verdicts = V.path_verdicts(run)
+    if other.web:
+        parts += [
+            f"#### {PATH_TITLES['web']}",
+            "",
+            f"The gateway in front of the same TorchServe: {other.web_endpoint}, the callers sharing one HTTP "
+            "connection pool, against the gRPC SDK rows with as many callers in the same rounds.",
+            "",
+            _path_table(run, other.web, "batches formed (TorchServe metrics)"),
+            "",
+            *_path_targets([v for v in verdicts if v.path == "web"], "the app keeps", "of the gRPC SDK path"),
+            "",
+        ]
+    if other.triton and other.triton_served:
+        t = other.triton_served
+        parts += [
+            f"#### {PATH_TITLES['triton']}",
+            "",
+            f"tritonserver {t.version} (nvidia-pytriton) started by the bench on free ports, repository written by "
+            f"`{t.repository}`: {t.model} on {t.device} with {t.engine or 'an unreported engine'}, weights "
+            f"{t.weights}, dynamic batches up to {t.max_batch_size} after {t.max_queue_delay_us / 1000:.0f} ms; the "
+            'SDK with protocol="v2", against the TorchServe rows with the same call and callers in the same rounds. '
+            "Batches formed: Triton's statistics API (executions per batch size of the segment model).",
+            "",
+            _path_table(run, other.triton, "batches formed (statistics API)"),
+            "",
+            *_path_targets([v for v in verdicts if v.path == "triton"], "Triton reaches", "of TorchServe"),
+            "",
+        ]
+    return parts[:-1] if parts and not parts[-1] else parts
+
+
+def _options_section(study: R.OptionsStudy) -> list[str]:
+    megapixels = study.width * study.height / 1e6
+    verdicts = {v.name: v for v in V.option_targets(study)}
+    lines = [
+        f"#### {PATH_TITLES['options']}",
+        "",
+        f"{study.image} ({study.width}x{study.height}, {megapixels:.1f} MP) cut out with each option set of "
+        f"`benchmarks/options.py`, once per round, one caller; background image: {study.background}. Server ms is "
+        "what the handler timed for the request (decode + preprocess + inference + postprocess + encode, from the "
+        "response's timings; postprocess includes compose and refine), medians over rounds; × today is the median "
+        f"of the per-round ratios of server time against {study.baseline}.",
+        "",
+        f"| option | SDK arguments | server ms | compose + encode ms | × today (per round) | latency ms | output MB "
+        f"| ≤ {V.OPTION_TARGET}× today |",
+        "|---|---|--:|--:|---|--:|--:|---|",
+    ]
+    for row in study.rows:
+        f = V.option_figures(study, row)
+        vs = f"{f.vs_baseline.median:.2f} ({_rounds(f.vs_baseline)})" if f.vs_baseline else "-"
+        verdict = verdicts.get(row.name)
+        judged = "baseline" if row.name == study.baseline else "not a common path"
+        if verdict is not None:
+            judged = {True: "met", False: "NOT met", None: "not measured"}[verdict.met]
+        errors = f" ({len(f.errors)} failed: {f.errors[0][:60]})" if f.errors else ""
+        lines.append(
+            f"| {row.name}{errors} | {row.call} | {_num(f.server_ms, 0)} | {_num(f.compose_encode_ms, 0)} | {vs} "
+            f"| {_num(f.latency_ms, 0)} | {_num(f.output_mb)} | {judged} |"
+        )
+    lines.append("")
+    jpeg = V.jpeg_vs_png(study)
+    if jpeg:
+        lines.append(
+            f"- Encoding: the same opaque cutout ({study.jpeg_vs_png[0]} against {study.jpeg_vs_png[1]}) encodes "
+            f"in {jpeg.median:.2f}× PNG's time as JPEG (rounds: {_rounds(jpeg)})."
+        )
+    matting = V.matting_cost(study)
+    if matting:
+        extra = f", {matting.extra_ms_per_mp:.0f} ms/MP more than today's cutout" if matting.extra_ms_per_mp else ""
+        lines.append(
+            f"- Matting: {matting.ms_per_mp:.0f} ms of server time per megapixel on this {matting.megapixels:.1f} MP "
+            f"photo{extra}."
+        )
+    judged = [v for v in verdicts.values() if v.met is not None]
+    met = sum(v.met is True for v in judged)
+    lines += [f"- Common paths within {V.OPTION_TARGET}× today's server time: {met} of {len(judged)}.", ""]
+    return lines
+
+
+def _path_table(run: R.EndToEnd, cells: list[R.Cell], formed_title: str) -> str:
+    lines = [
+        f"| path | call | callers | img/s | p50 ms | p95 ms | × gRPC SDK to TorchServe | per round | {formed_title} "
+        "| batch_size in responses | errors |",
+        "|---|---|--:|--:|--:|--:|--:|---|---|---|--:|",
+    ]
+    for c in cells:
+        f = V.cell_figures(c)
+        peer = V.find(run, "served", c.op, c.concurrency)
+        vs = V.ratio(c, peer) if peer else None
+        sizes = V.formed_batch_sizes(c)
+        formed = f"{f.formed_batches} batches, mean {f.mean_formed_batch:.2f}" if f.mean_formed_batch else "-"
+        if sizes:
+            formed += " (" + " ".join(f"{size}:{n}" for size, n in sizes.items()) + ")"
+        seen = " ".join(f"{size}:{n}" for size, n in f.batch_sizes.items()) or "-"
+        errors = f"{f.errors} ({f.first_error[:60]})" if f.first_error else str(f.errors)
+        lines.append(
+            f"| {c.path} | {c.op} | {c.concurrency} | {f.images_per_s:.2f} | {_num(f.p50_ms, 0)} | {_num(f.p95_ms, 0)} "
+            f"| {_num(vs.median if vs else None)} | {_rounds(vs) if vs else '-'} | {formed} | {seen} | {errors} |"
+        )
+    return "\n".join(lines)
+
+
+def _path_targets(verdicts: list[V.PathVerdict], subject: str, peer: str) -> list[str]:
+    lines = []
+    for v in verdicts:
+        head = f"- {v.op} with {v.callers} callers: {subject} ≥ {v.goal}× the throughput {peer}"
+        if v.ratio is None or v.met is None:
+            lines.append(f"{head}: not measured (no gRPC SDK row with {v.callers} callers in this run)")
+        else:
+            lines.append(f"{head}: {v.ratio.median:.2f}× — {'met' if v.met else 'NOT met'}")
+    return lines
 
 
 # ---- one engine study ----

@@ -7,7 +7,9 @@ One file per run, `benchmarks/results/<study>-<kind>-<date>.json`, schema 1:
     provenance {"measured": true} or {"converted_from": ..., "note": ...};
     machine {cpu, cores, cpu_flags, native_bf16, gpu, python, versions, load_before, load_after};
     end-to-end: served, settings, round_loads, roofline, cells[] (path, op, concurrency, rounds[]: seconds,
-        images, latency_ms[], batch_size[], errors[], counters{}), model_only[] (engine, batch, ms[] per round);
+        images, latency_ms[], batch_size[], errors[], counters{}), model_only[] (engine, batch, ms[] per round),
+        paths (optional: options {image, rows[]: name, call, common, matting, rounds[]: server_ms{}, latency_ms,
+        output_bytes, media_type, error}, web[] and triton[] cells as above, triton_served, not_measured{});
     engines: settings, matmul_gflops, macs_per_image, rows[] (engine, batch, ms[] every timed call, max_abs_diff,
         build_s, mae_mean, mae_max).
 
@@ -261,6 +263,70 @@ class Served:
 
 
 @dataclass(frozen=True)
+class OptionSample:
+    """One cutout request with options: the handler's own timings of it (SegmentResponse.timings_ms)."""
+
+    server_ms: dict[str, float]  # decode, preprocess, inference, postprocess (compose included), encode
+    latency_ms: float  # at the caller, queue and transfer included
+    output_bytes: int
+    media_type: str
+    error: str | None = None  # set instead of the rest when the request failed
+
+
+@dataclass(frozen=True)
+class OptionRow:
+    """One option set of benchmarks/options.py, one request per round."""
+
+    name: str
+    call: str  # the SDK call's keyword arguments, in words
+    common: bool  # judged against the common-path target
+    matting: bool
+    rounds: list[OptionSample]
+
+
+@dataclass(frozen=True)
+class OptionsStudy:
+    """Cutout options through the served model (issue 11): one photo, each option once per round, one caller."""
+
+    image: str
+    width: int
+    height: int
+    background: str  # the background image the image options send, in words
+    baseline: str  # the row every other is against: today's RGBA PNG cutout
+    jpeg_vs_png: tuple[str, str]  # the same opaque result encoded as JPEG and as PNG
+    rows: list[OptionRow]
+
+
+@dataclass(frozen=True)
+class TritonServed:
+    """The Triton the triton cells ran against."""
+
+    version: str
+    model: str
+    device: str
+    engine: str | None
+    weights: str
+    max_batch_size: int
+    max_queue_delay_us: int
+    repository: str  # how it was written, in words
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The other ways to the same model, measured in the same rounds as the gRPC SDK cells (benchmarks/paths.py).
+
+    web and triton cells are judged against the "served" cell of the same call and callers.
+    """
+
+    options: OptionsStudy | None = None
+    web: list[Cell] = field(default_factory=list)  # path "web": the gateway's POST /api/remove over HTTP
+    web_endpoint: str | None = None
+    triton: list[Cell] = field(default_factory=list)  # path "triton": the SDK with protocol="v2"
+    triton_served: TritonServed | None = None
+    not_measured: dict[str, str] = field(default_factory=dict)  # group -> why
+
+
+@dataclass(frozen=True)
 class EndToEndSettings:
     images: int
     rounds: int
@@ -289,6 +355,7 @@ class EndToEnd:
     cells: list[Cell]
     model_only: list[ModelOnly]
     roofline: Roofline | None = None
+    paths: Paths | None = None  # the cutout options, the web gateway and Triton; None in older records
     study: str = END_TO_END
     schema: int = SCHEMA
 
@@ -399,6 +466,7 @@ def from_dict(data: dict[str, Any], where: str = "record") -> Record:
             cells=[_cell(c) for c in data["cells"]],
             model_only=[_model_only(m) for m in data["model_only"]],
             roofline=Roofline(**_known(Roofline, data["roofline"])) if data.get("roofline") else None,
+            paths=_paths(data["paths"]) if data.get("paths") else None,
         )
     if data.get("study") == ENGINES:
         return EngineStudy(
@@ -431,6 +499,29 @@ def _cell(data: dict[str, Any]) -> Cell:
         fig["ratios"] = _ratios(fig.get("ratios", {}))
         recorded = CellFigures(**fig)
     return Cell(data["path"], data["op"], data["concurrency"], rounds, recorded)
+
+
+def _paths(data: dict[str, Any]) -> Paths:
+    options = None
+    if data.get("options"):
+        study = _known(OptionsStudy, data["options"])
+        study["jpeg_vs_png"] = tuple(study["jpeg_vs_png"])
+        study["rows"] = [
+            OptionRow(
+                **{**_known(OptionRow, r), "rounds": [OptionSample(**_known(OptionSample, s)) for s in r["rounds"]]}
+            )
+            for r in study["rows"]
+        ]
+        options = OptionsStudy(**study)
+    served = data.get("triton_served")
+    return Paths(
+        options=options,
+        web=[_cell(c) for c in data.get("web", [])],
+        web_endpoint=data.get("web_endpoint"),
+        triton=[_cell(c) for c in data.get("triton", [])],
+        triton_served=TritonServed(**_known(TritonServed, served)) if served else None,
+        not_measured=data.get("not_measured", {}),
+    )
 
 
 def _model_only(data: dict[str, Any]) -> ModelOnly:

@@ -19,6 +19,9 @@ from benchmarks.results import (
     EngineStudy,
     ModelFigures,
     ModelOnly,
+    OptionRow,
+    OptionSample,
+    OptionsStudy,
     Ratio,
     StudyFigures,
     StudyRow,
@@ -32,9 +35,20 @@ SERVED_TARGETS = [("cutout", 4, 1.2), ("mask", 4, 1.5)]
 # file run one image at a time), batch for batch.
 ENGINE_TARGET = 1.0
 ENGINE_REFERENCES = ("onnxruntime", "onnxruntime-rembg")
+# Issue 11: a common option costs at most this many times today's RGBA cutout's server time.
+OPTION_TARGET = 1.15
+# Issues 12 and 15: the web gateway keeps, and Triton reaches, this share of the gRPC SDK path's throughput
+# to TorchServe (same call, same callers, same round).
+PATH_TARGETS = {"web": 0.9, "triton": 0.9}
 # The counters bench.py records per round (TorchServe metrics of the handler).
 REQUESTS = "U2ServeRequests"
 BATCHES = "U2ServeBatches"
+# The Triton cells' counters per batch size (Triton's statistics API: executions of that size).
+BATCHES_OF = "TritonBatchesOfSize"
+
+
+def batches_of(size: int) -> str:
+    return f"{BATCHES_OF}{size}"
 
 
 # ---- end to end: one cell ----
@@ -227,6 +241,144 @@ def engine_targets(run: EndToEnd) -> list[EngineVerdict]:
         same = ref == engine
         met = all(r.median >= ENGINE_TARGET for _, r in ratios) if ratios and not same else None
         verdicts.append(EngineVerdict(engine, ref, ENGINE_TARGET, ratios, same, met))
+    return verdicts
+
+
+# ---- end to end: the other paths (benchmarks/paths.py) ----
+
+
+def server_ms(sample: OptionSample, stages: tuple[str, ...] | None = None) -> float:
+    """The handler's own time for a request: the sum of its stages (all, or `stages`)."""
+    return sum(ms for stage, ms in sample.server_ms.items() if stages is None or stage in stages)
+
+
+@dataclass(frozen=True)
+class OptionFigures:
+    """An option row's medians over its answered rounds, and its server time over the baseline's."""
+
+    server_ms: float | None
+    compose_encode_ms: float | None  # postprocess (mask resize, refine, compose) + encode
+    latency_ms: float | None
+    output_mb: float | None
+    vs_baseline: Ratio | None
+    errors: list[str]
+
+
+COMPOSE_ENCODE = ("postprocess", "encode")
+
+
+def option_ratio(row: OptionRow, base: OptionRow, stages: tuple[str, ...] | None = None) -> Ratio | None:
+    """`row`'s server time over `base`'s: the median of the ratios within the rounds where both were answered."""
+    per_round = [
+        server_ms(mine, stages) / server_ms(theirs, stages)
+        for mine, theirs in zip(row.rounds, base.rounds, strict=True)
+        if mine.error is None and theirs.error is None and server_ms(theirs, stages) > 0
+    ]
+    return Ratio(statistics.median(per_round), per_round) if per_round else None
+
+
+def option_figures(study: OptionsStudy, row: OptionRow) -> OptionFigures:
+    base = option_row(study, study.baseline)
+    ok = [s for s in row.rounds if s.error is None]
+
+    def median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    return OptionFigures(
+        server_ms=median([server_ms(s) for s in ok]),
+        compose_encode_ms=median([server_ms(s, COMPOSE_ENCODE) for s in ok]),
+        latency_ms=median([s.latency_ms for s in ok]),
+        output_mb=median([s.output_bytes / 1e6 for s in ok]),
+        vs_baseline=option_ratio(row, base) if base is not None and row is not base else None,
+        errors=[s.error for s in row.rounds if s.error is not None],
+    )
+
+
+def option_row(study: OptionsStudy, name: str) -> OptionRow | None:
+    return next((r for r in study.rows if r.name == name), None)
+
+
+@dataclass(frozen=True)
+class OptionVerdict:
+    name: str
+    ratio: Ratio | None
+    goal: float
+    met: bool | None  # None: not measured (failed in every round)
+
+
+def option_targets(study: OptionsStudy) -> list[OptionVerdict]:
+    """Each common option's server time against today's cutout of the same photo, in the same rounds."""
+    base = option_row(study, study.baseline)
+    verdicts = []
+    for row in study.rows:
+        if row.common:
+            found = option_ratio(row, base) if base is not None else None
+            verdicts.append(
+                OptionVerdict(row.name, found, OPTION_TARGET, found.median <= OPTION_TARGET if found else None)
+            )
+    return verdicts
+
+
+def jpeg_vs_png(study: OptionsStudy) -> Ratio | None:
+    """The encode stage of the opaque result as JPEG over the same result as PNG (below 1: JPEG is cheaper)."""
+    jpeg, png = (option_row(study, name) for name in study.jpeg_vs_png)
+    return option_ratio(jpeg, png, ("encode",)) if jpeg and png else None
+
+
+@dataclass(frozen=True)
+class MattingCost:
+    megapixels: float
+    ms_per_mp: float  # the matting row's whole server time per megapixel
+    extra_ms_per_mp: float | None  # over today's cutout of the same photo, same rounds
+
+
+def matting_cost(study: OptionsStudy) -> MattingCost | None:
+    row = next((r for r in study.rows if r.matting), None)
+    figures = option_figures(study, row) if row else None
+    if row is None or figures is None or figures.server_ms is None:
+        return None
+    megapixels = study.width * study.height / 1e6
+    base = option_row(study, study.baseline)
+    extra = [
+        (server_ms(mine) - server_ms(theirs)) / megapixels
+        for mine, theirs in zip(row.rounds, base.rounds, strict=True)
+        if mine.error is None and theirs.error is None
+    ] if base else []  # fmt: skip
+    return MattingCost(megapixels, figures.server_ms / megapixels, statistics.median(extra) if extra else None)
+
+
+def formed_batch_sizes(cell: Cell) -> dict[int, int]:
+    """Batch size -> batches the server formed over the cell's rounds, where its counters say (Triton's)."""
+    sizes: Counter[int] = Counter()
+    for r in cell.rounds or []:
+        for name, count in r.counters.items():
+            if name.startswith(BATCHES_OF) and count:
+                sizes[int(name.removeprefix(BATCHES_OF))] += int(count)
+    return dict(sorted(sizes.items()))
+
+
+@dataclass(frozen=True)
+class PathVerdict:
+    """A web or Triton cell against the gRPC SDK path to TorchServe with the same call and callers."""
+
+    path: str
+    op: str
+    callers: int
+    goal: float
+    ratio: Ratio | None
+    met: bool | None  # None: not measured (no such served cell in the run)
+
+
+def path_verdicts(run: EndToEnd) -> list[PathVerdict]:
+    verdicts = []
+    paths = run.paths
+    for cell in (paths.web + paths.triton) if paths else []:
+        peer = find(run, "served", cell.op, cell.concurrency)
+        found = ratio(cell, peer) if peer else None
+        goal = PATH_TARGETS[cell.path]
+        verdicts.append(
+            PathVerdict(cell.path, cell.op, cell.concurrency, goal, found, found.median >= goal if found else None)
+        )
     return verdicts
 
 
