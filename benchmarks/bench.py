@@ -400,6 +400,7 @@ def _roofline(settings: Settings) -> R.Roofline | None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per HTTP request of the web path
     args = parse_args(argv)
     settings = settings_from(args)
     folder, write = R.destinations(args.results, args.write, args.smoke)

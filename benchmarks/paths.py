@@ -92,10 +92,11 @@ class OptionsPath:
         self.samples: dict[str, list[R.OptionSample]] = {name: [] for name in self.cases}
         self._rounds = 0
 
-    def warm_up(self) -> None:
-        # Every option once: the worker's first matting call loads pymatting's compiled solvers.
-        for name in self.cases:
-            self._one(name)
+    def warm_up(self, image: bytes) -> None:
+        """Every option once on a small `image`: first calls load what each needs (pymatting's compiled solvers
+        for matting, an encoder's plugin), whatever the size."""
+        for case in self.cases.values():
+            self.client.cutout(image, self.model, **case.kwargs)
 
     def step(self) -> None:
         names = list(self.cases)
@@ -319,8 +320,8 @@ def started(
             groups.not_measured["options"] = "left out (--no-options)"
         else:
             groups.options = OptionsPath(client, model, options_photo(args, args.images))
-            log.info("warming up the option rows on %s", groups.options.photo.name)
-            groups.options.warm_up()
+            log.info("warming up the option rows; measuring them on %s", groups.options.photo.name)
+            groups.options.warm_up(min(images, key=len))
             groups.steps.append(("cutout options", groups.options.step))
         if args.no_web:
             groups.not_measured["web"] = "left out (--no-web)"

@@ -388,7 +388,7 @@ def _path_table(run: R.EndToEnd, cells: list[R.Cell], formed_title: str) -> str:
 def _path_targets(verdicts: list[V.PathVerdict], subject: str, peer: str) -> list[str]:
     lines = []
     for v in verdicts:
-        head = f"- {v.op} with {v.callers} callers: {subject} ≥ {v.goal}× the throughput {peer}"
+        head = f"- {v.op} with {v.callers} caller(s): {subject} ≥ {v.goal}× the throughput {peer}"
         if v.ratio is None or v.met is None:
             lines.append(f"{head}: not measured (no gRPC SDK row with {v.callers} callers in this run)")
         else:
