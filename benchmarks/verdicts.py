@@ -261,6 +261,7 @@ class OptionFigures:
     latency_ms: float | None
     output_mb: float | None
     vs_baseline: Ratio | None
+    compose_encode_vs_baseline: Ratio | None  # the same stages only: the option's own cost, without inference
     errors: list[str]
 
 
@@ -284,12 +285,14 @@ def option_figures(study: OptionsStudy, row: OptionRow) -> OptionFigures:
     def median(values: list[float]) -> float | None:
         return statistics.median(values) if values else None
 
+    against = base is not None and row is not base
     return OptionFigures(
         server_ms=median([server_ms(s) for s in ok]),
         compose_encode_ms=median([server_ms(s, COMPOSE_ENCODE) for s in ok]),
         latency_ms=median([s.latency_ms for s in ok]),
         output_mb=median([s.output_bytes / 1e6 for s in ok]),
-        vs_baseline=option_ratio(row, base) if base is not None and row is not base else None,
+        vs_baseline=option_ratio(row, base) if base is not None and against else None,
+        compose_encode_vs_baseline=option_ratio(row, base, COMPOSE_ENCODE) if base is not None and against else None,
         errors=[s.error for s in row.rounds if s.error is not None],
     )
 

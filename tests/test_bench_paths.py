@@ -77,6 +77,7 @@ def test_a_common_option_is_judged_by_server_time_against_today_within_each_roun
     f = V.option_figures(study, study.rows[3])
     assert f.errors == ["INVALID_ARGUMENT: no"] and f.server_ms == pytest.approx(245.0)
     assert f.compose_encode_ms == pytest.approx(145.0)  # postprocess + encode
+    assert f.compose_encode_vs_baseline is not None and f.compose_encode_vs_baseline.per_round == [145 / 300]
 
 
 def test_jpeg_encode_and_matting_cost_come_from_the_handlers_stages() -> None:
