@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 # What podman needs here, from Debian's packages: runc for hybrid cgroup layouts (crun is podman's default).
 PODMAN_PACKAGES = ("podman", "runc")
-# TorchServe's images bring Java 17; the local base does too, from Debian's packages.
-BASE_PACKAGES = ("openjdk-17-jre-headless",)
+# TorchServe's images bring Java 17; the local base does too, from Debian's packages, with the Python and
+# tini the Dockerfile would otherwise fetch package lists for (its first step installs only what is missing).
+BASE_PACKAGES = ("openjdk-17-jre-headless", "python3.11", "python3.11-venv", "tini")
 BUILD_CA_SECRET = "/run/secrets/pip-cert"  # where the Dockerfile mounts the pip-cert secret
 # pip settings that name local files or folders; cert travels as a secret of its own.
 _PATH_KEYS = ("find-links", "index-url", "extra-index-url", "constraint", "requirement")
