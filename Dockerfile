@@ -48,7 +48,8 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # The local base has them already: no package lists fetched then.
 # hadolint ignore=DL3008
 RUN packages=("${PYTHON}" "${PYTHON}-venv" tini) \
-    && if ! dpkg-query --show "${packages[@]}" > /dev/null 2>&1; then \
+    && installed=$(dpkg-query --show --showformat='${db:Status-Status} ' "${packages[@]}" 2> /dev/null || true) \
+    && if [ "${installed}" != "installed installed installed " ]; then \
         apt-get update \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" \
         && rm -rf /var/lib/apt/lists/*; \

@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default="u2serve:cpu")
     parser.add_argument("--torch-index", default=DEFAULT_TORCH_INDEX, help="extra index for torch ('' for none)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="docker-test: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="docker-test %(asctime)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request of the web checks
     began = time.monotonic()
     image = reference_image()
     CACHE.mkdir(parents=True, exist_ok=True)
