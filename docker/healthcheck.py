@@ -1,7 +1,9 @@
-"""Docker HEALTHCHECK: TorchServe's /ping, with the inference key token authorization asks for.
+"""Docker HEALTHCHECK: TorchServe's /ping with the inference key, and the web gateway's /readyz.
 
-Exit 0 when TorchServe answers "Healthy", 1 otherwise. Reads the port from the container's
-config and the key from the key_file.json TorchServe wrote into its working directory.
+Exit 0 when TorchServe answers "Healthy" and the gateway says it reaches TorchServe over gRPC with both
+models ready; 1 otherwise, saying which failed. Reads TorchServe's port from the container's config, the
+key from the key_file.json TorchServe wrote into its working directory, and the gateway's port from
+U2SERVE_WEB_PORT (the entrypoint's).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from urllib.parse import urlsplit
 
 CONFIG = Path(os.environ.get("U2SERVE_CONFIG", "/opt/u2serve/container.properties"))
 KEY_FILE = Path(os.environ.get("U2SERVE_KEY_FILE", "key_file.json"))
+WEB_PORT = int(os.environ.get("U2SERVE_WEB_PORT", "7000"))
+TIMEOUT_S = 5
 
 
 def inference_port(config: Path) -> int:
@@ -25,18 +29,32 @@ def inference_port(config: Path) -> int:
     return 8080
 
 
+def torchserve_healthy() -> bool:
+    key = json.loads(KEY_FILE.read_text())["inference"]["key"]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{inference_port(CONFIG)}/ping", headers={"Authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
+        return json.loads(resp.read()).get("status") == "Healthy"
+
+
+def gateway_ready() -> bool:
+    """/readyz: 200 when TorchServe answers the gateway's gRPC calls and every model has a ready worker."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{WEB_PORT}/readyz", timeout=TIMEOUT_S) as resp:
+        return json.loads(resp.read()).get("ready") is True
+
+
 def main() -> int:
-    try:
-        key = json.loads(KEY_FILE.read_text())["inference"]["key"]
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{inference_port(CONFIG)}/ping", headers={"Authorization": f"Bearer {key}"}
-        )
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            healthy = json.loads(resp.read()).get("status") == "Healthy"
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"unhealthy: {exc}", file=sys.stderr)
-        return 1
-    return 0 if healthy else 1
+    for name, check in (("torchserve /ping", torchserve_healthy), ("web gateway /readyz", gateway_ready)):
+        try:
+            ok = check()
+        except (OSError, ValueError, KeyError) as exc:  # HTTPError (503 not ready) is an OSError
+            print(f"unhealthy: {name}: {exc}", file=sys.stderr)
+            return 1
+        if not ok:
+            print(f"unhealthy: {name}", file=sys.stderr)
+            return 1
+    return 0
 
 
 if __name__ == "__main__":

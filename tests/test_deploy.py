@@ -78,12 +78,14 @@ def test_deployment_runs_torchserve_on_a_gpu_with_probes_on_ping(objects):
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
         assert get["path"] == "/ping" and get["port"] == "http", probe
-    # The image's own entrypoint (Dockerfile) runs TorchServe in the foreground on the mounted config.
+    # The image's own entrypoint (Dockerfile, docker/entrypoint.sh) runs TorchServe in the foreground on the
+    # mounted config ($U2SERVE_CONFIG).
     assert "command" not in container and "args" not in container
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", DOCKERFILE.read_text(), re.M).group(1))
-    assert "--foreground" in entrypoint
+    script = (DOCKERFILE.parent / entrypoint[-1].removeprefix("/opt/u2serve/")).read_text()
+    assert '--foreground --ncs --ts-config "${U2SERVE_CONFIG}"' in script
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == "config"]
-    assert mount["mountPath"] == entrypoint[entrypoint.index("--ts-config") + 1]
+    assert mount["mountPath"] == re.search(r"U2SERVE_CONFIG=(\S+)", DOCKERFILE.read_text()).group(1)
     user = re.findall(r"^USER (\d+):(\d+)$", DOCKERFILE.read_text(), re.M)[-1]
     assert str(pod["spec"]["securityContext"]["runAsUser"]) == user[0]
     config_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")

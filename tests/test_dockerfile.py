@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,11 @@ from urllib.parse import urlsplit
 import pytest
 
 from tools.torchserve import Ports, render_config
+from u2net_client.web.settings import DEFAULT_PORT as WEB_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
+ENTRYPOINT_SCRIPT = ROOT / "docker" / "entrypoint.sh"
 PORTS = {7070, 7071, 8080, 8081, 8082}
 
 
@@ -41,6 +44,11 @@ def instructions() -> list[tuple[str, str]]:
 def _arguments(args: str) -> list[str]:
     """An instruction's arguments in exec (JSON) or shell form."""
     return json.loads(args) if args.startswith("[") else shlex.split(args)
+
+
+def env() -> dict[str, str]:
+    """The image's ENV settings (KEY=value form)."""
+    return {k: v for w, a in instructions() if w == "ENV" for k, _, v in (x.partition("=") for x in shlex.split(a))}
 
 
 def config_ports(path: Path) -> set[int]:
@@ -75,7 +83,10 @@ def test_every_copied_path_exists_and_is_in_the_build_context():
 
 def test_exposed_ports_are_the_configured_ones():
     exposed = {int(p.split("/")[0]) for word, args in instructions() if word == "EXPOSE" for p in args.split()}
-    assert exposed == config_ports(ROOT / "config.properties") == PORTS
+    assert config_ports(ROOT / "config.properties") == PORTS
+    # The web gateway listens on rembg's port, as on the host (entrypoint.sh: --port $U2SERVE_WEB_PORT).
+    assert int(env()["U2SERVE_WEB_PORT"]) == WEB_PORT
+    assert exposed == PORTS | {WEB_PORT}
 
 
 def test_image_runs_tokened_torchserve_as_a_numeric_non_root_user(tmp_path):
@@ -86,13 +97,22 @@ def test_image_runs_tokened_torchserve_as_a_numeric_non_root_user(tmp_path):
     user = [a for w, a in steps if w == "USER"][-1]
     assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0, f"last USER {user}: numeric, not root"
     entrypoint = _arguments(next(a for w, a in steps if w == "ENTRYPOINT"))
-    # tini as PID 1 passes `docker stop`'s SIGTERM to TorchServe's process group (PID 1 ignored it).
-    assert entrypoint[:3] == ["tini", "-g", "--"], f"ENTRYPOINT {entrypoint}: TorchServe under tini"
+    # tini -g as PID 1 passes `docker stop`'s SIGTERM to the entrypoint's process group: TorchServe and the
+    # web gateway (TorchServe as PID 1 ignored it).
+    assert entrypoint == ["tini", "-g", "--", "/opt/u2serve/docker/entrypoint.sh"], entrypoint
     assert any(w == "RUN" and "tini" in a and "apt-get install" in a for w, a in steps)
-    entrypoint = entrypoint[3:]
-    assert entrypoint[:2] == ["torchserve", "--start"] and "--foreground" in entrypoint
-    assert not {"--disable-token-auth", "--enable-model-api"} & set(entrypoint)
-    assert entrypoint[entrypoint.index("--ts-config") + 1] == "/opt/u2serve/container.properties"
+    assert any(w == "COPY" and "docker/entrypoint.sh" in a for w, a in steps)
+    script = ENTRYPOINT_SCRIPT.read_text()
+    assert os.access(ENTRYPOINT_SCRIPT, os.X_OK)
+    assert 'torchserve --start --foreground --ncs --ts-config "${U2SERVE_CONFIG}"' in script
+    assert not {"--disable-token-auth", "--enable-model-api"} & set(script.split())
+    assert env()["U2SERVE_CONFIG"] == "/opt/u2serve/container.properties"
+    # The gateway reads TorchServe's key file, on all interfaces so the published port reaches it.
+    assert (
+        'python -m u2net_client.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" --key-file "${U2SERVE_KEY_FILE}"'
+        in script
+    )
+    assert subprocess.run(["bash", "-n", str(ENTRYPOINT_SCRIPT)], capture_output=True).returncode == 0
     assert any(w == "HEALTHCHECK" and "healthcheck.py" in a for w, a in steps)
     assert any(w == "RUN" and "--host 0.0.0.0" in a and "container.properties" in a for w, a in steps)
     # The container's config: every API on 0.0.0.0 (the published ports must reach it), the same ports,
@@ -113,16 +133,22 @@ def test_pip_settings_reach_the_build_only_as_secrets():
     assert not any(w in ("COPY", "ADD") and ("pip" in a or ".crt" in a or ".pem" in a) for w, a in steps)
 
 
-def _healthcheck(config: Path, key_file: Path) -> int:
-    env = {**os.environ, "U2SERVE_CONFIG": str(config), "U2SERVE_KEY_FILE": str(key_file)}
+def _healthcheck(config: Path, key_file: Path, web_port: int) -> int:
+    environ = {**os.environ, "U2SERVE_CONFIG": str(config), "U2SERVE_KEY_FILE": str(key_file)}
+    environ["U2SERVE_WEB_PORT"] = str(web_port)
     script = ROOT / "docker" / "healthcheck.py"
-    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=30).returncode
+    return subprocess.run([sys.executable, str(script)], env=environ, capture_output=True, timeout=30).returncode
 
 
-def test_healthcheck_pings_with_the_inference_key(server, tmp_path):
-    assert _healthcheck(server.home / "config.properties", server.key_file) == 0
-    assert _healthcheck(server.home / "config.properties", tmp_path / "missing.json") == 1
+def test_healthcheck_pings_with_the_inference_key_and_asks_the_gateway(server, web, tmp_path):
+    config = server.home / "config.properties"
+    assert _healthcheck(config, server.key_file, web.port) == 0
+    assert _healthcheck(config, tmp_path / "missing.json", web.port) == 1
     # With token authorization on, TorchServe 0.12 refuses /ping without the inference key (400).
     wrong = tmp_path / "key_file.json"
     wrong.write_text(json.dumps({"inference": {"key": "wrong"}}))
-    assert _healthcheck(server.home / "config.properties", wrong) == 1
+    assert _healthcheck(config, wrong, web.port) == 1
+    # No gateway on that port: unhealthy, though TorchServe is.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        assert _healthcheck(config, server.key_file, s.getsockname()[1]) == 1

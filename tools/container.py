@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 # What podman needs here, from Debian's packages: runc for hybrid cgroup layouts (crun is podman's default).
 PODMAN_PACKAGES = ("podman", "runc")
-# TorchServe's images bring Java 17; the local base does too, from Debian's packages.
-BASE_PACKAGES = ("openjdk-17-jre-headless",)
+# TorchServe's images bring Java 17; the local base does too, from Debian's packages, with the Python and
+# tini the Dockerfile would otherwise fetch package lists for (its first step installs only what is missing).
+# debootstrap resolves no virtual packages: python3.11-venv's python3.11-distutils is python3-distutils,
+# whose python3:any is python3.
+BASE_PACKAGES = ("openjdk-17-jre-headless", "python3.11", "python3.11-venv", "python3-distutils", "python3", "tini")
 BUILD_CA_SECRET = "/run/secrets/pip-cert"  # where the Dockerfile mounts the pip-cert secret
 # pip settings that name local files or folders; cert travels as a secret of its own.
 _PATH_KEYS = ("find-links", "index-url", "extra-index-url", "constraint", "requirement")
@@ -229,7 +232,9 @@ def local_base(engine: Engine, cache: Path) -> str:
         log.info("debootstrap %s from %s (%s)", codename, mirror, ", ".join(BASE_PACKAGES))
         result = _run([*cmd, codename, str(rootfs), mirror], timeout=900)
         if result.returncode != 0:
-            raise EngineError(f"debootstrap failed:\n{(result.stdout + result.stderr)[-3000:]}")
+            log_tail = _tail(rootfs / "debootstrap" / "debootstrap.log")
+            shutil.rmtree(rootfs, ignore_errors=True)
+            raise EngineError(f"debootstrap failed:\n{(result.stdout + result.stderr)[-3000:]}\n{log_tail}")
         partial = tar.with_suffix(".partial")
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
         partial.rename(tar)
@@ -237,6 +242,13 @@ def local_base(engine: Engine, cache: Path) -> str:
     log.info("import %s as %s", tar.name, tag)
     engine("import", str(tar), tag)
     return tag
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 # -- pip inside the build -----------------------------------------------------------------------------------

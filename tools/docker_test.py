@@ -10,6 +10,7 @@ layer cache the engine keeps): the container is removed, and its mounts and proc
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -22,13 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import httpx
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.container import Engine, EngineError, find_engine, limit_ulimits, local_base, pip_build
 from tools.torchserve import Ports, Server, ServerError, start
 from u2net_client import U2NetClient, U2NetError
+from u2net_client.web.settings import DEFAULT_PORT as WEB_PORT_IN_IMAGE
+from u2net_client.web.settings import MODELS as WEB_MODELS
 
 log = logging.getLogger("docker_test")
 
@@ -39,9 +44,7 @@ CONTAINER_PORTS = Ports()  # what the image's config listens on
 STOP_WITHIN_S = 5.0
 KEY_FILE_IN_IMAGE = "/home/u2serve/key_file.json"
 DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # as `make docker-cpu`; the build probes it
-# The web app's checks (its page and /api/remove through the published port) go here when the web
-# issue lands: functions (Run) -> str, as the checks below.
-WEB_APP_CHECKS: tuple[Callable[[Run], str], ...] = ()
+REMBG_MODEL = WEB_MODELS[0]  # /api/remove without model= (the gateway's default)
 
 
 @dataclass
@@ -50,6 +53,11 @@ class ContainerServer(Server):
 
     engine: Engine | None = None
     name: str = ""
+    web_port: int = 0  # the gateway's port, published on 127.0.0.1
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
 
     def alive(self) -> bool:
         state = self.engine("inspect", "--format", "{{.State.Running}}", self.name, check=False)
@@ -176,13 +184,66 @@ def check_stop_is_quick(run: Run) -> str:
     return f"stopped in {took:.1f} s (exit code {code})"
 
 
+def check_web_ready(run: Run) -> str:
+    url = f"{run.container.web_url}/readyz"
+    deadline = time.monotonic() + 60  # the gateway starts once TorchServe has written its key file
+    while True:
+        try:
+            ready = httpx.get(url, timeout=30)
+            if ready.status_code == 200 or time.monotonic() > deadline:
+                break
+        except httpx.TransportError as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url}: {exc!r}") from exc
+        time.sleep(1)
+    assert ready.status_code == 200 and ready.json()["ready"] is True, f"/readyz {ready.status_code}: {ready.text}"
+    assert ready.json()["models"] == dict.fromkeys(MODELS, True), ready.text
+    return f"/readyz 200 {ready.json()}"
+
+
+def check_web_page(run: Run) -> str:
+    page = httpx.get(f"{run.container.web_url}/", timeout=30)
+    assert page.status_code == 200, f"/ answered {page.status_code}"
+    assert page.headers["content-type"].startswith("text/html"), page.headers["content-type"]
+    assert 'data-testid="drop"' in page.text and 'data-testid="file-input"' in page.text, page.text[:300]
+    return f"/ 200 text/html, {len(page.content)} bytes with the drop zone"
+
+
+def check_web_api_remove(run: Run) -> str:
+    """rembg's call through the published port: the cutout's alpha is the mask the container's gRPC serves."""
+    url = f"{run.container.web_url}/api/remove"
+    files = {"file": (run.image.name, run.image.read_bytes(), "image/jpeg")}
+    key = run.container.keys()["inference"]
+    with httpx.Client(timeout=300) as http:
+        refused = {"no key": http.post(url, files=files).status_code}
+        refused["wrong key"] = http.post(url, files=files, headers={"X-Api-Key": "not-the-key"}).status_code
+        answer = http.post(url, files=files, headers={"X-Api-Key": key})
+    assert refused == {"no key": 401, "wrong key": 403}, f"without the key: {refused}"
+    assert answer.status_code == 200, f"/api/remove with the key: {answer.status_code} {answer.text[:300]}"
+    assert answer.headers["content-type"] == "image/png", answer.headers["content-type"]
+    cutout = Image.open(io.BytesIO(answer.content))
+    with Image.open(run.image) as original:
+        size = original.size
+    assert cutout.format == "PNG" and cutout.mode == "RGBA" and cutout.size == size, (cutout.mode, cutout.size)
+    with U2NetClient(run.container.grpc_target, key_file=run.container.key_file) as client:
+        served = client.mask(run.image, REMBG_MODEL).array
+    alpha = np.asarray(cutout)[..., 3]
+    diff = int(np.abs(alpha.astype(int) - served.astype(int)).max())
+    assert diff == 0, f"the cutout's alpha differs from the container's {REMBG_MODEL} gRPC mask by up to {diff}"
+    assert served.tobytes() == run.reference[REMBG_MODEL][0], f"{REMBG_MODEL}: mask differs from the test server's"
+    return (f"{run.image.name}: PNG {size[0]}x{size[1]} RGBA whose alpha equals the {REMBG_MODEL} mask (container "
+            f"gRPC and test server); no key {refused['no key']}, wrong key {refused['wrong key']}")  # fmt: skip
+
+
 CHECKS: tuple[Callable[[Run], str], ...] = (
     check_ping_with_token,
     check_no_token_refused,
     check_same_answers,
     check_not_root,
+    check_web_ready,  # before the health check: it asks /readyz too
+    check_web_page,
+    check_web_api_remove,
     check_healthy,
-    *WEB_APP_CHECKS,
     check_stop_is_quick,  # last: it ends the container
 )
 
@@ -200,18 +261,20 @@ def build(engine: Engine, image: str, torch_index: str) -> None:
     engine.stream("build", *flags, "--network", "host", "--force-rm", "-t", image, *args, *pip.flags, str(ROOT))
 
 
-def publish_flags(ports: Ports) -> list[str]:
+def publish_flags(ports: Ports, web_port: int) -> list[str]:
     apis = [f.name for f in fields(Ports) if f.name != "worker_base"]  # worker sockets stay inside
-    return [f for api in apis for f in ("-p", f"127.0.0.1:{getattr(ports, api)}:{getattr(CONTAINER_PORTS, api)}")]
+    pairs = [(getattr(ports, api), getattr(CONTAINER_PORTS, api)) for api in apis] + [(web_port, WEB_PORT_IN_IMAGE)]
+    return [flag for host, inside in pairs for flag in ("-p", f"127.0.0.1:{host}:{inside}")]
 
 
 def start_container(engine: Engine, image: str, home: Path) -> ContainerServer:
     ports = Ports.free()
+    web_port = ports.worker_base  # a free port of its own: the container's workers use their own range inside
     name = f"u2serve-docker-test-{os.getpid()}"
     # podman's health timer needs systemd: checked by `podman healthcheck run` instead.
     health = ["--health-interval", "disable"] if engine.name == "podman" else ["--health-interval", "2s"]
-    engine("run", "-d", "--name", name, *health, *publish_flags(ports), image)
-    server = ContainerServer(home, ports, MODELS, engine=engine, name=name)
+    engine("run", "-d", "--name", name, *health, *publish_flags(ports, web_port), image)
+    server = ContainerServer(home, ports, MODELS, engine=engine, name=name, web_port=web_port)
     home.mkdir(mode=0o700)
     deadline = time.monotonic() + 120
     while engine("exec", name, "test", "-s", KEY_FILE_IN_IMAGE, check=False).returncode != 0:
@@ -248,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default="u2serve:cpu")
     parser.add_argument("--torch-index", default=DEFAULT_TORCH_INDEX, help="extra index for torch ('' for none)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="docker-test: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="docker-test %(asctime)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request of the web checks
     began = time.monotonic()
     image = reference_image()
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -275,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             for check in CHECKS:
                 try:
                     results.append((check.__name__, True, check(run)))
-                except (AssertionError, U2NetError, OSError, EngineError) as exc:
+                except (AssertionError, U2NetError, OSError, EngineError, httpx.HTTPError, KeyError, ValueError) as exc:
                     results.append((check.__name__, False, str(exc)))
         except (ServerError, EngineError, OSError) as exc:
             results.append(("start", False, str(exc)))

@@ -1,0 +1,33 @@
+#!/bin/bash
+# The container's command, under `tini -g` (PID 1, which sends stop signals to this whole process group):
+# TorchServe, then, once it has written this start's key file, the web gateway, which accepts that key and
+# calls TorchServe over gRPC with it. When either ends the other is stopped and the container exits with
+# the first one's status, so a restart policy brings both back.
+set -uo pipefail
+
+# A restarted container keeps its files: the gateway must not start on the previous run's keys.
+rm -f "${U2SERVE_KEY_FILE}"
+torchserve --start --foreground --ncs --ts-config "${U2SERVE_CONFIG}" &
+serving=$!
+gateway=""
+
+stop() {
+    kill -TERM "${serving}" ${gateway:+"${gateway}"} 2>/dev/null
+    wait
+}
+trap 'stop; exit 143' TERM INT
+
+until [[ -s "${U2SERVE_KEY_FILE}" ]]; do
+    if ! kill -0 "${serving}" 2>/dev/null; then
+        wait "${serving}"
+        exit $?
+    fi
+    sleep 0.2
+done
+python -m u2net_client.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" --key-file "${U2SERVE_KEY_FILE}" &
+gateway=$!
+
+wait -n  # either one (bash 4.3+: the GPU base image is Ubuntu)
+status=$?
+stop
+exit "${status}"
