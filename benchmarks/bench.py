@@ -38,14 +38,18 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
 
-from benchmarks import report
+from benchmarks import report, sweep
 from benchmarks import results as R
 from benchmarks import verdicts as V
 from handler.model import VARIANTS
+
+if TYPE_CHECKING:
+    from tools.torchserve import Server
 
 try:
     from u2net_client import U2NetClient, U2NetError
@@ -140,26 +144,39 @@ def time_rembg(rembg: Rembg, cell: Cell, images: Sequence[bytes]) -> None:
 
 
 class Metrics:
-    """The handler's U2ServeRequests and U2ServeBatches counters, from TorchServe's Prometheus text."""
+    """Counters from TorchServe's Prometheus text (the handler's U2ServeRequests and U2ServeBatches by default),
+    and the model's worker's resident memory where the worker process is known (a server started here)."""
 
-    def __init__(self, url: str | None, model: str) -> None:
+    def __init__(self, url: str | None, model: str, worker_pid: Callable[[], int | None] | None = None) -> None:
         self.url = url
         self.model = model
+        self.worker_pid = worker_pid
 
-    def counters(self) -> dict[str, float] | None:
+    def counters(self, names: Sequence[str] = (V.REQUESTS, V.BATCHES)) -> dict[str, float] | None:
         if self.url is None:
             return None
         with urllib.request.urlopen(self.url, timeout=30) as resp:
             text = resp.read().decode()
-        return {name: counter(text, name, self.model) for name in (V.REQUESTS, V.BATCHES)}
+        return {name: counter(text, name, self.model) for name in names}
+
+    def worker_rss_mib(self) -> float | None:
+        import psutil
+
+        pid = self.worker_pid() if self.worker_pid else None
+        try:
+            return psutil.Process(pid).memory_info().rss / 2**20 if pid else None
+        except psutil.Error:  # the worker restarted between the two calls
+            return None
 
 
 def counter(prometheus_text: str, name: str, model: str) -> float:
-    """The sum of a metric's samples for one model (ModelName label) in Prometheus text."""
+    """The sum of a metric's samples for one model in Prometheus text (the handler's metrics label it
+    ModelName, TorchServe's own ts_* metrics model_name)."""
     total = 0.0
     for line in prometheus_text.splitlines():
         m = _SAMPLE.match(line)
-        if m and m.group(1) == name and f'ModelName="{model}"' in m.group(2):
+        labels = m.group(2) if m else ""
+        if m and m.group(1) == name and (f'ModelName="{model}"' in labels or f'model_name="{model}"' in labels):
             total += float(m.group(3))
     return total
 
@@ -309,13 +326,24 @@ def served(args: argparse.Namespace) -> Iterator[tuple[U2NetClient, Metrics]]:
         server = start(Path(home), args.model_store, [args.model], Ports.free())
         try:
             server.wait_ready(timeout=600)
-            metrics = Metrics(f"http://127.0.0.1:{server.ports.metrics}/metrics", args.model)
+            metrics = Metrics(
+                f"http://127.0.0.1:{server.ports.metrics}/metrics", args.model, lambda: _worker_pid(server, args.model)
+            )
             with U2NetClient(
                 server.grpc_target, server.grpc_management_target, key_file=server.key_file, timeout=600
             ) as client:
                 yield client, metrics
         finally:
             server.stop()
+
+
+def _worker_pid(server: Server, model: str) -> int | None:
+    """The pid of the model's first READY worker, from TorchServe's management API."""
+    try:
+        workers = server.management(f"/models/{model}")[0]["workers"]  # type: ignore[index]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    return next((int(w["pid"]) for w in workers if w.get("status") == "READY"), None)
 
 
 def load_images(folder: Path, limit: int | None) -> list[bytes]:
@@ -340,6 +368,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="model-only intra-op threads; default all cores")
     parser.add_argument("--no-model-only", action="store_true", help="skip (c), the model-only engines")
     parser.add_argument("--smoke", action="store_true", help="2 images, 1 round, concurrency 1 2, torchscript at 1")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the concurrency sweep (benchmarks/sweep.py)")
+    parser.add_argument(
+        "--sweep-concurrency", type=int, nargs="+", help=f"sweep callers; default {sweep.CONCURRENCIES} (smoke: 1 2)"
+    )
     parser.add_argument("--write", type=Path, help="render this markdown file (BENCHMARKS.md) from the records")
     parser.add_argument(
         "--results",
@@ -354,8 +386,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-store", type=Path, default=ROOT / "model_store", help="archives to serve")
     args = parser.parse_args(argv)
     counts = [args.rounds, *(args.concurrency or []), *(args.rembg_concurrency or []), *(args.batch_sizes or [])]
-    if min(counts) < 1:
-        parser.error("--rounds, --concurrency, --rembg-concurrency and --batch-sizes must be at least 1")
+    if min(counts + (args.sweep_concurrency or [])) < 1:
+        parser.error(
+            "--rounds, --concurrency, --rembg-concurrency, --batch-sizes and --sweep-concurrency must be at least 1"
+        )
     return args
 
 
@@ -403,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         info = client.describe(settings.model)
         started = time.monotonic()
         cells, model_rows, loads = run_rounds(settings, client, metrics)
+        points = run_sweep(args, settings, client, metrics)
     minutes = (time.monotonic() - started) / 60.0
     archive = report_archive(args.model_store / f"{settings.model}.mar") if not args.target else None
     record = R.EndToEnd(
@@ -437,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         cells=[c.record() for c in cells],
         model_only=model_rows,
         roofline=roofline,
+        sweep=points,
     )
     path = R.save(record, folder)
     print(report.render_end_to_end(record))
@@ -445,6 +481,21 @@ def main(argv: list[str] | None = None) -> int:
         report.write(write, R.read_all([folder]))
         print(f"rendered {write} from {folder}")
     return 0
+
+
+def run_sweep(
+    args: argparse.Namespace, settings: Settings, client: U2NetClient, metrics: Metrics
+) -> list[R.SweepPoint]:
+    """The concurrency sweep after the rounds, unless --no-sweep."""
+    if args.no_sweep:
+        log.info("concurrency sweep skipped (--no-sweep)")
+        return []
+    concurrencies = args.sweep_concurrency or ([1, 2] if args.smoke else sweep.CONCURRENCIES)
+    log.info("concurrency sweep at %s callers", " ".join(map(str, concurrencies)))
+    probes = sweep.Probes(lambda: metrics.counters(sweep.COUNTERS), metrics.worker_rss_mib)
+    points = sweep.run(client, settings.model, settings.images, concurrencies, probes)
+    log.info(sweep.rss_summary(points))
+    return points
 
 
 def report_archive(mar: Path) -> tuple[str, str] | None:

@@ -7,7 +7,8 @@ One file per run, `benchmarks/results/<study>-<kind>-<date>.json`, schema 1:
     provenance {"measured": true} or {"converted_from": ..., "note": ...};
     machine {cpu, cores, cpu_flags, native_bf16, gpu, python, versions, load_before, load_after};
     end-to-end: served, settings, round_loads, roofline, cells[] (path, op, concurrency, rounds[]: seconds,
-        images, latency_ms[], batch_size[], errors[], counters{}), model_only[] (engine, batch, ms[] per round);
+        images, latency_ms[], batch_size[], errors[], counters{}), model_only[] (engine, batch, ms[] per round),
+        sweep[] (op, concurrency, seconds, requests, latency_ms[], errors[], counters{}, worker_rss_mib[]);
     engines: settings, matmul_gflops, macs_per_image, rows[] (engine, batch, ms[] every timed call, max_abs_diff,
         build_s, mae_mean, mae_max).
 
@@ -261,6 +262,20 @@ class Served:
 
 
 @dataclass(frozen=True)
+class SweepPoint:
+    """One call at one concurrency of the concurrency sweep (benchmarks/sweep.py): every sample taken."""
+
+    op: str  # "cutout" or "mask"
+    concurrency: int  # callers, each sending its next request as soon as its last one is answered
+    seconds: float  # wall time for all the requests
+    requests: int
+    latency_ms: list[float]  # each answered request, in completion order
+    errors: list[str] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)  # TorchServe metric deltas over the point
+    worker_rss_mib: list[float] = field(default_factory=list)  # the worker's resident memory, sampled
+
+
+@dataclass(frozen=True)
 class EndToEndSettings:
     images: int
     rounds: int
@@ -289,6 +304,7 @@ class EndToEnd:
     cells: list[Cell]
     model_only: list[ModelOnly]
     roofline: Roofline | None = None
+    sweep: list[SweepPoint] = field(default_factory=list)  # benchmarks/sweep.py; empty when not run
     study: str = END_TO_END
     schema: int = SCHEMA
 
@@ -399,6 +415,7 @@ def from_dict(data: dict[str, Any], where: str = "record") -> Record:
             cells=[_cell(c) for c in data["cells"]],
             model_only=[_model_only(m) for m in data["model_only"]],
             roofline=Roofline(**_known(Roofline, data["roofline"])) if data.get("roofline") else None,
+            sweep=[SweepPoint(**_known(SweepPoint, p)) for p in data.get("sweep") or []],
         )
     if data.get("study") == ENGINES:
         return EngineStudy(
