@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import itertools
 import logging
@@ -216,7 +217,7 @@ def warm_up_server(client: U2NetClient, model: str, images: Sequence[bytes], con
 def model_only_round(settings: Settings, round_index: int = 0) -> dict[tuple[str, int], float]:
     """Milliseconds per batch of each engine at each batch size, one timed call each."""
     if settings.device == "cuda":
-        return _cuda_model_only(settings.model, settings.engines, settings.batch_sizes)
+        return torch_model_only(settings.model, settings.engines, settings.batch_sizes, torch.device("cuda"))
     from benchmarks import engines
 
     rows = engines.measure(
@@ -238,14 +239,15 @@ def _cpu_model(name: str) -> torch.nn.Module:
     return _MODELS[name]
 
 
-def _cuda_model_only(
-    name: str, engine_names: Sequence[str], batch_sizes: Sequence[int]
+def torch_model_only(
+    name: str, engine_names: Sequence[str], batch_sizes: Sequence[int], device: torch.device
 ) -> dict[tuple[str, int], float]:
+    """Milliseconds per batch of eager and TorchScript PyTorch on `device`: the GPU's model-only engines
+    (tools/gpu_check.py's dry run runs them on the CPU)."""
     from handler.engine import trace
     from handler.model import U2NetD0
 
-    device = torch.device("cuda")
-    model = _cpu_model(name).to(device)
+    model = copy.deepcopy(_cpu_model(name)).to(device)
     size = VARIANTS[name].input_size
     builders: dict[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]] = {
         "eager": lambda: U2NetD0(model).eval(),
@@ -262,12 +264,17 @@ def _cuda_model_only(
             for n, run in runs.items():
                 for _ in range(2):  # warm-up: cuDNN picks its algorithms, TorchScript profiles
                     run(x)
-                torch.cuda.synchronize(device)
+                _synchronize(device)
                 start = time.perf_counter()
                 run(x)
-                torch.cuda.synchronize(device)
+                _synchronize(device)
                 times[n, b] = (time.perf_counter() - start) * 1000.0
     return times
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ---- the run ----

@@ -8,7 +8,8 @@ One file per run, `benchmarks/results/<study>-<kind>-<date>.json`, schema 1:
     machine {cpu, cores, cpu_flags, native_bf16, gpu, python, versions, load_before, load_after};
     end-to-end: served, settings, round_loads, roofline, cells[] (path, op, concurrency, rounds[]: seconds,
         images, latency_ms[], batch_size[], errors[], counters{}), model_only[] (engine, batch, ms[] per round),
-        sweep[] (op, concurrency, seconds, requests, latency_ms[], errors[], counters{}, worker_rss_mib[]);
+        sweep[] (op, concurrency, seconds, requests, latency_ms[], errors[], counters{}, worker_rss_mib[],
+        server_ms[]);
     engines: settings, matmul_gflops, macs_per_image, rows[] (engine, batch, ms[] every timed call, max_abs_diff,
         build_s, mae_mean, mae_max).
 
@@ -273,6 +274,7 @@ class SweepPoint:
     errors: list[str] = field(default_factory=list)
     counters: dict[str, float] = field(default_factory=dict)  # TorchServe metric deltas over the point
     worker_rss_mib: list[float] = field(default_factory=list)  # the worker's resident memory, sampled
+    server_ms: list[float] = field(default_factory=list)  # each answered request's handler stages, summed
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,13 @@
 
 At each concurrency, that many callers send requests back to back (a closed loop: each sends its next
 request when its last one is answered) for the cutout and then the mask. A point records every latency,
-TorchServe's counters over the point (`ts_queue_latency_microseconds`: time requests waited in the
-frontend's queue; `ts_inference_latency_microseconds`: time from arrival to reply, queue included; the
-handler's U2ServeRequests and U2ServeBatches) and the worker's resident memory sampled while it ran.
+each reply's server-side stage times (the handler's decode, preprocess, model, postprocess and encode for
+that request), TorchServe's counters over the point (`ts_queue_latency_microseconds`: time requests waited
+in the frontend's queue; `ts_inference_latency_microseconds`: arrival to reply; the handler's
+U2ServeRequests and U2ServeBatches) and the worker's resident memory sampled while it ran. TorchServe 0.12
+leaves its two latency counters empty for gRPC requests (pytorch/serve issue 1467), the SDK's protocol: then
+compute time is the reply's stage times, and queue time the rest of the latency (TorchServe's queue, the
+batching wait, batch mates' decode and encode, transport).
 benchmarks/bench.py runs it after its rounds (`--no-sweep` skips it) and records the points in its JSON
 record; BENCHMARKS.md shows them as a table (`render`) and a PNG (`plot`: throughput and p95 latency
 against concurrency).
@@ -24,7 +28,7 @@ from benchmarks import results as R
 from benchmarks import verdicts as V
 
 if TYPE_CHECKING:  # bench.py finds the SDK of this checkout when it is not installed
-    from u2net_client import U2NetClient
+    from u2net_client import CutoutResult, MaskResult, U2NetClient
 
 CONCURRENCIES = [1, 2, 4, 8, 16]
 OPS = ("cutout", "mask")
@@ -65,16 +69,16 @@ def run(
 
 def _point(
     client: U2NetClient,
-    call: Callable[[bytes], object],
+    call: Callable[[bytes], MaskResult | CutoutResult],
     op: str,
     concurrency: int,
     stream: list[bytes],
     probes: Probes,
 ) -> R.SweepPoint:
-    def one(image: bytes) -> float:
+    def one(image: bytes) -> tuple[float, float]:
         started = time.perf_counter()
-        call(image)
-        return (time.perf_counter() - started) * 1000.0
+        result = call(image)
+        return (time.perf_counter() - started) * 1000.0, sum(result.timings.values())
 
     rss: list[float] = []
     done = threading.Event()
@@ -100,10 +104,11 @@ def _point(
         concurrency=concurrency,
         seconds=seconds,
         requests=len(stream),
-        latency_ms=[x for x in outcomes if isinstance(x, float)],
-        errors=[str(x) for x in outcomes if not isinstance(x, float)],  # the SDK's U2NetError
+        latency_ms=[x[0] for x in outcomes if isinstance(x, tuple)],
+        errors=[str(x) for x in outcomes if not isinstance(x, tuple)],  # the SDK's U2NetError
         counters=deltas,
         worker_rss_mib=rss,
+        server_ms=[x[1] for x in outcomes if isinstance(x, tuple)],
     )
 
 
@@ -119,8 +124,9 @@ class Figures:
     p90_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
-    queue_ms: float | None  # mean time a request waited in TorchServe's queue
-    compute_ms: float | None  # mean time from leaving the queue to the reply: batching wait, handler, model
+    queue_ms: float | None  # mean time a request waited (module docstring: which wait, by which source)
+    compute_ms: float | None  # mean time the server worked on it
+    timing_source: str  # "TorchServe's counters", "the replies' stage times" or "none"
     mean_batch: float | None  # requests per batch the handler ran
     peak_rss_mib: float | None
     errors: int
@@ -130,9 +136,15 @@ def figures(point: R.SweepPoint) -> Figures:
     p50, p90, p95, p99 = V.percentiles(point.latency_ms, (50, 90, 95, 99))
     c = point.counters
     queue = compute = batch = None
-    if c.get(SERVED):
-        queue = c[QUEUE] / c[SERVED] / 1000.0 if QUEUE in c else None
-        compute = (c[IN_SERVER] - c.get(QUEUE, 0.0)) / c[SERVED] / 1000.0 if IN_SERVER in c else None
+    source = "none"
+    if c.get(SERVED) and c.get(IN_SERVER):  # REST requests: TorchServe's own split
+        queue = c.get(QUEUE, 0.0) / c[SERVED] / 1000.0
+        compute = (c[IN_SERVER] - c.get(QUEUE, 0.0)) / c[SERVED] / 1000.0
+        source = "TorchServe's counters"
+    elif point.server_ms and len(point.server_ms) == len(point.latency_ms):
+        compute = statistics.fmean(point.server_ms)
+        queue = statistics.fmean(point.latency_ms) - compute
+        source = "the replies' stage times"
     if c.get(V.BATCHES):
         batch = c.get(V.REQUESTS, 0.0) / c[V.BATCHES]
     return Figures(
@@ -144,6 +156,7 @@ def figures(point: R.SweepPoint) -> Figures:
         queue_ms=queue,
         compute_ms=compute,
         mean_batch=batch,
+        timing_source=source,
         peak_rss_mib=max(point.worker_rss_mib, default=None),
         errors=len(point.errors),
     )
@@ -159,19 +172,20 @@ def render(run: R.EndToEnd, plot_link: str | None = None) -> str:
         return ""
     lines = [
         "Concurrency sweep (closed loop, as perf_analyzer: each caller sends its next request when its last one "
-        "is answered). Queue: mean wait in TorchServe's queue; compute: mean from leaving the queue to the reply "
-        "(batching wait, handler, model), both from TorchServe's counters; RSS: the worker's peak resident "
-        "memory sampled during the point.",
+        "is answered). Compute: mean time the server worked on a request; queue: the rest of its latency "
+        "(TorchServe's counters split them where they are kept; over gRPC, TorchServe 0.12 keeps none, and "
+        "compute is the reply's handler stages, queue everything else: the queue, batching, batch mates' "
+        "work, transport). RSS: the worker's peak resident memory sampled during the point.",
         "",
         "| call | callers | requests | img/s | p50 ms | p90 ms | p95 ms | p99 ms | queue ms | compute ms "
-        "| requests per batch | worker RSS MiB | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| split from | requests per batch | worker RSS MiB | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|",
     ]
     for p in run.sweep:
         f = figures(p)
         lines.append(
             f"| {p.op} | {p.concurrency} | {p.requests} | {f.images_per_s:.2f} | {_num(f.p50_ms)} | {_num(f.p90_ms)} "
-            f"| {_num(f.p95_ms)} | {_num(f.p99_ms)} | {_num(f.queue_ms)} | {_num(f.compute_ms)} "
+            f"| {_num(f.p95_ms)} | {_num(f.p99_ms)} | {_num(f.queue_ms)} | {_num(f.compute_ms)} | {f.timing_source} "
             f"| {_num(f.mean_batch, 2)} | {_num(f.peak_rss_mib)} | {f.errors} |"
         )
     if plot_link:

@@ -253,7 +253,8 @@ def _sweep_run() -> R.EndToEnd:
         R.SweepPoint("cutout", 1, 4.0, 8, [500.0] * 8, [], {**counters, sweep.QUEUE: 0, V.BATCHES: 8}, [400.0, 410.0]),
         R.SweepPoint("cutout", 4, 2.0, 8, [900.0, 1000.0] * 4, [], counters, [420.0, 450.0, 440.0]),
         R.SweepPoint("mask", 1, 3.2, 8, [400.0] * 8, [], {}, []),
-        R.SweepPoint("mask", 4, 1.5, 8, [700.0] * 7, ["UNAVAILABLE: busy"], counters, [430.0]),
+        # Over gRPC TorchServe keeps no latency counters: the replies' stage times split the latency.
+        R.SweepPoint("mask", 4, 1.5, 8, [700.0] * 7, ["UNAVAILABLE: busy"], {}, [430.0], [300.0] * 7),
     ]
     return dataclasses.replace(_targets_run(), sweep=points)
 
@@ -269,6 +270,8 @@ def test_sweep_figures_split_server_time_into_queue_and_compute() -> None:
     assert four.peak_rss_mib == 450.0
     assert (no_metrics.queue_ms, no_metrics.compute_ms, no_metrics.mean_batch, no_metrics.peak_rss_mib) == (None,) * 4
     assert (failing.errors, failing.images_per_s) == (1, pytest.approx(7 / 1.5))  # answered requests only
+    assert (failing.compute_ms, failing.queue_ms, failing.timing_source) == (300.0, 400.0, "the replies' stage times")
+    assert four.timing_source == "TorchServe's counters" and no_metrics.timing_source == "none"
 
 
 def test_a_sweep_survives_json_and_renders_a_table_and_a_plot_beside_the_document(tmp_path: Path) -> None:

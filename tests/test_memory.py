@@ -39,6 +39,8 @@ RUNNER = textwrap.dedent(
     class Metrics:
         def add_metric(self, *args, **kwargs):
             pass
+        def add_time(self, *args, **kwargs):
+            pass
 
     manifest = json.load(open(f"{model_dir}/MAR-INF/MANIFEST.json"))
     context = Context("u2netp", model_dir, manifest, 8, None, "0.12.0", metrics=Metrics(),
