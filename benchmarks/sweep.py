@@ -215,6 +215,7 @@ def plot(run: R.EndToEnd, path: Path) -> Path:
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("concurrent callers")
         ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend()
     smoke = " (--smoke: not a measurement)" if run.smoke else ""
