@@ -29,7 +29,10 @@ def test_the_gpu_check_dry_run_records_the_bench_on_the_cpu_and_says_what_it_did
         assert said in caplog.text
     (run,) = R.read_all([tmp_path / "benchmarks/results"])
     assert isinstance(run, R.EndToEnd) and run.smoke and run.kind != "cuda" and run.served.device == "cpu"
-    assert {(c.path, c.op) for c in run.cells} == {(p, op) for p in ("rembg", "served") for op in sweep.OPS}
+    assert {(c.path, c.op, c.concurrency) for c in run.cells} == {
+        *(("rembg", op, 1) for op in sweep.OPS),
+        *(("served", op, c) for op in sweep.OPS for c in (1, 2)),
+    }
     assert [(p.op, p.concurrency) for p in run.sweep] == [(op, c) for c in (1, 2) for op in sweep.OPS]
     assert not any(p.errors for p in run.sweep) and all(p.latency_ms for p in run.sweep)
     # Queue and compute time come from the running server's counters.

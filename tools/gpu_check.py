@@ -49,9 +49,9 @@ BUDGET_S = 8 * 60
 MODELS = ["u2netp", "u2net"]
 # The bench's GPU section within the budget: 2 rounds of everything bench.py measures on CUDA by default.
 GPU_BENCH_ARGS = ["--rounds", "2"]
-# The dry run's bench: the same code, one round, two images, concurrency 1 and 2; its GPU model-only code
-# runs on its own (dry_model_only), not the CPU engines the bench would time here.
-DRY_BENCH_ARGS = ["--smoke", "--no-model-only"]
+# The dry run's bench: the same code, one round, two images, served concurrency 1 and 2, rembg one caller;
+# its GPU model-only code runs on its own (dry_model_only), not the CPU engines the bench would time here.
+DRY_BENCH_ARGS = ["--smoke", "--no-model-only", "--rembg-concurrency", "1"]
 
 
 def loud(message: str) -> None:
