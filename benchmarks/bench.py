@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import itertools
 import logging
@@ -40,14 +41,18 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
 
-from benchmarks import paths, report
+from benchmarks import paths, report, sweep
 from benchmarks import results as R
 from benchmarks import verdicts as V
 from handler.model import VARIANTS
+
+if TYPE_CHECKING:
+    from tools.torchserve import Server
 
 try:
     from u2net_client import U2NetClient, U2NetError
@@ -142,26 +147,39 @@ def time_rembg(rembg: Rembg, cell: Cell, images: Sequence[bytes]) -> None:
 
 
 class Metrics:
-    """The handler's U2ServeRequests and U2ServeBatches counters, from TorchServe's Prometheus text."""
+    """Counters from TorchServe's Prometheus text (the handler's U2ServeRequests and U2ServeBatches by default),
+    and the model's worker's resident memory where the worker process is known (a server started here)."""
 
-    def __init__(self, url: str | None, model: str) -> None:
+    def __init__(self, url: str | None, model: str, worker_pid: Callable[[], int | None] | None = None) -> None:
         self.url = url
         self.model = model
+        self.worker_pid = worker_pid
 
-    def counters(self) -> dict[str, float] | None:
+    def counters(self, names: Sequence[str] = (V.REQUESTS, V.BATCHES)) -> dict[str, float] | None:
         if self.url is None:
             return None
         with urllib.request.urlopen(self.url, timeout=30) as resp:
             text = resp.read().decode()
-        return {name: counter(text, name, self.model) for name in (V.REQUESTS, V.BATCHES)}
+        return {name: counter(text, name, self.model) for name in names}
+
+    def worker_rss_mib(self) -> float | None:
+        import psutil
+
+        pid = self.worker_pid() if self.worker_pid else None
+        try:
+            return psutil.Process(pid).memory_info().rss / 2**20 if pid else None
+        except psutil.Error:  # the worker restarted between the two calls
+            return None
 
 
 def counter(prometheus_text: str, name: str, model: str) -> float:
-    """The sum of a metric's samples for one model (ModelName label) in Prometheus text."""
+    """The sum of a metric's samples for one model in Prometheus text (the handler's metrics label it
+    ModelName, TorchServe's own ts_* metrics model_name)."""
     total = 0.0
     for line in prometheus_text.splitlines():
         m = _SAMPLE.match(line)
-        if m and m.group(1) == name and f'ModelName="{model}"' in m.group(2):
+        labels = m.group(2) if m else ""
+        if m and m.group(1) == name and (f'ModelName="{model}"' in labels or f'model_name="{model}"' in labels):
             total += float(m.group(3))
     return total
 
@@ -201,7 +219,7 @@ def warm_up_server(client: U2NetClient, model: str, images: Sequence[bytes], con
 def model_only_round(settings: Settings, round_index: int = 0) -> dict[tuple[str, int], float]:
     """Milliseconds per batch of each engine at each batch size, one timed call each."""
     if settings.device == "cuda":
-        return _cuda_model_only(settings.model, settings.engines, settings.batch_sizes)
+        return torch_model_only(settings.model, settings.engines, settings.batch_sizes, torch.device("cuda"))
     from benchmarks import engines
 
     rows = engines.measure(
@@ -223,14 +241,15 @@ def _cpu_model(name: str) -> torch.nn.Module:
     return _MODELS[name]
 
 
-def _cuda_model_only(
-    name: str, engine_names: Sequence[str], batch_sizes: Sequence[int]
+def torch_model_only(
+    name: str, engine_names: Sequence[str], batch_sizes: Sequence[int], device: torch.device
 ) -> dict[tuple[str, int], float]:
+    """Milliseconds per batch of eager and TorchScript PyTorch on `device`: the GPU's model-only engines
+    (tools/gpu_check.py's dry run runs them on the CPU)."""
     from handler.engine import trace
     from handler.model import U2NetD0
 
-    device = torch.device("cuda")
-    model = _cpu_model(name).to(device)
+    model = copy.deepcopy(_cpu_model(name)).to(device)
     size = VARIANTS[name].input_size
     builders: dict[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]] = {
         "eager": lambda: U2NetD0(model).eval(),
@@ -247,12 +266,17 @@ def _cuda_model_only(
             for n, run in runs.items():
                 for _ in range(2):  # warm-up: cuDNN picks its algorithms, TorchScript profiles
                     run(x)
-                torch.cuda.synchronize(device)
+                _synchronize(device)
                 start = time.perf_counter()
                 run(x)
-                torch.cuda.synchronize(device)
+                _synchronize(device)
                 times[n, b] = (time.perf_counter() - start) * 1000.0
     return times
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ---- the run ----
@@ -314,13 +338,24 @@ def served(args: argparse.Namespace) -> Iterator[tuple[U2NetClient, Metrics, Pat
         server = start(Path(home), args.model_store, [args.model], Ports.free())
         try:
             server.wait_ready(timeout=600)
-            metrics = Metrics(f"http://127.0.0.1:{server.ports.metrics}/metrics", args.model)
+            metrics = Metrics(
+                f"http://127.0.0.1:{server.ports.metrics}/metrics", args.model, lambda: _worker_pid(server, args.model)
+            )
             with U2NetClient(
                 server.grpc_target, server.grpc_management_target, key_file=server.key_file, timeout=600
             ) as client:
                 yield client, metrics, server.key_file
         finally:
             server.stop()
+
+
+def _worker_pid(server: Server, model: str) -> int | None:
+    """The pid of the model's first READY worker, from TorchServe's management API."""
+    try:
+        workers = server.management(f"/models/{model}")[0]["workers"]  # type: ignore[index]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    return next((int(w["pid"]) for w in workers if w.get("status") == "READY"), None)
 
 
 def load_images(folder: Path, limit: int | None) -> list[bytes]:
@@ -345,6 +380,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="model-only intra-op threads; default all cores")
     parser.add_argument("--no-model-only", action="store_true", help="skip (c), the model-only engines")
     parser.add_argument("--smoke", action="store_true", help="2 images, 1 round, concurrency 1 2, torchscript at 1")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the concurrency sweep (benchmarks/sweep.py)")
+    parser.add_argument(
+        "--sweep-concurrency", type=int, nargs="+", help=f"sweep callers; default {sweep.CONCURRENCIES} (smoke: 1 2)"
+    )
     parser.add_argument("--write", type=Path, help="render this markdown file (BENCHMARKS.md) from the records")
     parser.add_argument(
         "--results",
@@ -360,9 +399,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     paths.add_arguments(parser)
     args = parser.parse_args(argv)
     counts = [args.rounds, args.web_callers, *(args.concurrency or []), *(args.rembg_concurrency or []),
-              *(args.batch_sizes or [])]  # fmt: skip
+              *(args.batch_sizes or []), *(args.sweep_concurrency or [])]  # fmt: skip
     if min(counts) < 1:
-        parser.error("--rounds, --web-callers, --concurrency, --rembg-concurrency and --batch-sizes must be at least 1")
+        parser.error(
+            "--rounds, --web-callers, --concurrency, --rembg-concurrency, --batch-sizes and --sweep-concurrency "
+            "must be at least 1"
+        )
     return args
 
 
@@ -415,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             time_served, warm_up_server,
         ) as other:  # fmt: skip
             cells, model_rows, loads = run_rounds(settings, client, metrics, other.steps)
+        points = run_sweep(args, settings, client, metrics)
     minutes = (time.monotonic() - started) / 60.0
     archive = report_archive(args.model_store / f"{settings.model}.mar") if not args.target else None
     record = R.EndToEnd(
@@ -450,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         model_only=model_rows,
         roofline=roofline,
         paths=other.record(),
+        sweep=points,
     )
     path = R.save(record, folder)
     print(report.render_end_to_end(record))
@@ -458,6 +502,21 @@ def main(argv: list[str] | None = None) -> int:
         report.write(write, R.read_all([folder]))
         print(f"rendered {write} from {folder}")
     return 0
+
+
+def run_sweep(
+    args: argparse.Namespace, settings: Settings, client: U2NetClient, metrics: Metrics
+) -> list[R.SweepPoint]:
+    """The concurrency sweep after the rounds, unless --no-sweep."""
+    if args.no_sweep:
+        log.info("concurrency sweep skipped (--no-sweep)")
+        return []
+    concurrencies = args.sweep_concurrency or ([1, 2] if args.smoke else sweep.CONCURRENCIES)
+    log.info("concurrency sweep at %s callers", " ".join(map(str, concurrencies)))
+    probes = sweep.Probes(lambda: metrics.counters(sweep.COUNTERS), metrics.worker_rss_mib)
+    points = sweep.run(client, settings.model, settings.images, concurrencies, probes)
+    log.info(sweep.rss_summary(points))
+    return points
 
 
 def report_archive(mar: Path) -> tuple[str, str] | None:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import results as R
+from benchmarks import sweep
 from benchmarks import verdicts as V
 from handler import precision
 
@@ -82,7 +83,16 @@ def render_document(records: list[R.Record]) -> str:
 
 
 def write(path: Path, records: list[R.Record]) -> None:
+    """The document at `path`, and beside it the sweep plot of each record it shows (sweep_plot)."""
     path.write_text(render_document(records))
+    for record in latest(records).values():
+        if isinstance(record, R.EndToEnd) and record.sweep:
+            sweep.plot(record, path.parent / sweep_plot(record))
+
+
+def sweep_plot(run: R.EndToEnd) -> str:
+    """Where a record's sweep plot lives, relative to BENCHMARKS.md."""
+    return f"docs/bench-sweep-{run.kind}.png"
 
 
 # ---- one end-to-end record ----
@@ -114,6 +124,7 @@ def render_end_to_end(run: R.EndToEnd) -> str:
         "",
         _model_table(run) if run.model_only else "Model-only engines: not measured in this run.",
         "",
+        *([sweep.render(run, sweep_plot(run)), ""] if run.sweep else []),
         "Targets:",
         "",
         *_targets(run),

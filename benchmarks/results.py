@@ -10,6 +10,8 @@ One file per run, `benchmarks/results/<study>-<kind>-<date>.json`, schema 1:
         images, latency_ms[], batch_size[], errors[], counters{}), model_only[] (engine, batch, ms[] per round),
         paths (optional: options {image, rows[]: name, call, common, matting, rounds[]: server_ms{}, latency_ms,
         output_bytes, media_type, error}, web[] and triton[] cells as above, triton_served, not_measured{});
+        sweep[] (op, concurrency, seconds, requests, latency_ms[], errors[], counters{}, worker_rss_mib[],
+        server_ms[]);
     engines: settings, matmul_gflops, macs_per_image, rows[] (engine, batch, ms[] every timed call, max_abs_diff,
         build_s, mae_mean, mae_max).
 
@@ -327,6 +329,21 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class SweepPoint:
+    """One call at one concurrency of the concurrency sweep (benchmarks/sweep.py): every sample taken."""
+
+    op: str  # "cutout" or "mask"
+    concurrency: int  # callers, each sending its next request as soon as its last one is answered
+    seconds: float  # wall time for all the requests
+    requests: int
+    latency_ms: list[float]  # each answered request, in completion order
+    errors: list[str] = field(default_factory=list)
+    counters: dict[str, float] = field(default_factory=dict)  # TorchServe metric deltas over the point
+    worker_rss_mib: list[float] = field(default_factory=list)  # the worker's resident memory, sampled
+    server_ms: list[float] = field(default_factory=list)  # each answered request's handler stages, summed
+
+
+@dataclass(frozen=True)
 class EndToEndSettings:
     images: int
     rounds: int
@@ -356,6 +373,7 @@ class EndToEnd:
     model_only: list[ModelOnly]
     roofline: Roofline | None = None
     paths: Paths | None = None  # the cutout options, the web gateway and Triton; None in older records
+    sweep: list[SweepPoint] = field(default_factory=list)  # benchmarks/sweep.py; empty when not run
     study: str = END_TO_END
     schema: int = SCHEMA
 
@@ -467,6 +485,7 @@ def from_dict(data: dict[str, Any], where: str = "record") -> Record:
             model_only=[_model_only(m) for m in data["model_only"]],
             roofline=Roofline(**_known(Roofline, data["roofline"])) if data.get("roofline") else None,
             paths=_paths(data["paths"]) if data.get("paths") else None,
+            sweep=[SweepPoint(**_known(SweepPoint, p)) for p in data.get("sweep") or []],
         )
     if data.get("study") == ENGINES:
         return EngineStudy(

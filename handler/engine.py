@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,6 +50,13 @@ class Engine(ABC):
 
 
 class TorchScriptEngine(Engine):
+    """Frozen TorchScript: a batch at once on a GPU, image by image on the CPU.
+
+    On the CPU a batch of 8 U2NETP images at once held 1.6 GB of activations (tests/test_memory.py); image by
+    image the worker stays under its 800 MiB bound, and TorchServe's batching still shares the per-request
+    overhead. On a GPU the batch is what fills the device.
+    """
+
     name = "torchscript"
 
     def __init__(self, path: Path, device: torch.device) -> None:
@@ -57,11 +65,13 @@ class TorchScriptEngine(Engine):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.module(x)
+            if self.device.type != "cpu" or x.shape[0] == 1:
+                return self.module(x)
+            return torch.cat([self.module(x[i : i + 1]) for i in range(x.shape[0])])
 
 
 class TorchScriptBF16Engine(TorchScriptEngine):
-    """The mixed-precision TorchScript (handler/precision.py), one image at a time.
+    """The mixed-precision TorchScript (handler/precision.py), one image at a time (a CPU engine).
 
     In bf16, U2NETP ran slower per image at batch 4 than at batch 1 on a 2-core CPU (eager, 4.9 against
     5.3 img/s in benchmarks/engines.py), so a batch is run image by image; TorchServe's batching still
@@ -70,12 +80,17 @@ class TorchScriptBF16Engine(TorchScriptEngine):
 
     name = "torchscript-bf16"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.cat([self.module(x[i : i + 1]) for i in range(x.shape[0])])
-
 
 class OnnxRuntimeEngine(Engine):
+    """onnxruntime's CPU session, one image at a time, without its memory arena.
+
+    With its defaults (a growing arena, a memory pattern per input shape) a U2NETP worker fed batches of
+    1 to 8 held 5 GB of resident memory after a few dozen requests and kept growing; a batch of 8 alone
+    needs about 1.9 GB of activations. One image at a time with the arena off, the session's own memory
+    peaked at about 0.4 GB in the same run, at the same speed on a 2-core CPU (benchmarks/engines.py
+    measures it). The memory pattern stays on: every call has the one shape (1, 3, S, S).
+    """
+
     name = "onnxruntime"
 
     def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
@@ -87,13 +102,14 @@ class OnnxRuntimeEngine(Engine):
         # 0 is onnxruntime's own default (one thread per physical core).
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # numpy views of a contiguous CPU tensor and of onnxruntime's output: no copies either way.
         batch = x.detach().contiguous().numpy()
-        (d0,) = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: batch})
-        return torch.from_numpy(d0)
+        outputs = [self.session.run([ONNX_OUTPUT], {ONNX_INPUT: batch[i : i + 1]})[0] for i in range(len(batch))]
+        return torch.from_numpy(outputs[0] if len(outputs) == 1 else np.concatenate(outputs))
 
 
 def trace(model: nn.Module, device: torch.device, size: int) -> torch.jit.ScriptModule:

@@ -30,6 +30,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "gpu: the CUDA path (make gpu-check runs them on a GPU); without CUDA each runs its CPU path and warns so",
+    )
+    config.addinivalue_line(
+        "markers",
         "server: needs the model archives, a TorchServe, a run of the networks or a package build (minutes); "
         "`pytest -m 'not server'` runs the pure tests alone",
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import engines, report
+from benchmarks import engines, report, sweep
 from benchmarks import results as R
 from benchmarks import verdicts as V
 from handler import precision, weights
@@ -157,7 +157,7 @@ def test_a_record_survives_json_and_readers_ignore_fields_they_do_not_know(tmp_p
     # A later version adding a percentile sweep or queue time to a round still reads here.
     data["cells"][0]["rounds"][0]["queue_ms"] = [1.0] * 18
     data["cells"][0]["rounds"][0]["counters"]["ts_queue_latency_microseconds"] = 12.0
-    data["sweep"] = {"p99": 1}
+    data["a_later_measurement"] = {"p99": 1}
     assert R.from_dict(data).cells[0].rounds[0].counters == {"ts_queue_latency_microseconds": 12.0}
     data["schema"] = 2
     with pytest.raises(ValueError, match="schema 2; this reader knows schema 1"):
@@ -242,3 +242,52 @@ def test_engines_are_timed_in_an_order_that_rotates_from_round_to_round() -> Non
     times = engines._time_interleaved(runs, {1: torch.zeros(1)}, rounds=2, first_round=1)
     assert calls == ["b", "c", "a", "c", "a", "b"]  # no engine always runs right after the same one
     assert set(times) == {("a", 1), ("b", 1), ("c", 1)} and all(len(t) == 2 for t in times.values())
+
+
+def _sweep_run() -> R.EndToEnd:
+    """A run with a sweep: cutout and mask at 1 and 4 callers, TorchServe's counters and worker RSS samples."""
+    counters = {
+        sweep.SERVED: 8.0, sweep.QUEUE: 8 * 150_000.0, sweep.IN_SERVER: 8 * 400_000.0, V.REQUESTS: 8, V.BATCHES: 2,
+    }  # fmt: skip
+    points = [
+        R.SweepPoint("cutout", 1, 4.0, 8, [500.0] * 8, [], {**counters, sweep.QUEUE: 0, V.BATCHES: 8}, [400.0, 410.0]),
+        R.SweepPoint("cutout", 4, 2.0, 8, [900.0, 1000.0] * 4, [], counters, [420.0, 450.0, 440.0]),
+        R.SweepPoint("mask", 1, 3.2, 8, [400.0] * 8, [], {}, []),
+        # Over gRPC TorchServe keeps no latency counters: the replies' stage times split the latency.
+        R.SweepPoint("mask", 4, 1.5, 8, [700.0] * 7, ["UNAVAILABLE: busy"], {}, [430.0], [300.0] * 7),
+    ]
+    return dataclasses.replace(_targets_run(), sweep=points)
+
+
+def test_sweep_figures_split_server_time_into_queue_and_compute() -> None:
+    one, four, no_metrics, failing = (sweep.figures(p) for p in _sweep_run().sweep)
+    assert (one.images_per_s, one.p95_ms, one.queue_ms, one.compute_ms, one.mean_batch) == pytest.approx(
+        (2.0, 500.0, 0.0, 400.0, 1.0)
+    )
+    # 8 requests waited 150 ms each in the queue and spent 250 ms more in the server; 2 batches of 4.
+    assert (four.images_per_s, four.queue_ms, four.compute_ms, four.mean_batch) == pytest.approx((4.0, 150, 250, 4))
+    assert four.p50_ms == pytest.approx(950.0) and four.p99_ms == pytest.approx(1000.0)
+    assert four.peak_rss_mib == 450.0
+    assert (no_metrics.queue_ms, no_metrics.compute_ms, no_metrics.mean_batch, no_metrics.peak_rss_mib) == (None,) * 4
+    assert (failing.errors, failing.images_per_s) == (1, pytest.approx(7 / 1.5))  # answered requests only
+    assert (failing.compute_ms, failing.queue_ms, failing.timing_source) == (300.0, 400.0, "the replies' stage times")
+    assert four.timing_source == "TorchServe's counters" and no_metrics.timing_source == "none"
+
+
+def test_a_sweep_survives_json_and_renders_a_table_and_a_plot_beside_the_document(tmp_path: Path) -> None:
+    run = _sweep_run()
+    assert R.read(R.save(run, tmp_path / "results")) == run
+    assert sweep.requests_at(1, 18) == 18 and sweep.requests_at(16, 18) == 64
+    document = tmp_path / "BENCHMARKS.md"
+    report.write(document, [run])
+    png = tmp_path / report.sweep_plot(run)
+    assert f"]({report.sweep_plot(run)})" in document.read_text()
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(png)
+    assert pixels.shape[:2] == (400, 1000) and pixels.std() > 0.05  # 10x4 in at 100 dpi, not a blank canvas
+    rows = [line for line in sweep.render(run).splitlines() if line.startswith("| cutout") or line.startswith("| mask")]
+    assert len(rows) == len(run.sweep)
+    # A run without a sweep renders as before, and writes no plot.
+    plain = _targets_run()
+    assert sweep.render(plain) == "" and report.render_end_to_end(plain).count("sweep") == 0
