@@ -577,8 +577,15 @@ def test_cutout_refuses_mismatched_mask() -> None:
 # --- encode_png ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("writer", ["opencv", "pillow"])
 @pytest.mark.parametrize(("shape", "mode"), [((5, 7), "L"), ((5, 7, 3), "RGB"), ((5, 7, 4), "RGBA")])
-def test_encode_png_modes_round_trip(shape: tuple[int, ...], mode: str) -> None:
+def test_encode_png_modes_round_trip(
+    shape: tuple[int, ...], mode: str, writer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenCV's libpng where the server's extra is installed, Pillow in a client-only install: same pixels.
+    assert T._cv2 is not None, "the test venv has the server extra, hence OpenCV"
+    if writer == "pillow":
+        monkeypatch.setattr(T, "_cv2", None)
     array = np.random.default_rng(5).integers(0, 256, size=shape, dtype=np.uint8)
     data = T.encode_png(array)
     with Image.open(io.BytesIO(data)) as im:
