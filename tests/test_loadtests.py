@@ -63,6 +63,9 @@ def test_locust_refuses_an_empty_images_folder(tmp_path: Path) -> None:
 def test_benchmark_smoke_prints_rembg_and_served_rows(server, reference_dir: Path, tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "benchmarks.bench", "--smoke", "--no-model-only",
+        # The other paths and the sweep have tests of their own (test_bench_paths.py, the gpu-check dry run);
+        # the web path would also add a gRPC cell with its 4 callers.
+        "--no-options", "--no-web", "--no-triton", "--no-sweep",
         "--images", str(reference_dir / "images"),
         "--target", server.grpc_target, "--management-target", server.grpc_management_target,
         "--key-file", str(server.key_file), "--metrics-url", f"http://127.0.0.1:{server.ports.metrics}/metrics",
