@@ -210,6 +210,24 @@ def test_effects_blur_and_greyscale():
     assert compose.default_blur_radius(3000, 2000) == 30 and compose.default_blur_radius(20, 10) == 1
 
 
+@pytest.mark.parametrize("writer", ["opencv", "pillow"])
+def test_wide_blurs_run_small_and_stay_close(reference_dir: Path, writer: str, monkeypatch: pytest.MonkeyPatch):
+    # Under 2 * BLUR_MIN_RADIUS: Pillow's blur exactly; wider ones at reduced resolution, close to it (the
+    # documented bounds), with OpenCV's upscale (the server) or Pillow's (a client-only install).
+    if writer == "pillow":
+        monkeypatch.setattr(imaging, "_cv2", None)
+    small = noise(40, 60)
+    radius = 2 * compose.BLUR_MIN_RADIUS - 0.5
+    exact = np.asarray(Image.fromarray(small).filter(ImageFilter.GaussianBlur(radius)))
+    assert np.array_equal(compose.gaussian_blur(small, radius), exact)
+    bike = imaging.decode_image((reference_dir / "images" / "bike.jpg").read_bytes(), imaging.DEFAULT_MAX_PIXELS).rgb
+    for radius in (compose.default_blur_radius(3000, 2000), 80):
+        got = compose.gaussian_blur(bike, radius)
+        full = np.asarray(Image.fromarray(bike).filter(ImageFilter.GaussianBlur(radius)))
+        diff = np.abs(got.astype(np.int16) - full)
+        assert got.shape == bike.shape and diff.mean() <= 0.5 and diff.max() <= 15, (radius, diff.mean(), diff.max())
+
+
 def test_effect_on_a_background_image():
     rgb, mask = noise(40, 60), ramp_mask()
     opts = Options(background_image=b"x", effect="blur", blur_radius=2)

@@ -562,6 +562,36 @@ def test_cutout_over_background_matches_float_formula() -> None:
     np.testing.assert_array_equal(out, expected.astype(np.uint8))
 
 
+def test_cutout_and_blend_same_bytes_with_and_without_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenCV's fast paths (the server's extra) and numpy's (a client-only install) make the same bytes.
+    assert T._cv2 is not None, "the test venv has the server extra, hence OpenCV"
+    rng = np.random.default_rng(8)
+    rgb = rng.integers(0, 256, size=(33, 47, 3), dtype=np.uint8)
+    mask = rng.integers(0, 256, size=(33, 47), dtype=np.uint8)
+    mask[:5] = 0
+    alpha = rng.integers(0, 256, size=(33, 47), dtype=np.uint8)
+    view = T.crop(rgb, T.Box(x=3, y=2, width=20, height=10))  # strided rows, as a crop hands them over
+    cases = [(rgb, mask, None), (rgb, mask, alpha), (view, mask[2:12, 3:23], None)]
+    fast = [T.cutout(*case) for case in cases] + [T.cutout(rgb, mask, background=(9, 99, 199))]
+    monkeypatch.setattr(T, "_cv2", None)
+    plain = [T.cutout(*case) for case in cases] + [T.cutout(rgb, mask, background=(9, 99, 199))]
+    for a, b in zip(fast, plain, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_blend_is_exact_for_every_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every (front, alpha, behind) of 256^3, through OpenCV and through numpy: round(f*a/255 + b*(1-a/255)).
+    values = np.arange(256, dtype=np.uint8)
+    front = np.repeat(values, 65536).reshape(4096, 4096, 1).repeat(3, axis=2)
+    alpha = np.tile(np.repeat(values, 256), 256).reshape(4096, 4096)
+    behind = np.tile(values, 65536).reshape(4096, 4096, 1).repeat(3, axis=2)
+    exact = (front[..., 0].astype(np.uint32) * alpha + behind[..., 0].astype(np.uint32) * (255 - alpha)) / 255
+    want = np.rint(exact).astype(np.uint8)
+    np.testing.assert_array_equal(T.blend(front, alpha, behind)[..., 1], want)
+    monkeypatch.setattr(T, "_cv2", None)
+    np.testing.assert_array_equal(T.blend(front[:64], alpha[:64], behind[:64])[..., 2], want[:64])
+
+
 @pytest.mark.parametrize("background", [(0, 0, 256), (-1, 0, 0), (1, 2), (0.5, 0, 0)])
 def test_cutout_refuses_bad_background(background: tuple) -> None:
     with _invalid("background must be three integers 0..255") as err:
@@ -591,6 +621,24 @@ def test_encode_png_modes_round_trip(
     with Image.open(io.BytesIO(data)) as im:
         assert im.format == "PNG" and im.mode == mode
         np.testing.assert_array_equal(np.asarray(im), array)
+
+
+@pytest.mark.parametrize("writer", ["opencv", "pillow"])
+def test_encode_png_fast_and_small_levels_round_trip(
+    writer: str, reference_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fast levels write with a fixed filter and zlib's RLE strategy, higher ones with the defaults: the
+    # smallest files of a photo.
+    if writer == "pillow":
+        monkeypatch.setattr(T, "_cv2", None)
+    photo = np.asarray(Image.open(reference_dir / "images" / "0003.jpg").convert("RGB"))
+    sizes = {}
+    for level in (0, 1, T.FAST_PNG_LEVEL, T.FAST_PNG_LEVEL + 1, 9):
+        data = T.encode_png(photo, level)
+        sizes[level] = len(data)
+        with Image.open(io.BytesIO(data)) as im:
+            np.testing.assert_array_equal(np.asarray(im), photo)
+    assert sizes[0] > sizes[1] and sizes[9] <= sizes[1]
 
 
 def test_encode_png_accepts_views_and_levels() -> None:

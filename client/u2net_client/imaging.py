@@ -29,6 +29,21 @@ except ImportError:  # pragma: no cover - exercised by the client-only install t
 from u2net_client._errors import U2NetError
 from u2net_client._types import Box
 
+# encode_png at zlib levels up to FAST_PNG_LEVEL: a fixed row filter and zlib's RLE strategy (Z_RLE is 3;
+# Pillow takes the number). Higher levels ask for the smallest file: libpng's and zlib's defaults then.
+FAST_PNG_LEVEL = 3
+_Z_RLE = 3
+_CV2_FAST_PNG = (
+    ()
+    if _cv2 is None
+    else (
+        _cv2.IMWRITE_PNG_FILTER,
+        _cv2.IMWRITE_PNG_FILTER_PAETH,
+        _cv2.IMWRITE_PNG_STRATEGY,
+        _cv2.IMWRITE_PNG_STRATEGY_RLE,
+    )
+)
+
 # The server's default pixel limit (width x height), also the SDK's tensor path's.
 DEFAULT_MAX_PIXELS = 25_000_000
 # zlib level of the PNG output when the caller names none (the server's default, the tensor path's too).
@@ -435,15 +450,38 @@ def cutout(
         _check_mask(alpha, rgb.shape[:2], what="alpha")
         effective = multiply_alpha(mask, alpha)
     if background is None:
-        out = np.dstack((rgb, effective))
         # Fully transparent pixels become (0, 0, 0, 0), as in rembg's cutout: their colour is invisible,
         # and the zero runs halve the PNG and make encoding it ~1.6x faster (3000x2000 photo: 530 -> 330 ms).
+        if _cv2 is not None and effective.size:  # one masked copy and one widening: ~10x faster than numpy's (6 MP: 260 -> 25 ms)
+            out = _cv2.cvtColor(_cv2.bitwise_and(rgb, rgb, mask=effective), _cv2.COLOR_RGB2RGBA)
+            out[..., 3] = effective
+            return out
+        out = np.dstack((rgb, effective))
         out[effective == 0] = 0
         return out
-    bg = _check_background(background)
-    a = effective.astype(np.uint32)[..., None]
-    blended = (rgb.astype(np.uint32) * a + bg * (255 - a) + 127) // 255
-    return blended.astype(np.uint8)
+    return blend(rgb, effective, np.full_like(rgb, _check_background(background)))
+
+
+def blend(front: np.ndarray, alpha: np.ndarray, behind: np.ndarray) -> np.ndarray:
+    """`front` over `behind` with HxW `alpha`: (front * a + behind * (255 - a) + 127) // 255, HxWx3 uint8.
+
+    That rounds the exact blend to the nearest integer (a multiple of 1/255 is never a tie). OpenCV's
+    saturating 16-bit products and its rounding 1/255 scale give the same bytes for every (front, a,
+    behind) (tests/test_imaging.py checks all 2^24) about 2x faster than numpy's uint16 arithmetic.
+    """
+    if _cv2 is not None and alpha.size:  # OpenCV refuses empty arrays
+        a3 = _cv2.merge((alpha, alpha, alpha))
+        total = _cv2.add(
+            _cv2.multiply(front, a3, dtype=_cv2.CV_16U),
+            _cv2.multiply(behind, _cv2.bitwise_not(a3), dtype=_cv2.CV_16U),
+        )
+        return _cv2.convertScaleAbs(total, alpha=1 / 255)
+    a = alpha.astype(np.uint16)[..., None]
+    out = front.astype(np.uint16) * a
+    out += behind.astype(np.uint16) * (255 - a)
+    out += 127
+    out //= 255
+    return out.astype(np.uint8)
 
 
 def multiply_alpha(mask: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -455,7 +493,7 @@ def multiply_alpha(mask: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def _check_background(background: tuple[int, int, int]) -> np.ndarray:
     if len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
         raise _internal(f"background must be three integers 0..255 (r, g, b), got {background}")
-    return np.array(background, dtype=np.uint32)
+    return np.array(background, dtype=np.uint8)
 
 
 def crop(array: np.ndarray, box: Box) -> np.ndarray:
@@ -478,9 +516,13 @@ _PNG_LAYOUTS = ((), (3,), (4,))
 def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     """Encodes an 8-bit array as PNG: HxW as grayscale, HxWx3 as RGB, HxWx4 as RGBA.
 
-    With OpenCV installed (the server's extra) libpng writes it, about 1.5x faster than Pillow at the same
-    zlib level and size (its row filters are cheaper to choose); a client-only install uses Pillow. Either
-    way the pixels are the same: PNG is lossless.
+    At the fast levels (up to FAST_PNG_LEVEL, the default 1 among them) every row is filtered with Paeth
+    and deflated with zlib's RLE strategy. Measured at level 1 on a 6 MP photo's
+    outputs (RGBA cutout, over a colour, a background image or an effect) and its mask, against libpng's
+    default (a filter chosen per row by trying all five, zlib's default strategy): 0.65-0.8x the time, and
+    files 3-20 % smaller (the greyscale effect's 10 % larger). With OpenCV installed (the server's extra)
+    libpng writes it, about 1.3x faster than Pillow; a client-only install uses Pillow (RLE, its own
+    filter choice). Either way the pixels are the same: PNG is lossless.
 
     Args:
         array: uint8 array.
@@ -501,10 +543,20 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     if _cv2 is not None:  # the server's extra has OpenCV: libpng's writer, ~1.5x faster at the same zlib level
         if array.ndim == 3:
             array = _cv2.cvtColor(array, _cv2.COLOR_RGB2BGR if array.shape[2] == 3 else _cv2.COLOR_RGBA2BGRA)
-        ok, encoded = _cv2.imencode(".png", np.ascontiguousarray(array), [_cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+        params = [
+            _cv2.IMWRITE_PNG_COMPRESSION,
+            compress_level,
+            *(_CV2_FAST_PNG if compress_level <= FAST_PNG_LEVEL else ()),
+        ]
+        ok, encoded = _cv2.imencode(".png", np.ascontiguousarray(array), params)
         if not ok:
             raise _internal(f"OpenCV could not encode a {array.shape} PNG")
         return encoded.tobytes()
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=compress_level)
+    Image.fromarray(np.ascontiguousarray(array)).save(
+        buffer,
+        format="PNG",
+        compress_level=compress_level,
+        compress_type=_Z_RLE if compress_level <= FAST_PNG_LEVEL else -1,
+    )
     return buffer.getvalue()
