@@ -258,6 +258,11 @@ def _targets(run: R.EndToEnd) -> list[str]:
             f"with {roof.peer_callers} caller(s) ({roof.peer_images_per_s:.2f} img/s): served ratios stay below it, "
             "measurement noise aside"
         )
+    for share in V.ceiling_shares(run):
+        lines.append(
+            f"- served {share.op} with {share.callers} callers ≥ {share.goal:.0%} of the ceiling (the work around "
+            f"the model nearly free): {share.share:.2f} — {'met' if share.met else 'NOT met'}"
+        )
     for e in V.engine_targets(run):
         head = f"- model-only {e.engine} (the served engine) ≥ {e.goal}× {e.reference}"
         if e.same_engine and e.ratios:

@@ -34,22 +34,42 @@ def _run(cells: list[R.Cell], rows: list[R.ModelOnly], roofline: R.Roofline | No
     )  # fmt: skip
 
 
-def _targets_run() -> R.EndToEnd:
+def _targets_run(kind: str = "cpu-bf16") -> R.EndToEnd:
     cells = [
         _cell("rembg", "cutout", 1, [3.0, 3.0]),
         _cell("rembg", "cutout", 4, [3.3, 3.3]),  # threads overlap rembg's pre/post with inference
         _cell("served", "cutout", 4, [3.8, 3.8]),  # 1.27x the single caller, 1.15x the threaded one
         _cell("served", "mask", 4, [5.1, 5.1]),  # 1.7x and 1.55x
     ]
-    return _run(cells, [R.ModelOnly("onnxruntime", 1, [250.0, 250.0])])
+    return _run(cells, [R.ModelOnly("onnxruntime", 1, [250.0, 250.0])], kind=kind)
 
 
 def test_a_served_target_is_judged_against_the_stronger_rembg() -> None:
-    cutout, mask = V.served_targets(_targets_run())
+    cutout, mask = V.served_targets(_targets_run(kind="cpu-avx2"))
     assert [(v.peer_callers, round(v.ratio.median, 2)) for v in cutout.against] == [(1, 1.27), (4, 1.15)]
-    assert cutout.goal == 1.2 and cutout.met is False  # 1.27x one caller, but not 1.2x the threaded rembg
+    assert cutout.goal == 1.25 and cutout.met is False  # 1.27x one caller, but not 1.25x the threaded rembg
     assert [(v.peer_callers, round(v.ratio.median, 2)) for v in mask.against] == [(1, 1.7), (4, 1.55)]
     assert mask.goal == 1.5 and mask.met is True
+
+
+def test_a_cpu_with_native_bf16_is_held_to_higher_targets() -> None:
+    cutout, mask = V.served_targets(_targets_run(kind="cpu-bf16"))
+    assert (cutout.goal, cutout.met, mask.goal, mask.met) == (1.5, False, 2.0, False)  # 1.15x, 1.55x
+    cutout, mask = V.served_targets(_targets_run(kind="cuda"))  # a GPU record: the every-kind list
+    assert (cutout.goal, mask.goal) == (1.25, 1.5)
+
+
+def test_served_throughput_is_judged_against_the_ceiling() -> None:
+    # The ceiling (the engine alone) runs 4.0 img/s; served cutout 3.8 (0.95 of it), mask 5.1 (1.28: the
+    # mask skips the work a cutout does around the model, and the ceiling is one batch size's figure).
+    shares = V.ceiling_shares(_targets_run())
+    assert [(s.op, s.callers, round(s.share, 2), s.goal, s.met) for s in shares] == [
+        ("cutout", 4, 0.95, 0.9, True),
+        ("mask", 4, 1.27, 0.9, True),
+    ]
+    faster = dataclasses.replace(_targets_run(), model_only=[R.ModelOnly("onnxruntime", 1, [180.0, 180.0])])
+    assert [round(s.share, 2) for s in V.ceiling_shares(faster)] == [0.68, 0.92]
+    assert [s.met for s in V.ceiling_shares(faster)] == [False, True]
 
 
 def test_the_ceiling_is_the_served_engine_alone_over_the_fastest_rembg() -> None:
@@ -62,7 +82,7 @@ def test_the_ceiling_is_the_served_engine_alone_over_the_fastest_rembg() -> None
 def test_a_target_not_measured_has_no_verdict() -> None:
     run = _run([_cell("rembg", "cutout", 1, [3.0]), _cell("served", "cutout", 1, [4.0])], [])
     assert [(t.op, t.met, t.against) for t in V.served_targets(run)] == [("cutout", None, []), ("mask", None, [])]
-    assert V.ceiling(run) is None
+    assert V.ceiling(run) is None and V.ceiling_shares(run) == []
     assert [e.met for e in V.engine_targets(run)] == [None, None]
 
 
@@ -199,9 +219,9 @@ def test_the_recorded_results_load_and_their_verdicts_stand() -> None:
     newest = report.latest(records)
     run = newest["end-to-end", "cpu-bf16"]
     assert isinstance(run, R.EndToEnd)
-    cutout, mask = V.served_targets(run)
-    assert cutout.met and [round(v.ratio.median, 2) for v in cutout.against] == [1.41, 1.28]
-    assert mask.met and [round(v.ratio.median, 2) for v in mask.against] == [1.86, 1.68]
+    cutout, mask = V.served_targets(run)  # native bf16: held to 1.5x and 2x (issue 16), not met yet
+    assert not cutout.met and [round(v.ratio.median, 2) for v in cutout.against] == [1.41, 1.28]
+    assert not mask.met and [round(v.ratio.median, 2) for v in mask.against] == [1.86, 1.68]
     assert all(e.met for e in V.engine_targets(run))
     ceiling = V.ceiling(run)
     assert ceiling is not None and round(ceiling.ratio, 2) == 1.91
