@@ -12,6 +12,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -104,7 +105,12 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 class Segmenter:
-    """Runs a traced U²-Net over batches of requests on one device."""
+    """Runs a traced U²-Net over batches of requests on one device.
+
+    With `threads` > 1 the requests of a batch are decoded, and composed and encoded, on that many threads
+    (Pillow, OpenCV, zlib and numpy's large operations release the GIL): between two model calls the worker
+    would otherwise use one core of the several its inference runs on.
+    """
 
     def __init__(
         self,
@@ -113,12 +119,20 @@ class Segmenter:
         device: torch.device,
         max_pixels: int,
         png_compression: int = 1,
+        threads: int = 1,
     ) -> None:
         self.model = model
         self.variant = variant
         self.device = device
         self.max_pixels = max_pixels
         self.png_compression = png_compression
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="u2serve-pixels") if threads > 1 else None
+
+    def _each(self, fn: Callable[..., object], *items: Sequence[object]) -> list[object]:
+        """fn over the items, in order: on the pool when there is one and more than one item."""
+        if self._pool is None or len(items[0]) < 2:
+            return [fn(*args) for args in zip(*items, strict=True)]
+        return list(self._pool.map(fn, *items))
 
     def run(self, items: Sequence[SegmentRequest | U2ServeError]) -> tuple[list[Outcome], BatchStats]:
         """All three stages over one batch; one Outcome per item, in order."""
@@ -127,24 +141,31 @@ class Segmenter:
     def decode(self, items: Sequence[SegmentRequest | U2ServeError]) -> Batch:
         """Stage 1: decode each image; a bad one becomes its request's error."""
         batch = Batch([Outcome(None, error=i) if isinstance(i, U2ServeError) else Outcome(i) for i in items])
-        for out in batch.outcomes:
-            if out.request is None:
-                continue
-            try:
-                with _timed(out.timings_ms, "decode"):
-                    image = imaging.decode_image(out.request.image, self.max_pixels)
-                    if (background := self._decode_background(out.request.options)) is not None:
-                        batch.backgrounds[id(out)] = background
-            except U2NetError as exc:
-                out.error = from_sdk(exc)
-                continue
-            except Exception as exc:  # a decoder bug must fail this request only, not its batch-mates
-                log.exception("decode failed unexpectedly")
-                out.error = internal_error(exc)
-                continue
-            out.width, out.height = image.size
-            batch.decoded.append((out, image))
+        pending = [out for out in batch.outcomes if out.request is not None]
+        for out, decoded in zip(pending, self._each(self._decode, pending), strict=True):
+            if decoded is not None:
+                image, background = decoded
+                if background is not None:
+                    batch.backgrounds[id(out)] = background
+                batch.decoded.append((out, image))
         return batch
+
+    def _decode(self, out: Outcome) -> tuple[imaging.Decoded, imaging.Decoded | None] | None:
+        """One request's image and background image; None (and the request's error set) when it fails."""
+        assert out.request is not None
+        try:
+            with _timed(out.timings_ms, "decode"):
+                image = imaging.decode_image(out.request.image, self.max_pixels)
+                background = self._decode_background(out.request.options)
+        except U2NetError as exc:
+            out.error = from_sdk(exc)
+            return None
+        except Exception as exc:  # a decoder bug must fail this request only, not its batch-mates
+            log.exception("decode failed unexpectedly")
+            out.error = internal_error(exc)
+            return None
+        out.width, out.height = image.size
+        return image, background
 
     def _decode_background(self, options: Options) -> imaging.Decoded | None:
         """The request's background image, under the input's limits; its faults name it."""
@@ -173,17 +194,12 @@ class Segmenter:
     def compose(self, batch: Batch) -> tuple[list[Outcome], BatchStats]:
         """Stage 3: per request, refine / threshold / cutout / crop / background, and encode."""
         shared = batch.timings_ms
-        for (out, image), mask in zip(batch.decoded, batch.masks, strict=True):
+        for out, _ in batch.decoded:
             out.timings_ms["preprocess"] = shared["preprocess"]
             out.timings_ms["inference"] = shared["inference"]
             out.timings_ms["postprocess"] = shared["postprocess"] / len(batch.decoded)
-            try:
-                self._compose(out, image, mask, batch.backgrounds.get(id(out)))
-            except U2NetError as exc:
-                out.error = from_sdk(exc)
-            except Exception as exc:  # as in decode: one request's failure stays its own
-                log.exception("compose failed unexpectedly")
-                out.error = internal_error(exc)
+        backgrounds = [batch.backgrounds.get(id(out)) for out, _ in batch.decoded]
+        self._each(self._compose_one, batch.decoded, batch.masks, backgrounds)
         totals = dict(shared)
         for stage in ("decode", "encode"):
             totals[stage] = sum(o.timings_ms.get(stage, 0.0) for o in batch.outcomes)
@@ -198,6 +214,19 @@ class Segmenter:
                 torch.cuda.synchronize(self.device)
         with _timed(timings, "postprocess"):
             return masks_from_d0(d0, [d.size for d in images])
+
+    def _compose_one(
+        self, decoded: tuple[Outcome, imaging.Decoded], mask: np.ndarray, background: imaging.Decoded | None
+    ) -> None:
+        """One request's compose and encode; a failure becomes its own error."""
+        out, image = decoded
+        try:
+            self._compose(out, image, mask, background)
+        except U2NetError as exc:
+            out.error = from_sdk(exc)
+        except Exception as exc:  # as in decode: one request's failure stays its own
+            log.exception("compose failed unexpectedly")
+            out.error = internal_error(exc)
 
     def _compose(
         self, out: Outcome, image: imaging.Decoded, mask: np.ndarray, background: imaging.Decoded | None

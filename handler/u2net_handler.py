@@ -39,7 +39,12 @@ class U2NetHandler(BaseHandler):
         serialized = Path(context.manifest["model"]["serializedFile"])
         self.engine = engine.load(self.settings.engine, model_dir, serialized.stem, self.device, threads)
         self.segmenter = Segmenter(
-            self.engine, self.info.variant, self.device, self.settings.max_pixels, self.settings.png_compression
+            self.engine,
+            self.info.variant,
+            self.device,
+            self.settings.max_pixels,
+            self.settings.png_compression,
+            threads=threads,  # the pixel work around the model on as many threads as its inference
         )
         self.model_name = context.manifest["model"]["modelName"]
         version = context.manifest["model"].get("modelVersion", "")

@@ -105,3 +105,38 @@ def test_an_engine_that_raises_fails_its_batch_as_internal_and_the_next_batch_is
     )
     (second,), _ = segmenter.run([SegmentRequest(Task.MASK, _png())])
     assert second.error is None and second.image.startswith(b"\x89PNG")
+
+
+def test_a_batch_on_several_threads_answers_as_on_one_in_order_with_its_own_errors():
+    # Decode, compose and encode run on the worker's threads: same bytes, same order, errors where they were.
+    rng = np.random.default_rng(3)
+
+    def model(x: torch.Tensor) -> torch.Tensor:  # a fixed map per image, from its own pixels
+        return torch.sigmoid(x.mean(dim=1, keepdim=True) * 4)
+
+    def photo(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    items = [
+        SegmentRequest(Task.CUTOUT, photo(64, 48)),
+        SegmentRequest(Task.CUTOUT, b"not an image"),
+        SegmentRequest(Task.MASK, photo(33, 70)),
+        U2ServeError("refused by the codec", Code.INVALID_ARGUMENT),
+        SegmentRequest(Task.CUTOUT, photo(50, 50), Options(background_image=photo(20, 10), effect="greyscale")),
+        SegmentRequest(Task.CUTOUT, photo(40, 40), Options(background_image=b"broken")),
+        SegmentRequest(Task.CUTOUT, photo(90, 30), Options(background=(1, 2, 3), output_format="jpeg")),
+    ]
+    one, _ = _segmenter(model).run(items)
+    threaded = Segmenter(model, VARIANTS["u2netp"], torch.device("cpu"), 1_000_000, threads=3)
+    many, stats = threaded.run(items)
+    assert stats.requests == 7 and stats.images == 4
+    assert [o.error.code if o.error else None for o in many] == [
+        None, Code.INVALID_ARGUMENT, None, Code.INVALID_ARGUMENT, None, Code.INVALID_ARGUMENT, None
+    ]  # fmt: skip
+    assert "background_image" in many[5].error.message
+    for a, b in zip(one, many, strict=True):
+        assert (a.image, a.media_type, a.output_size, a.box) == (b.image, b.media_type, b.output_size, b.box)
+        assert (a.error and a.error.message) == (b.error and b.error.message)
+    assert [o.output_size for o in many if o.error is None] == [(64, 48), (33, 70), (50, 50), (90, 30)]
