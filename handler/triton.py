@@ -11,30 +11,44 @@ writes, per model,
   handler/build.py): the normalised (N, 3, 320, 320) batch in, d0 (N, 1, 320, 320) out.
   `--serving gpu`: `platform: "pytorch_libtorch"` on the GPU. `--serving cpu`: the Python-based backend
   `u2serve_torchscript`, a stand-in for libtorch (which nvidia-pytriton's tritonserver lacks) running the
-  same model.pt. The SDK's protocol="triton" sends its tensors here and does the rest itself
-  (u2net_client.imaging).
+  engine the TorchServe handler runs: `1/` also holds the archive's other engine files (`model.bf16.pt`,
+  `model.onnx`), the config names the archive's `engine` and `threads` settings, and the stand-in loads
+  them with handler.engine's fallback chain (`load_network`), as the handler does. The SDK's
+  protocol="triton" sends its tensors here and does the rest itself (u2net_client.imaging).
 
-The backends go into Triton's backend directory (tools/triton.py). Build-time only: never archived.
+The backends go into Triton's backend directory (tools/triton.py). Never archived; the CPU stand-in
+imports `load_network` from here.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
-from handler import weights
-from handler.build import DEFAULTS
-from handler.engine import trace
+from handler import engine, weights
+from handler.build import DEFAULTS, choose_engine
+from handler.engine import TORCHSCRIPT, Engine, trace
 from handler.model import VARIANTS
-from handler.settings import ARCHIVE_INFO, DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
+from handler.settings import (
+    ARCHIVE_INFO,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_PNG_COMPRESSION,
+    HandlerSettings,
+    SettingsError,
+    worker_threads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +61,9 @@ SEGMENT_BACKEND = "u2serve_segment"
 CPU_NETWORK_BACKEND = "u2serve_torchscript"
 # The segment model's tensors: handler/oip.py's names, as on TorchServe's Open Inference Protocol.
 IMAGE_INPUT, REQUEST_INPUT, RESPONSE_OUTPUT = "image", "u2serve", "u2serve"
+# Engine files in a network's version folder are named `model<suffix>` (handler.engine.file_name):
+# model.pt, libtorch's own file name, is the TorchScript; the CPU stand-in also finds model.bf16.pt, model.onnx.
+ENGINE_STEM = "model"
 
 
 @dataclass(frozen=True)
@@ -57,37 +74,77 @@ class TritonSettings:
     max_queue_delay_us: int = DEFAULTS["cuda"].max_batch_delay_ms * 1000
     instances: int = 1
     kind: str = "KIND_GPU"
-    threads: int = 1  # intra-op threads of the CPU stand-in network
+    # The CPU stand-in's engine and intra-op threads, as the handler's settings (handler/settings.py):
+    # a handler.engine.ENGINES key, and 0 for each instance's share of the cores (worker_threads).
+    threads: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     png_compression: int = DEFAULT_PNG_COMPRESSION
+    engine: str = TORCHSCRIPT
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue_delay_us < 0 or self.instances < 1 or self.threads < 1:
-            raise ValueError(f"{self}: max_batch_size, instances and threads must be >= 1, the queue delay >= 0")
+        if self.max_batch_size < 1 or self.max_queue_delay_us < 0 or self.instances < 1 or self.threads < 0:
+            raise ValueError(f"{self}: max_batch_size and instances must be >= 1, the queue delay and threads >= 0")
         if self.kind not in ("KIND_GPU", "KIND_CPU"):
             raise ValueError(f"kind={self.kind!r}; accepted: KIND_GPU, KIND_CPU")
+        engine.kind(self.engine)
 
     @classmethod
     def for_serving(cls, serving: str) -> TritonSettings:
-        """ "gpu": libtorch on the GPU; "cpu": the stand-in on every core, TorchServe's CPU batching defaults."""
+        """ "gpu": libtorch on the GPU; "cpu": the stand-in with the CPU archives' batching, engine and threads."""
         if serving == "gpu":
             return cls()
         if serving != "cpu":
             raise ValueError(f"serving={serving!r}; accepted: gpu, cpu")
         d = DEFAULTS["cpu"]
-        return cls(d.batch_size, d.max_batch_delay_ms * 1000, 1, "KIND_CPU", threads=max(1, os.cpu_count() or 1))
+        return cls(d.batch_size, d.max_batch_delay_ms * 1000, 1, "KIND_CPU", threads=d.threads, engine=d.engine)
+
+
+def _parameters(params: Mapping[str, str]) -> str:
+    """A ModelConfig's `parameters` entries, string values, in protobuf text format."""
+    return "".join(
+        f'parameters: {{\n  key: "{k}"\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n' for k, v in params.items()
+    )
+
+
+def network_log_line(model: str, loaded: str, configured: str, threads: int) -> str:
+    """What the CPU stand-in logs once it runs: Triton's log says which engine serves `model` (see loaded_engine)."""
+    return f"{model}: {loaded} engine (configured: {configured}), {threads} threads"
+
+
+def loaded_engine(log_text: str, model: str) -> str | None:
+    """The engine the CPU stand-in of network model `model` last logged it runs (network_log_line), or None."""
+    found = re.findall(rf"{re.escape(model)}: (\S+) engine \(configured: ", log_text)
+    return found[-1] if found else None
+
+
+def load_network(params: Mapping[str, str], folder: Path, instances: int) -> tuple[Engine, int]:
+    """The CPU stand-in's engine and its threads, chosen as the TorchServe handler chooses them.
+
+    `params` are the network config's parameters (`engine`, `threads`: the archive's handler settings),
+    `folder` its version folder with the engine files, `instances` how many instances share the cores
+    (the handler's maxWorkers). Sets torch's intra-op threads, then handler.engine.load: the named engine or
+    the first of its fallbacks that can run here (bf16 needs a CPU with native bf16, onnxruntime its wheel).
+    """
+    try:
+        settings = HandlerSettings.from_yaml({k: params[k] for k in ("engine", "threads") if k in params})
+    except SettingsError as exc:
+        raise engine.EngineError(f"{folder}: {exc}") from exc
+    threads = worker_threads(settings.threads, instances)
+    torch.set_num_threads(threads)
+    return engine.load(settings.engine, folder, ENGINE_STEM, torch.device("cpu"), threads), threads
 
 
 def config_pbtxt(name: str, settings: TritonSettings, weights_origin: str) -> str:
     """The network model's config.pbtxt (Triton's ModelConfig in protobuf text format).
 
-    KIND_GPU: Triton's libtorch backend; KIND_CPU: the u2serve_torchscript stand-in, with the same tensors.
+    KIND_GPU: Triton's libtorch backend; KIND_CPU: the u2serve_torchscript stand-in, with the same tensors,
+    running the engine its `engine` parameter names (or a fallback) with `threads` (0: its share of the cores).
     """
     size = VARIANTS[name].input_size
     gpu = settings.kind == "KIND_GPU"
     runtime = 'platform: "pytorch_libtorch"' if gpu else f'backend: "{CPU_NETWORK_BACKEND}"'
     where = "GPU: Triton's libtorch backend" if gpu else f"CPU: {CPU_NETWORK_BACKEND}, a Python stand-in for libtorch"
-    parameter = ("INFERENCE_MODE", "true") if gpu else ("threads", str(settings.threads))
+    params = {"INFERENCE_MODE": "true"} if gpu else {"engine": settings.engine, "threads": str(settings.threads)}
     return f"""# Written by handler/triton.py. U²-Net's network only ({where}); the segment model
 # {name!r} or u2net_client (protocol="triton") decode, preprocess and postprocess. Weights: {weights_origin}.
 name: "{name}{NETWORK_SUFFIX}"
@@ -118,11 +175,7 @@ instance_group [
     kind: {settings.kind}
   }}
 ]
-parameters: {{
-  key: "{parameter[0]}"
-  value: {{ string_value: "{parameter[1]}" }}
-}}
-"""
+{_parameters(params)}"""
 
 
 def segment_config_pbtxt(name: str, settings: TritonSettings, weights_origin: str) -> str:
@@ -133,13 +186,12 @@ def segment_config_pbtxt(name: str, settings: TritonSettings, weights_origin: st
         "network": f"{name}{NETWORK_SUFFIX}",
         "weights": weights_origin,
         "device": "cuda" if gpu else "cpu",
-        "engine": "libtorch" if gpu else f"{CPU_NETWORK_BACKEND} (CPU stand-in for libtorch)",
+        # On the CPU: the engine the stand-in is configured with; it logs the one it loads (a fallback, maybe).
+        "engine": "libtorch" if gpu else f"{settings.engine} ({CPU_NETWORK_BACKEND}, CPU stand-in for libtorch)",
         "max_pixels": str(settings.max_pixels),
         "png_compression": str(settings.png_compression),
     }
-    parameters = "".join(
-        f'parameters: {{\n  key: "{k}"\n  value: {{ string_value: {json.dumps(v)} }}\n}}\n' for k, v in params.items()
-    )
+    parameters = _parameters(params)
     return f"""# Written by handler/triton.py. u2serve's segment model: the encoded image and optionally a serialised
 # u2serve.v1.SegmentRequest in, a serialised SegmentResponse out (as TorchServe's v2 endpoint). The TorchServe
 # handler's pipeline (handler/triton_backends/{SEGMENT_BACKEND}); the network runs in {name}{NETWORK_SUFFIX} (BLS).
@@ -183,23 +235,42 @@ def export(name: str, out: Path, device: torch.device, settings: TritonSettings,
     loaded = weights.load(name, weight_file)
     if loaded.is_random:
         log.warning("%s exported with RANDOM weights (%s)", name, loaded.origin)
+    size = VARIANTS[name].input_size
+    cpu = settings.kind == "KIND_CPU"
+    if cpu:  # the archive's choice for these weights (handler/build.py)
+        settings = dataclasses.replace(settings, engine=choose_engine(settings.engine, loaded))
     folder = _write_pair(out, name, settings, loaded.origin)
-    torch.jit.save(trace(loaded.model, device, VARIANTS[name].input_size), str(folder / MODEL_VERSION / "model.pt"))
+    torch.jit.save(trace(loaded.model, device, size), str(folder / MODEL_VERSION / "model.pt"))
+    for each in engine.chain(settings.engine)[:-1] if cpu else []:  # the TorchScript is model.pt
+        engine.export(each, loaded.model.cpu(), folder / MODEL_VERSION, ENGINE_STEM, size)
     log.info("exported %s to %s (weights: %s, traced on %s)", name, out, loaded.origin, device)
     return folder
 
 
 def export_from_archive(name: str, out: Path, mar: Path, settings: TritonSettings) -> Path:
-    """Write `name`'s pair with the very TorchScript of a TorchServe archive; returns the network's folder."""
+    """Write `name`'s pair with the very TorchScript of a TorchServe archive; returns the network's folder.
+
+    On the CPU the pair also takes the archive's `engine` and `threads` settings and its engine files,
+    so the stand-in runs what the archive's worker runs.
+    """
+    cpu = settings.kind == "KIND_CPU"
     with zipfile.ZipFile(mar) as archive:
-        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]
         info = json.loads(archive.read(ARCHIVE_INFO))
         if info.get("variant") != name:
             raise SystemExit(f"{mar} holds {info.get('variant')!r}, not {name!r}")
-        scripted = archive.read(manifest["model"]["serializedFile"])
+        files = {"model.pt": archive.read(manifest["serializedFile"])}
+        if cpu:
+            handler = HandlerSettings.from_yaml(yaml.safe_load(archive.read(manifest["configFile"])).get("handler"))
+            settings = dataclasses.replace(settings, engine=handler.engine, threads=handler.threads)
+            stem, present = Path(manifest["serializedFile"]).stem, set(archive.namelist())
+            for each in engine.chain(handler.engine)[:-1]:  # a file the archive lacks: the stand-in falls back
+                if (source := engine.file_name(each, stem)) in present:
+                    files[engine.file_name(each, ENGINE_STEM)] = archive.read(source)
     folder = _write_pair(out, name, settings, str(info["weights"]))
-    (folder / MODEL_VERSION / "model.pt").write_bytes(scripted)
-    log.info("exported %s to %s from %s (weights: %s)", name, out, mar, info["weights"])
+    for file, data in files.items():
+        (folder / MODEL_VERSION / file).write_bytes(data)
+    log.info("exported %s to %s from %s (weights: %s, engine: %s)", name, out, mar, info["weights"], settings.engine)
     return folder
 
 
@@ -234,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             args.instances,
             base.kind,
             base.threads,
+            engine=base.engine,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -21,13 +21,15 @@ import grpc
 import numpy as np
 import pytest
 import torch
+import yaml
 from google.protobuf import text_format
 from PIL import Image
 
-from handler import triton
+from handler import engine, precision, triton
 from handler.errors import Code
 from handler.model import VARIANTS
 from handler.pipeline import Segmenter, SegmentRequest, Task
+from handler.settings import HandlerSettings, worker_threads
 from tests import servekit as sk
 from u2net_client import AsyncU2NetClient, Options, U2NetClient, U2NetError, _v2, imaging
 from u2net_client._generated import open_inference_grpc_pb2 as pb
@@ -99,10 +101,54 @@ def test_cpu_repository_runs_the_network_in_the_stand_in(tmp_path, model_store):
     assert (network.backend, network.platform) == (triton.CPU_NETWORK_BACKEND, "")
     assert [g.kind for g in network.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
     segment = parse_config(tmp_path / "u2netp" / "config.pbtxt")
-    assert (
-        segment.parameters["device"].string_value == "cpu" and "stand-in" in segment.parameters["engine"].string_value
-    )
-    assert segment.max_batch_size == 8 and segment.dynamic_batching.max_queue_delay_microseconds == 20_000
+    assert segment.parameters["device"].string_value == "cpu"
+    assert segment.parameters["engine"].string_value.startswith(f"{network.parameters['engine'].string_value} (")
+    assert "stand-in" in segment.parameters["engine"].string_value
+    # TorchServe's CPU batching defaults (handler/build.py), on both models of the pair.
+    for config in (segment, network):
+        assert config.max_batch_size == 8 and config.dynamic_batching.max_queue_delay_microseconds == 20_000
+
+
+def test_cpu_stand_in_picks_the_engine_the_handler_picks(tmp_path, model_store, monkeypatch):
+    """The CPU repository carries the archive's engine files and settings; load_network (the stand-in's
+    choice) picks what the TorchServe handler picks on this CPU, and falls back the same way."""
+    mar = model_store / "u2netp.mar"
+    with zipfile.ZipFile(mar) as archive:
+        handler = HandlerSettings.from_yaml(yaml.safe_load(archive.read("model-config.yaml"))["handler"])
+        archived = {name: archive.read(name) for name in archive.namelist()}
+    folder = triton.export_from_archive("u2netp", tmp_path, mar, triton.TritonSettings.for_serving("cpu"))
+    params = {k: v.string_value for k, v in parse_config(folder / "config.pbtxt").parameters.items()}
+    assert params == {"engine": handler.engine, "threads": str(handler.threads)}
+    assert handler.engine == engine.TORCHSCRIPT_BF16  # the CPU archives' default for the authors' U2NETP
+    version = folder / triton.MODEL_VERSION
+    files = {p.name: p.read_bytes() for p in version.iterdir()}
+    assert files == {
+        engine.file_name(each, triton.ENGINE_STEM): archived[engine.file_name(each, "u2netp")]
+        for each in engine.chain(handler.engine)
+    }
+    assert "model.pt" in files  # libtorch's file name, as on a GPU
+
+    threads = worker_threads(handler.threads, 1)
+    try:
+        picked, used = triton.load_network(params, version, 1)
+        handlers_pick = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else engine.ONNXRUNTIME
+        assert (picked.name, used) == (handlers_pick, threads)
+        with monkeypatch.context() as m:
+            m.setattr(precision, "native_bf16", lambda: False)
+            assert triton.load_network(params, version, 1)[0].name == engine.ONNXRUNTIME
+        (version / "model.bf16.pt").unlink()
+        assert triton.load_network(params, version, 1)[0].name == engine.ONNXRUNTIME
+        (version / "model.onnx").unlink()
+        assert triton.load_network(params, version, 1)[0].name == engine.TORCHSCRIPT
+        assert triton.load_network({**params, "threads": "1"}, version, 2)[1] == 1
+        with pytest.raises(engine.EngineError, match="unknown engine"):
+            triton.load_network({**params, "engine": "tensorrt"}, version, 1)
+    finally:
+        torch.set_num_threads(threads)
+    line = triton.network_log_line("u2netp_network", engine.ONNXRUNTIME, handler.engine, threads)
+    log_text = f"I1202 stub] {line}\nI1202 other: torchscript engine (configured: x)\n"
+    assert triton.loaded_engine(log_text, "u2netp_network") == engine.ONNXRUNTIME
+    assert triton.loaded_engine(log_text, "u2net_network") is None
 
 
 def test_settings_fail_at_once():
@@ -110,6 +156,10 @@ def test_settings_fail_at_once():
         triton.TritonSettings(max_batch_size=0)
     with pytest.raises(ValueError, match="KIND_CPU"):
         triton.TritonSettings(kind="KIND_TPU")
+    with pytest.raises(ValueError, match="threads"):
+        triton.TritonSettings(threads=-1)
+    with pytest.raises(engine.EngineError, match="unknown engine"):
+        triton.TritonSettings(engine="tensorrt")
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))

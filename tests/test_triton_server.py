@@ -26,8 +26,11 @@ import pytest
 import torch
 from PIL import Image
 
+from handler import precision
+from handler.engine import ONNXRUNTIME, TORCHSCRIPT_BF16
 from handler.model import VARIANTS
 from handler.pipeline import Segmenter, SegmentRequest, Task
+from handler.triton import loaded_engine
 from tests.test_triton import archived_model
 from u2net_client import AsyncU2NetClient, RetryPolicy, U2NetClient, U2NetError
 from u2net_client._generated import triton_repository_pb2, u2serve_pb2
@@ -194,12 +197,20 @@ def test_models_describe_and_readiness(triton_server):
         assert info.weights.startswith("u2netp") and info.weights_random is False
         assert (info.batch_size, info.max_batch_delay_ms, info.max_pixels) == (8, 20, 25_000_000)
         assert info.ready_workers == 1 and "stand-in" in info.engine
+        assert info.engine.startswith(f"{TORCHSCRIPT_BF16} (")  # the archive's engine, as TorchServe's describe
         with pytest.raises(U2NetError) as err:
             c.describe("u2nope")
         assert err.value.code == grpc.StatusCode.NOT_FOUND
     with client(triton_server, "triton") as c:
         assert c.model_metadata("u2netp").inputs[0].shape == (-1, 3, 320, 320)  # the network's tensors
         assert c.model_ready("u2netp")
+
+
+def test_the_stand_in_runs_the_engine_the_handler_picks(triton_server):
+    """The CPU stand-in logs the engine it loaded: on this CPU, the one the TorchServe worker runs
+    (tests/test_client_integration.py checks TorchServe's describe with the same rule)."""
+    picked = TORCHSCRIPT_BF16 if precision.native_bf16() else ONNXRUNTIME
+    assert loaded_engine(triton_server.log_file.read_text(), "u2netp_network") == picked, triton_server.log_tail()
 
 
 def test_a_request_without_the_key_is_refused(triton_server):

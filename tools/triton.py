@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The Python-based backends of handler/triton.py's repositories: backends/<name>/model.py.
 PY_BACKENDS = ROOT / "handler" / "triton_backends"
 SEGMENT_BACKEND = "u2serve_segment"
+# The backends that import the handler package: the segment model and the CPU stand-in for libtorch.
+HANDLER_BACKENDS = (SEGMENT_BACKEND, "u2serve_torchscript")
 # The stubs' own environment (see stub_env); gitignored like .venv.
 STUB_ENV = ROOT / ".venv-triton"
 STUB_ENV_MARKER = "u2serve-stub-env.txt"
@@ -121,11 +123,12 @@ def backend_directory(runtime: Runtime, home: Path) -> Path:
     for backend in sorted(PY_BACKENDS.iterdir()):
         if (backend / "model.py").is_file():
             shutil.copytree(backend, backends / backend.name, ignore=shutil.ignore_patterns("__pycache__"))
-    # The segment backend imports the handler package (the TorchServe handler's pipeline), carried beside it.
-    package = backends / SEGMENT_BACKEND / "handler"
-    package.mkdir()
-    for src in (ROOT / "handler").glob("*.py"):
-        shutil.copy2(src, package / src.name)
+    # Both backends import the handler package (the handler's pipeline; its engines), carried beside each.
+    for backend in HANDLER_BACKENDS:
+        package = backends / backend / "handler"
+        package.mkdir()
+        for src in (ROOT / "handler").glob("*.py"):
+            shutil.copy2(src, package / src.name)
     return backends
 
 
