@@ -18,20 +18,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
-from handler import precision
+from handler import engine, precision
 from handler.engine import ONNXRUNTIME, TORCHSCRIPT_BF16
 from handler.model import VARIANTS
 from handler.pipeline import Segmenter, SegmentRequest, Task
+from handler.settings import HandlerSettings
 from handler.triton import loaded_engine
-from tests.test_triton import archived_model
 from u2net_client import AsyncU2NetClient, RetryPolicy, U2NetClient, U2NetError
 from u2net_client._generated import triton_repository_pb2, u2serve_pb2
 from u2net_client.options import Options
@@ -55,9 +57,14 @@ def reference_images(reference_dir) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def torchserve_segmenter(model_store) -> Segmenter:
-    """The TorchServe handler's pipeline over the archive's TorchScript, in-process."""
-    return Segmenter(archived_model(model_store, "u2netp"), VARIANTS["u2netp"], torch.device("cpu"), 25_000_000)
+def torchserve_segmenter(model_store, tmp_path_factory) -> Segmenter:
+    """The TorchServe handler's pipeline with the engine its worker loads from the archive on this CPU, in-process."""
+    unpacked = tmp_path_factory.mktemp("u2netp_mar")
+    with zipfile.ZipFile(model_store / "u2netp.mar") as mar:
+        mar.extractall(unpacked)
+    settings = HandlerSettings.from_yaml(yaml.safe_load((unpacked / "model-config.yaml").read_text())["handler"])
+    network = engine.load(settings.engine, unpacked, "u2netp", torch.device("cpu"))
+    return Segmenter(network, VARIANTS["u2netp"], torch.device("cpu"), 25_000_000)
 
 
 def _png(width: int = 64, height: int = 48) -> bytes:
