@@ -9,8 +9,8 @@
   callers over one connection pool, against the SDK's gRPC cells with as many callers.
 - triton (issue 15): a real tritonserver (tools/triton.py) started here on free ports, serving the
   repository handler/triton.py writes from the same archive (`--serving cpu`: the CPU stand-in for
-  libtorch), called through the SDK with protocol="v2" at the run's concurrencies; the batches it formed
-  come from Triton's statistics API.
+  libtorch, running the archive's engine as the TorchServe worker does), called through the SDK with
+  protocol="v2" at the run's concurrencies; the batches it formed come from Triton's statistics API.
 
 Each group is a step of bench.py's rounds (their order rotates from round to round), so every ratio is
 taken within one round. `--no-options`, `--no-web`, `--no-triton` leave a group out; the record says why.
@@ -246,7 +246,7 @@ class TritonPath:
 @contextlib.contextmanager
 def triton(model: str, store: Path, callers: Sequence[int]) -> Iterator[TritonPath]:
     """tritonserver on free ports serving `model`'s repository written from `store`'s archive; stopped after."""
-    from handler.triton import TritonSettings, export_from_archive
+    from handler.triton import NETWORK_SUFFIX, TritonSettings, export_from_archive, loaded_engine
     from tools.triton import Ports, start
 
     settings = TritonSettings.for_serving(TRITON_SERVING)
@@ -264,8 +264,13 @@ def triton(model: str, store: Path, callers: Sequence[int]) -> Iterator[TritonPa
                 server.grpc_target, server.grpc_target, key_file=server.key_file, timeout=600, protocol="v2"
             ) as client:
                 info = client.describe(model)
+                # describe() names the configured engine; the stand-in's log, the one it loaded (maybe a fallback).
+                runs = loaded_engine(server.log_file.read_text(errors="replace"), f"{model}{NETWORK_SUFFIX}")
+                engine = info.engine
+                if runs is not None and not (engine or "").startswith(f"{runs} ("):
+                    engine = f"{runs} (the stand-in's fallback; configured: {engine})"
                 served = R.TritonServed(
-                    version=version, model=info.name, device=info.device, engine=info.engine, weights=info.weights,
+                    version=version, model=info.name, device=info.device, engine=engine, weights=info.weights,
                     max_batch_size=settings.max_batch_size, max_queue_delay_us=settings.max_queue_delay_us,
                     repository=f"python -m handler.triton --from-store {store.name} --serving {TRITON_SERVING}",
                 )  # fmt: skip
