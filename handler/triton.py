@@ -80,10 +80,14 @@ class TritonSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     png_compression: int = DEFAULT_PNG_COMPRESSION
     engine: str = TORCHSCRIPT
+    # The network's own batcher delay; None: max_queue_delay_us. The segment model's batcher has waited already.
+    network_queue_delay_us: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue_delay_us < 0 or self.instances < 1 or self.threads < 0:
-            raise ValueError(f"{self}: max_batch_size and instances must be >= 1, the queue delay and threads >= 0")
+        if self.max_batch_size < 1 or min(self.max_queue_delay_us, self.network_delay_us) < 0 or self.instances < 1:
+            raise ValueError(f"{self}: max_batch_size and instances must be >= 1, the queue delays >= 0")
+        if self.threads < 0:
+            raise ValueError(f"threads={self.threads}; must be >= 0 (0: each instance's share of the cores)")
         if self.kind not in ("KIND_GPU", "KIND_CPU"):
             raise ValueError(f"kind={self.kind!r}; accepted: KIND_GPU, KIND_CPU")
         engine.kind(self.engine)
@@ -96,7 +100,17 @@ class TritonSettings:
         if serving != "cpu":
             raise ValueError(f"serving={serving!r}; accepted: gpu, cpu")
         d = DEFAULTS["cpu"]
-        return cls(d.batch_size, d.max_batch_delay_ms * 1000, 1, "KIND_CPU", threads=d.threads, engine=d.engine)
+        # The network waits no more: TorchServe waits once per batch, here the segment model's batcher does
+        # (a 20 ms second wait measured on every v2 batch); requests queued while it runs still form a batch.
+        return cls(
+            d.batch_size, d.max_batch_delay_ms * 1000, 1, "KIND_CPU", d.threads, engine=d.engine,
+            network_queue_delay_us=0,
+        )  # fmt: skip
+
+    @property
+    def network_delay_us(self) -> int:
+        """The network model's dynamic-batcher delay."""
+        return self.max_queue_delay_us if self.network_queue_delay_us is None else self.network_queue_delay_us
 
 
 def _parameters(params: Mapping[str, str]) -> str:
@@ -145,6 +159,14 @@ def config_pbtxt(name: str, settings: TritonSettings, weights_origin: str) -> st
     runtime = 'platform: "pytorch_libtorch"' if gpu else f'backend: "{CPU_NETWORK_BACKEND}"'
     where = "GPU: Triton's libtorch backend" if gpu else f"CPU: {CPU_NETWORK_BACKEND}, a Python stand-in for libtorch"
     params = {"INFERENCE_MODE": "true"} if gpu else {"engine": settings.engine, "threads": str(settings.threads)}
+    delay_note = (
+        "# The delay TorchServe's archives use for this device (handler/build.py DEFAULTS, "
+        'README "Batching defaults");\n'
+        "# a call from the segment model is a whole batch already."
+        if settings.network_queue_delay_us is None
+        else "# The segment model's batcher waited already (TorchServe waits once per batch); a call from it is a\n"
+        "# whole batch, and requests queued while the network runs still form one."
+    )
     return f"""# Written by handler/triton.py. U²-Net's network only ({where}); the segment model
 # {name!r} or u2net_client (protocol="triton") decode, preprocess and postprocess. Weights: {weights_origin}.
 name: "{name}{NETWORK_SUFFIX}"
@@ -164,10 +186,9 @@ output [
     dims: [ 1, {size}, {size} ]
   }}
 ]
-# The delay TorchServe's archives use for this device (handler/build.py DEFAULTS, README "Batching defaults");
-# a call from the segment model is a whole batch already.
+{delay_note}
 dynamic_batching {{
-  max_queue_delay_microseconds: {settings.max_queue_delay_us}
+  max_queue_delay_microseconds: {settings.network_delay_us}
 }}
 instance_group [
   {{
@@ -299,13 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     base = TritonSettings.for_serving(args.serving)
     try:
-        settings = TritonSettings(
-            args.max_batch_size or base.max_batch_size,
-            base.max_queue_delay_us if args.queue_delay_us is None else args.queue_delay_us,
-            args.instances,
-            base.kind,
-            base.threads,
-            engine=base.engine,
+        settings = dataclasses.replace(
+            base,
+            max_batch_size=args.max_batch_size or base.max_batch_size,
+            max_queue_delay_us=base.max_queue_delay_us if args.queue_delay_us is None else args.queue_delay_us,
+            instances=args.instances,
         )
     except ValueError as exc:
         parser.error(str(exc))

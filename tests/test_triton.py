@@ -104,9 +104,11 @@ def test_cpu_repository_runs_the_network_in_the_stand_in(tmp_path, model_store):
     assert segment.parameters["device"].string_value == "cpu"
     assert segment.parameters["engine"].string_value.startswith(f"{network.parameters['engine'].string_value} (")
     assert "stand-in" in segment.parameters["engine"].string_value
-    # TorchServe's CPU batching defaults (handler/build.py), on both models of the pair.
-    for config in (segment, network):
-        assert config.max_batch_size == 8 and config.dynamic_batching.max_queue_delay_microseconds == 20_000
+    # TorchServe's CPU batching defaults (handler/build.py): batches of 8 after 20 ms, waited for once (by the
+    # segment model's batcher), as TorchServe waits once per batch.
+    assert segment.max_batch_size == network.max_batch_size == 8
+    assert segment.dynamic_batching.max_queue_delay_microseconds == 20_000
+    assert network.dynamic_batching.max_queue_delay_microseconds == 0
 
 
 def test_cpu_stand_in_picks_the_engine_the_handler_picks(tmp_path, model_store, monkeypatch):
