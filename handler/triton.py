@@ -17,7 +17,7 @@ writes, per model,
   protocol="triton" sends its tensors here and does the rest itself (u2net_client.imaging).
 
 The backends go into Triton's backend directory (tools/triton.py). Never archived; the CPU stand-in
-imports `load_network` from here.
+imports `load_network`, both backends `instance_threads` from here.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -131,21 +132,40 @@ def loaded_engine(log_text: str, model: str) -> str | None:
     return found[-1] if found else None
 
 
-def load_network(params: Mapping[str, str], folder: Path, instances: int) -> tuple[Engine, int]:
+def instance_threads(config: Mapping[str, Any]) -> int:
+    """Threads for one instance of a u2serve Python-based backend, from its model config (Triton's JSON).
+
+    The `threads` parameter is the archive's handler setting, read as the handler reads it (worker_threads;
+    0: the instance's share of the cores), the instances of the config's instance groups standing for
+    TorchServe's workers. 1 when the config names no threads (a GPU repository's segment model).
+    """
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    if "threads" not in params:
+        return 1
+    try:
+        configured = HandlerSettings.from_yaml({"threads": params["threads"]}).threads
+    except SettingsError as exc:
+        raise ValueError(f"{config.get('name')}: {exc}") from exc
+    instances = sum(max(int(group.get("count", 1)), 1) for group in config.get("instance_group", [])) or 1
+    return worker_threads(configured, instances)
+
+
+def load_network(config: Mapping[str, Any], folder: Path) -> tuple[Engine, int]:
     """The CPU stand-in's engine and its threads, chosen as the TorchServe handler chooses them.
 
-    `params` are the network config's parameters (`engine`, `threads`: the archive's handler settings),
-    `folder` its version folder with the engine files, `instances` how many instances share the cores
-    (the handler's maxWorkers). Sets torch's intra-op threads, then handler.engine.load: the named engine or
-    the first of its fallbacks that can run here (bf16 needs a CPU with native bf16, onnxruntime its wheel).
+    `config` is the network's model config (Triton's JSON): its `engine` and `threads` parameters are the
+    archive's handler settings; `folder` its version folder with the engine files. Sets torch's intra-op
+    threads (instance_threads), then handler.engine.load: the named engine or the first of its fallbacks that
+    can run here (bf16 needs a CPU with native bf16, onnxruntime its wheel, each its file).
     """
+    name = config.get("parameters", {}).get("engine", {}).get("string_value", TORCHSCRIPT)
     try:
-        settings = HandlerSettings.from_yaml({k: params[k] for k in ("engine", "threads") if k in params})
+        chosen = HandlerSettings.from_yaml({"engine": name}).engine
     except SettingsError as exc:
         raise engine.EngineError(f"{folder}: {exc}") from exc
-    threads = worker_threads(settings.threads, instances)
+    threads = instance_threads(config)
     torch.set_num_threads(threads)
-    return engine.load(settings.engine, folder, ENGINE_STEM, torch.device("cpu"), threads), threads
+    return engine.load(chosen, folder, ENGINE_STEM, torch.device("cpu"), threads), threads
 
 
 def config_pbtxt(name: str, settings: TritonSettings, weights_origin: str) -> str:
@@ -212,6 +232,8 @@ def segment_config_pbtxt(name: str, settings: TritonSettings, weights_origin: st
         "max_pixels": str(settings.max_pixels),
         "png_compression": str(settings.png_compression),
     }
+    if not gpu:  # the pixel work around the network on as many threads as the handler's (instance_threads)
+        params["threads"] = str(settings.threads)
     parameters = _parameters(params)
     return f"""# Written by handler/triton.py. u2serve's segment model: the encoded image and optionally a serialised
 # u2serve.v1.SegmentRequest in, a serialised SegmentResponse out (as TorchServe's v2 endpoint). The TorchServe

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from PIL import Image
 
 from handler import engine, precision, triton
@@ -119,7 +119,9 @@ def test_cpu_stand_in_picks_the_engine_the_handler_picks(tmp_path, model_store, 
         handler = HandlerSettings.from_yaml(yaml.safe_load(archive.read("model-config.yaml"))["handler"])
         archived = {name: archive.read(name) for name in archive.namelist()}
     folder = triton.export_from_archive("u2netp", tmp_path, mar, triton.TritonSettings.for_serving("cpu"))
-    params = {k: v.string_value for k, v in parse_config(folder / "config.pbtxt").parameters.items()}
+    # The config as Triton hands it to a Python-based backend: JSON with the proto's field names.
+    config = json_format.MessageToDict(parse_config(folder / "config.pbtxt"), preserving_proto_field_name=True)
+    params = {k: v["string_value"] for k, v in config["parameters"].items()}
     assert params == {"engine": handler.engine, "threads": str(handler.threads)}
     assert handler.engine == engine.TORCHSCRIPT_BF16  # the CPU archives' default for the authors' U2NETP
     version = folder / triton.MODEL_VERSION
@@ -130,21 +132,37 @@ def test_cpu_stand_in_picks_the_engine_the_handler_picks(tmp_path, model_store, 
     }
     assert "model.pt" in files  # libtorch's file name, as on a GPU
 
+    # Threads as the handler's: the share of the cores per instance (per TorchServe worker), for both
+    # models of the pair; a GPU repository's segment model keeps one.
     threads = worker_threads(handler.threads, 1)
+    segment = json_format.MessageToDict(
+        parse_config(tmp_path / "u2netp" / "config.pbtxt"), preserving_proto_field_name=True
+    )
+    assert triton.instance_threads(segment) == triton.instance_threads(config) == threads
+    assert triton.instance_threads({**config, "instance_group": [{"count": 2}]}) == worker_threads(handler.threads, 2)
+    gpu = triton.segment_config_pbtxt("u2netp", triton.TritonSettings(), "w")
+    gpu_segment = json_format.MessageToDict(
+        text_format.Parse(gpu, model_config_pb2.ModelConfig()), preserving_proto_field_name=True
+    )
+    assert triton.instance_threads(gpu_segment) == 1
+
+    def load(changes: dict[str, str] | None = None) -> tuple[engine.Engine, int]:
+        parameters = {k: {"string_value": v} for k, v in {**params, **(changes or {})}.items()}
+        return triton.load_network({**config, "parameters": parameters}, version)
+
     try:
-        picked, used = triton.load_network(params, version, 1)
         handlers_pick = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else engine.ONNXRUNTIME
-        assert (picked.name, used) == (handlers_pick, threads)
+        assert triton.load_network(config, version)[0].name == handlers_pick
+        assert load()[1] == threads and load({"threads": "1"})[1] == 1
         with monkeypatch.context() as m:
             m.setattr(precision, "native_bf16", lambda: False)
-            assert triton.load_network(params, version, 1)[0].name == engine.ONNXRUNTIME
+            assert load()[0].name == engine.ONNXRUNTIME
         (version / "model.bf16.pt").unlink()
-        assert triton.load_network(params, version, 1)[0].name == engine.ONNXRUNTIME
+        assert load()[0].name == engine.ONNXRUNTIME
         (version / "model.onnx").unlink()
-        assert triton.load_network(params, version, 1)[0].name == engine.TORCHSCRIPT
-        assert triton.load_network({**params, "threads": "1"}, version, 2)[1] == 1
+        assert load()[0].name == engine.TORCHSCRIPT
         with pytest.raises(engine.EngineError, match="unknown engine"):
-            triton.load_network({**params, "engine": "tensorrt"}, version, 1)
+            load({"engine": "tensorrt"})
     finally:
         torch.set_num_threads(threads)
     line = triton.network_log_line("u2netp_network", engine.ONNXRUNTIME, handler.engine, threads)

@@ -29,6 +29,7 @@ from handler.errors import Code, U2ServeError
 from handler.model import VARIANTS
 from handler.pipeline import Outcome, Segmenter, SegmentRequest
 from handler.settings import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
+from handler.triton import instance_threads
 
 NETWORK_INPUT, NETWORK_OUTPUT = "INPUT__0", "OUTPUT__0"
 # Triton's error codes by name: the stub binds pb_utils.TritonError only once the model runs, not at import.
@@ -49,13 +50,16 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.network = params["network"]
         self.served = codec.Served(args["model_name"], args["model_version"], params.get("weights", ""))
-        torch.set_num_threads(int(params.get("threads", "1")))
+        # The handler's threads on a CPU repository (both for torch and the pixel work around the network); 1 on a GPU.
+        threads = instance_threads(config)
+        torch.set_num_threads(threads)
         self.segmenter = Segmenter(
             self._run_network,
             VARIANTS[params["variant"]],
             torch.device("cpu"),
             int(params.get("max_pixels", DEFAULT_MAX_PIXELS)),
             int(params.get("png_compression", DEFAULT_PNG_COMPRESSION)),
+            threads=threads,
         )
 
     def execute(self, triton_requests: list[Any]) -> list[Any]:

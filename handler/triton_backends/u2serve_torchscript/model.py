@@ -35,10 +35,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        # Instances share the cores as TorchServe's workers do (the handler's maxWorkers).
-        instances = sum(max(int(g.get("count", 1)), 1) for g in config.get("instance_group", [])) or 1
-        folder = Path(args["model_repository"]) / args["model_version"]
-        self.engine, threads = load_network(params, folder, instances)
+        self.engine, threads = load_network(config, Path(args["model_repository"]) / args["model_version"])
         size = int(config["input"][0]["dims"][-1])
         # The first TorchScript calls profile and optimise the graph; pay that before traffic.
         for _ in range(2):
