@@ -287,3 +287,20 @@ def test_every_field_row_parses_its_own_placeholder():
 def test_rembg_defaults_are_the_operators_model():
     call = rembg.parse({}, ("u2netp", "u2net"), "u2netp")
     assert (call.task, call.model, call.kwargs) == ("cutout", "u2netp", {})
+
+
+def test_uvicorn_serves_on_uvloop_and_httptools(tmp_path):
+    # The web extra installs them and uvicorn's "auto" picks them: on a machine the gateway shares with
+    # TorchServe, its CPU per request (about half of it in asyncio's and h11's Python code) is the model's loss.
+    import uvicorn
+    import uvloop
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    config = uvicorn.Config(create_app(Settings(key_file=tmp_path / "key_file.json")))
+    loop = config.get_loop_factory()()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    assert AutoHTTPProtocol is HttpToolsProtocol
