@@ -343,6 +343,12 @@ def test_bad_arguments_exit_2_before_reading_anything(server, clip, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def _sigint_as_on_a_terminal() -> None:
+    # A shell without job control starts its background jobs with SIGINT ignored, and a Python started so
+    # keeps ignoring it (no KeyboardInterrupt): the test may run so; the child gets Ctrl-C as a terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_and_leaves_nothing(server, client, subject, tmp_path):
     src = tmp_path / "long.mp4"
     vc.write_clip(src, vc.moving_clip(subject, 200, step=1), fps=25, audio=True)
@@ -352,7 +358,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_nothing(server, client, subject, tmp_pa
     proc = subprocess.Popen(
         [sys.executable, "-m", "u2net_client", "video", str(src), "-o", str(out_dir / "long.webm"), *conn,
          "--key-file", str(server.key_file), "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=_sigint_as_on_a_terminal,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
