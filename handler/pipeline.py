@@ -89,10 +89,23 @@ class Batch:
     """A batch between stages."""
 
     outcomes: list[Outcome]
-    decoded: list[tuple[Outcome, imaging.Decoded]] = field(default_factory=list)
-    backgrounds: dict[int, imaging.Decoded] = field(default_factory=dict)  # by id() of the Outcome
+    # Each decoded request with its image and its background image (None without one).
+    decoded: list[tuple[Outcome, imaging.Decoded, imaging.Decoded | None]] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _own_failure(out: Outcome, stage: str) -> Iterator[None]:
+    """A failure of one request in `stage` becomes that request's error, its batch-mates unaffected: the
+    SDK's code for a U2NetError (the caller's fault or ours, as it says), INTERNAL for anything else."""
+    try:
+        yield
+    except U2NetError as exc:
+        out.error = from_sdk(exc)
+    except Exception as exc:  # a decoder or compose bug must fail this request only
+        log.exception("%s failed unexpectedly", stage)
+        out.error = internal_error(exc)
 
 
 @contextmanager
@@ -142,30 +155,19 @@ class Segmenter:
         """Stage 1: decode each image; a bad one becomes its request's error."""
         batch = Batch([Outcome(None, error=i) if isinstance(i, U2ServeError) else Outcome(i) for i in items])
         pending = [out for out in batch.outcomes if out.request is not None]
-        for out, decoded in zip(pending, self._each(self._decode, pending), strict=True):
-            if decoded is not None:
-                image, background = decoded
-                if background is not None:
-                    batch.backgrounds[id(out)] = background
-                batch.decoded.append((out, image))
+        decoded = self._each(self._decode, pending)
+        batch.decoded = [(out, *images) for out, images in zip(pending, decoded, strict=True) if images is not None]
         return batch
 
     def _decode(self, out: Outcome) -> tuple[imaging.Decoded, imaging.Decoded | None] | None:
         """One request's image and background image; None (and the request's error set) when it fails."""
         assert out.request is not None
-        try:
-            with _timed(out.timings_ms, "decode"):
-                image = imaging.decode_image(out.request.image, self.max_pixels)
-                background = self._decode_background(out.request.options)
-        except U2NetError as exc:
-            out.error = from_sdk(exc)
-            return None
-        except Exception as exc:  # a decoder bug must fail this request only, not its batch-mates
-            log.exception("decode failed unexpectedly")
-            out.error = internal_error(exc)
-            return None
-        out.width, out.height = image.size
-        return image, background
+        with _own_failure(out, "decode"), _timed(out.timings_ms, "decode"):
+            image = imaging.decode_image(out.request.image, self.max_pixels)
+            background = self._decode_background(out.request.options)
+            out.width, out.height = image.size
+            return image, background
+        return None
 
     def _decode_background(self, options: Options) -> imaging.Decoded | None:
         """The request's background image, under the input's limits; its faults name it."""
@@ -182,11 +184,11 @@ class Segmenter:
         if not batch.decoded:
             return batch
         try:
-            batch.masks = self._masks([d for _, d in batch.decoded], batch.timings_ms)
+            batch.masks = self._masks([image for _, image, _ in batch.decoded], batch.timings_ms)
         except Exception as exc:
             log.exception("the model failed on a batch of %d", len(batch.decoded))
             error = from_sdk(exc) if isinstance(exc, U2NetError) else internal_error(exc)
-            for out, _ in batch.decoded:
+            for out, _, _ in batch.decoded:
                 out.error = U2ServeError(error.message, Code.INTERNAL)
             batch.decoded = []
         return batch
@@ -194,12 +196,11 @@ class Segmenter:
     def compose(self, batch: Batch) -> tuple[list[Outcome], BatchStats]:
         """Stage 3: per request, refine / threshold / cutout / crop / background, and encode."""
         shared = batch.timings_ms
-        for out, _ in batch.decoded:
+        for out, _, _ in batch.decoded:
             out.timings_ms["preprocess"] = shared["preprocess"]
             out.timings_ms["inference"] = shared["inference"]
             out.timings_ms["postprocess"] = shared["postprocess"] / len(batch.decoded)
-        backgrounds = [batch.backgrounds.get(id(out)) for out, _ in batch.decoded]
-        self._each(self._compose_one, batch.decoded, batch.masks, backgrounds)
+        self._each(self._compose_one, batch.decoded, batch.masks)
         totals = dict(shared)
         for stage in ("decode", "encode"):
             totals[stage] = sum(o.timings_ms.get(stage, 0.0) for o in batch.outcomes)
@@ -215,18 +216,11 @@ class Segmenter:
         with _timed(timings, "postprocess"):
             return masks_from_d0(d0, [d.size for d in images])
 
-    def _compose_one(
-        self, decoded: tuple[Outcome, imaging.Decoded], mask: np.ndarray, background: imaging.Decoded | None
-    ) -> None:
+    def _compose_one(self, decoded: tuple[Outcome, imaging.Decoded, imaging.Decoded | None], mask: np.ndarray) -> None:
         """One request's compose and encode; a failure becomes its own error."""
-        out, image = decoded
-        try:
+        out, image, background = decoded
+        with _own_failure(out, "compose"):
             self._compose(out, image, mask, background)
-        except U2NetError as exc:
-            out.error = from_sdk(exc)
-        except Exception as exc:  # as in decode: one request's failure stays its own
-            log.exception("compose failed unexpectedly")
-            out.error = internal_error(exc)
 
     def _compose(
         self, out: Outcome, image: imaging.Decoded, mask: np.ndarray, background: imaging.Decoded | None

@@ -34,16 +34,6 @@ from u2net_client._types import Box
 # higher levels ask for the smallest file: libpng's and zlib's defaults then.
 FAST_PNG_LEVEL = 3
 _Z_RLE = 3
-_CV2_FAST_PNG = (
-    ()
-    if _cv2 is None
-    else (
-        _cv2.IMWRITE_PNG_FILTER,
-        _cv2.IMWRITE_PNG_FILTER_PAETH,
-        _cv2.IMWRITE_PNG_STRATEGY,
-        _cv2.IMWRITE_PNG_STRATEGY_RLE,
-    )
-)
 
 # The server's default pixel limit (width x height), also the SDK's tensor path's.
 DEFAULT_MAX_PIXELS = 25_000_000
@@ -453,9 +443,9 @@ def cutout(
     if background is None:
         # Fully transparent pixels become (0, 0, 0, 0), as in rembg's cutout: their colour is invisible,
         # and the zero runs halve the PNG and make encoding it ~1.6x faster (3000x2000 photo: 530 -> 330 ms).
-        if (
-            _cv2 is not None and effective.size
-        ):  # one masked copy and one widening: ~10x faster than numpy's (6 MP: 260 -> 25 ms)
+        # OpenCV (when installed, and the image is not empty): one masked copy and one widening, ~10x faster
+        # than numpy's (6 MP: 260 -> 25 ms).
+        if _cv2 is not None and effective.size:
             out = _cv2.cvtColor(_cv2.bitwise_and(rgb, rgb, mask=effective), _cv2.COLOR_RGB2RGBA)
             out[..., 3] = effective
             return out
@@ -513,9 +503,15 @@ def crop(array: np.ndarray, box: Box) -> np.ndarray:
 
 
 def _cv2_png_params(level: int) -> tuple[int, ...]:
+    """OpenCV's PNG settings beyond the zlib level (see the comment on FAST_PNG_LEVEL)."""
     if level == 0:
         return (_cv2.IMWRITE_PNG_FILTER, _cv2.IMWRITE_PNG_FILTER_NONE)
-    return _CV2_FAST_PNG if level <= FAST_PNG_LEVEL else ()
+    if level <= FAST_PNG_LEVEL:
+        return (
+            _cv2.IMWRITE_PNG_FILTER, _cv2.IMWRITE_PNG_FILTER_PAETH,
+            _cv2.IMWRITE_PNG_STRATEGY, _cv2.IMWRITE_PNG_STRATEGY_RLE,
+        )  # fmt: skip
+    return ()
 
 
 # PIL infers the PNG mode from the trailing shape: () "L", (3,) "RGB", (4,) "RGBA".
@@ -549,14 +545,10 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     layout = array.shape[2:] if array.ndim == 3 else () if array.ndim == 2 else None
     if array.dtype != np.uint8 or layout not in _PNG_LAYOUTS:
         raise _internal(f"PNG output needs an HxW, HxWx3 or HxWx4 uint8 array, got {array.dtype} {array.shape}")
-    if _cv2 is not None:  # the server's extra has OpenCV: libpng's writer, ~1.5x faster at the same zlib level
+    if _cv2 is not None:  # the server's extra has OpenCV: libpng's writer, ~1.3x faster than Pillow's
         if array.ndim == 3:
             array = _cv2.cvtColor(array, _cv2.COLOR_RGB2BGR if array.shape[2] == 3 else _cv2.COLOR_RGBA2BGRA)
-        params = [
-            _cv2.IMWRITE_PNG_COMPRESSION,
-            compress_level,
-            *_cv2_png_params(compress_level),
-        ]
+        params = [_cv2.IMWRITE_PNG_COMPRESSION, compress_level, *_cv2_png_params(compress_level)]
         ok, encoded = _cv2.imencode(".png", np.ascontiguousarray(array), params)
         if not ok:
             raise _internal(f"OpenCV could not encode a {array.shape} PNG")
