@@ -64,7 +64,7 @@ def _eager(s: Setup) -> Run:
 
 def _torchscript(s: Setup) -> Run:
     path = E.export(E.TORCHSCRIPT, s.model, s.work, s.name, s.size)
-    return E.TorchScriptEngine(path, torch.device("cpu"))
+    return E.TorchScriptEngine(path, torch.device("cpu"), s.threads)
 
 
 def _torchscript_ofi(s: Setup) -> Run:
@@ -148,9 +148,10 @@ def _bf16(fp32_blocks: Sequence[str]) -> Callable[[Setup], Run]:
 
 
 def _torchscript_bf16(s: Setup) -> Run:
-    # What a CPU archive serves on a CPU with native bf16: the frozen trace, one image at a time.
+    # What a CPU archive serves on a CPU with native bf16: the frozen trace, image by image (engine.Streams).
     _require_native_bf16()
-    return E.TorchScriptBF16Engine(E.export(E.TORCHSCRIPT_BF16, s.model, s.work, s.name, s.size), torch.device("cpu"))
+    path = E.export(E.TORCHSCRIPT_BF16, s.model, s.work, s.name, s.size)
+    return E.TorchScriptBF16Engine(path, torch.device("cpu"), s.threads)
 
 
 def _openvino(precision: str) -> Callable[[Setup], Run]:

@@ -16,10 +16,10 @@ import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -49,8 +49,52 @@ class Engine(ABC):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+ImageRun = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Streams:
+    """A CPU batch run image by image: a lone image on all of the runtime's threads; several images, where
+    the engine runs them side by side, on as many single-threaded runs at once, one per thread.
+
+    U2NETP's convolutions at 320x320 keep two threads only partly busy: on a 2-core CPU two single-threaded
+    bf16 runs side by side served 5.2-5.5 img/s where one two-threaded run after the other served 3.6-4.8,
+    and the worker still peaked at 686 MiB on a batch of the 8 largest reference images (malloc arenas
+    capped, handler/settings.py). In fp32 two images' activations at once break the 800 MiB bound
+    (tests/test_memory.py: onnxruntime 958 MiB for 2.4-2.9 against 2.3 img/s, TorchScript 815 MiB), so the
+    fp32 engines run one image after the other. A batch that does not divide into the streams runs its
+    last images on all threads. The model-only study measures each engine the same way.
+
+    Args:
+        threads: The runtime's threads (0: torch's count); 1 runs every image on the caller's thread.
+        narrow: Called once in each stream's thread, to make the runtime single-threaded there.
+        side_by_side: False runs every image on all threads, one after the other.
+    """
+
+    def __init__(self, threads: int, narrow: Callable[[], None] | None = None, side_by_side: bool = True) -> None:
+        self.width = threads if threads > 0 else torch.get_num_threads()
+        self._pool = (
+            ThreadPoolExecutor(self.width, thread_name_prefix="engine-stream", initializer=narrow)
+            if side_by_side and self.width > 1
+            else None
+        )
+
+    def run(self, x: torch.Tensor, wide: ImageRun, narrow: ImageRun) -> torch.Tensor:
+        """`wide(image)` or `narrow(image)` on each (1, 3, S, S) image of `x`, the outputs concatenated."""
+        images = [x[i : i + 1] for i in range(x.shape[0])]
+        side_by_side = 0 if self._pool is None else len(images) - len(images) % self.width
+        outputs = list(self._pool.map(narrow, images[:side_by_side])) if side_by_side else []
+        outputs += [wide(image) for image in images[side_by_side:]]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _single_threaded_torch() -> None:
+    # Torch's intra-op thread count is per thread (OpenMP's nthreads-var): a stream's thread runs on one,
+    # the handler's own thread keeps the count it set.
+    torch.set_num_threads(1)
+
+
 class TorchScriptEngine(Engine):
-    """Frozen TorchScript: a batch at once on a GPU, image by image on the CPU.
+    """Frozen TorchScript: a batch at once on a GPU, image by image on the CPU (see Streams).
 
     On the CPU a batch of 8 U2NETP images at once held 1.6 GB of activations (tests/test_memory.py); image by
     image the worker stays under its 800 MiB bound, and TorchServe's batching still shares the per-request
@@ -58,27 +102,40 @@ class TorchScriptEngine(Engine):
     """
 
     name = "torchscript"
+    side_by_side = False  # fp32: see Streams
 
-    def __init__(self, path: Path, device: torch.device) -> None:
+    def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
         self.device = device
         self.module = torch.jit.load(str(path), map_location=device).eval()
+        self.streams = Streams(threads, _single_threaded_torch, self.side_by_side and device.type == "cpu")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            if self.device.type != "cpu" or x.shape[0] == 1:
+        if self.device.type != "cpu":
+            with torch.inference_mode():
                 return self.module(x)
-            return torch.cat([self.module(x[i : i + 1]) for i in range(x.shape[0])])
+        return self.streams.run(x, self._wide, self._one)
+
+    def _wide(self, image: torch.Tensor) -> torch.Tensor:
+        # A thread torch met after a stream started takes the streams' count of 1: give it back its width.
+        if torch.get_num_threads() != self.streams.width:
+            torch.set_num_threads(self.streams.width)
+        return self._one(image)
+
+    def _one(self, image: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():  # thread-local: set in whichever thread runs the image
+            return self.module(image)
 
 
 class TorchScriptBF16Engine(TorchScriptEngine):
     """The mixed-precision TorchScript (handler/precision.py), one image at a time (a CPU engine).
 
     In bf16, U2NETP ran slower per image at batch 4 than at batch 1 on a 2-core CPU (eager, 4.9 against
-    5.3 img/s in benchmarks/engines.py), so a batch is run image by image; TorchServe's batching still
-    shares the per-request overhead.
+    5.3 img/s in benchmarks/engines.py), so a batch is run image by image (Streams); TorchServe's
+    batching still shares the per-request overhead.
     """
 
     name = "torchscript-bf16"
+    side_by_side = True
 
 
 class OnnxRuntimeEngine(Engine):
@@ -88,7 +145,8 @@ class OnnxRuntimeEngine(Engine):
     1 to 8 held 5 GB of resident memory after a few dozen requests and kept growing; a batch of 8 alone
     needs about 1.9 GB of activations. One image at a time with the arena off, the session's own memory
     peaked at about 0.4 GB in the same run, at the same speed on a 2-core CPU (benchmarks/engines.py
-    measures it). The memory pattern stays on: every call has the one shape (1, 3, S, S).
+    measures it). The memory pattern stays on: every call has the one shape (1, 3, S, S). Images run one
+    after the other on all threads (fp32: see Streams).
     """
 
     name = "onnxruntime"
@@ -97,6 +155,7 @@ class OnnxRuntimeEngine(Engine):
         import onnxruntime as ort
 
         self.device = device
+        self.streams = Streams(threads, side_by_side=False)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # 0 is onnxruntime's own default (one thread per physical core).
@@ -106,10 +165,11 @@ class OnnxRuntimeEngine(Engine):
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.streams.run(x, self._one, self._one)
+
+    def _one(self, image: torch.Tensor) -> torch.Tensor:
         # numpy views of a contiguous CPU tensor and of onnxruntime's output: no copies either way.
-        batch = x.detach().contiguous().numpy()
-        outputs = [self.session.run([ONNX_OUTPUT], {ONNX_INPUT: batch[i : i + 1]})[0] for i in range(len(batch))]
-        return torch.from_numpy(outputs[0] if len(outputs) == 1 else np.concatenate(outputs))
+        return torch.from_numpy(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: image.detach().contiguous().numpy()})[0])
 
 
 def trace(model: nn.Module, device: torch.device, size: int) -> torch.jit.ScriptModule:
@@ -157,12 +217,12 @@ def export_torchscript_bf16(model: nn.Module, path: Path, size: int) -> None:
 
 
 def _load_torchscript(path: Path, device: torch.device, threads: int) -> Engine:
-    # Torch's intra-op pool is process-wide: the handler sets it (settings.threads), not the engine.
-    return TorchScriptEngine(path, device)
+    # The handler sets torch's intra-op threads for its own thread (settings.threads); the streams match it.
+    return TorchScriptEngine(path, device, threads)
 
 
 def _load_torchscript_bf16(path: Path, device: torch.device, threads: int) -> Engine:
-    return TorchScriptBF16Engine(path, device)
+    return TorchScriptBF16Engine(path, device, threads)
 
 
 def _native_bf16() -> str | None:

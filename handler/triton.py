@@ -48,6 +48,7 @@ from handler.settings import (
     DEFAULT_PNG_COMPRESSION,
     HandlerSettings,
     SettingsError,
+    limit_malloc_arenas,
     worker_threads,
 )
 
@@ -164,6 +165,7 @@ def load_network(config: Mapping[str, Any], folder: Path) -> tuple[Engine, int]:
     except SettingsError as exc:
         raise engine.EngineError(f"{folder}: {exc}") from exc
     threads = instance_threads(config)
+    limit_malloc_arenas()  # as the TorchServe worker does, before the engine's threads allocate
     torch.set_num_threads(threads)
     return engine.load(chosen, folder, ENGINE_STEM, torch.device("cpu"), threads), threads
 

@@ -18,7 +18,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler import codec, engine
 from handler.codec import Pending
 from handler.pipeline import BatchStats, Segmenter
-from handler.settings import ArchiveInfo, HandlerSettings, worker_threads
+from handler.settings import ArchiveInfo, HandlerSettings, limit_malloc_arenas, worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class U2NetHandler(BaseHandler):
     """Batches images through one traced U²-Net; answers every request, bad ones with their error."""
 
     def initialize(self, context: Any) -> None:
+        limit_malloc_arenas()  # before the engine's and the pipeline's threads allocate
         props = context.system_properties
         model_dir = Path(props["model_dir"])
         gpu_id = props.get("gpu_id")

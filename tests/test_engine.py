@@ -81,9 +81,46 @@ def test_bf16_engine_stays_close_to_eager_fp32_and_runs_any_batch(archive: tuple
     got = loaded(x)
     assert got.shape == (3, 1, size, size) and got.dtype == torch.float32 and got.is_contiguous()
     # bf16 moves d0 a little (the accuracy gate on real images is in test_serve.py and test_precision.py);
-    # batch items stay independent: image 2 alone equals image 2 in the batch.
+    # batch items stay independent: each image alone gives its output in the batch (images 0 and 1 ran
+    # side by side on one thread each, whose sums may round apart in the last bits).
     assert 0 < float((got - want).abs().mean()) < 0.01
     assert torch.equal(loaded(x[2:3]), got[2:3])
+    for i in (0, 1):
+        assert float((loaded(x[i : i + 1]) - got[i : i + 1]).abs().max()) < 1e-6
+
+
+def test_streams_run_images_side_by_side_single_threaded_and_the_rest_on_every_thread() -> None:
+    torch.set_num_threads(2)
+    seen: list[tuple[str, int, float]] = []
+
+    def runner(kind: str) -> E.ImageRun:
+        def run(image: torch.Tensor) -> torch.Tensor:
+            seen.append((kind, torch.get_num_threads(), float(image)))
+            return image * 10
+
+        return run
+
+    streams = E.Streams(2, E._single_threaded_torch)
+    x = torch.arange(5, dtype=torch.float32).reshape(5, 1, 1, 1)
+    out = streams.run(x, runner("wide"), runner("narrow"))
+    assert out.flatten().tolist() == [0, 10, 20, 30, 40]  # in order
+    # four images on the two single-threaded streams, the odd one out on both threads of the caller
+    assert sorted((kind, threads) for kind, threads, _ in seen) == [("narrow", 1)] * 4 + [("wide", 2)]
+    assert [value for kind, _, value in seen if kind == "wide"] == [4.0]
+    assert torch.get_num_threads() == 2  # the caller's own count is untouched
+    seen.clear()
+    assert streams.run(x[:1], runner("wide"), runner("narrow")).flatten().tolist() == [0]
+    assert seen == [("wide", 2, 0.0)]
+    # one thread, or an engine that runs images one after the other (fp32): all on the caller's thread
+    for one_by_one in (E.Streams(1), E.Streams(2, side_by_side=False)):
+        seen.clear()
+        one_by_one.run(x[:3], runner("wide"), runner("narrow"))
+        assert [kind for kind, _, _ in seen] == ["wide"] * 3
+
+
+def test_only_the_bf16_engine_runs_images_side_by_side() -> None:
+    # fp32 activations of two images at once break the worker's memory bound (Streams says what was measured)
+    assert E.TorchScriptBF16Engine.side_by_side and not E.TorchScriptEngine.side_by_side
 
 
 def test_bf16_falls_back_to_onnxruntime_without_native_bf16(

@@ -129,3 +129,13 @@ def test_the_handler_stays_under_800_mib_in_batches_of_8_on_the_other_engines(
     peak = out["peak_kib"] / 2**10
     record_property(f"handler ({engine}) peak RSS over a batch of 8, MiB", round(peak))
     assert peak <= LIMIT_MIB, f"the {engine} handler reached {peak:.0f} MiB on batches of {BATCH}"
+
+
+def test_the_worker_caps_glibcs_malloc_arenas() -> None:
+    # What keeps the bound with the engine's streams and the pixel threads allocating side by side
+    # (handler/settings.py MALLOC_ARENAS); the served test above measures its effect.
+    import platform
+
+    from handler.settings import limit_malloc_arenas
+
+    assert limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
