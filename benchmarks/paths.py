@@ -88,7 +88,7 @@ class OptionsPath:
         self.photo, self.image = photo, photo.read_bytes()
         with Image.open(io.BytesIO(self.image)) as im:
             self.size = im.size
-        self.cases = options.cases(options.beach(*options.BACKGROUND_SIZE))
+        self.cases = options.cases(*options.backgrounds())
         self.samples: dict[str, list[R.OptionSample]] = {name: [] for name in self.cases}
         self._rounds = 0
 
@@ -120,10 +120,8 @@ class OptionsPath:
             R.OptionRow(name, _call(case.kwargs), case.common, case.matting, self.samples[name])
             for name, case in self.cases.items()
         ]
-        bw, bh = options.BACKGROUND_SIZE
         return R.OptionsStudy(
-            image=self.photo.name, width=width, height=height,
-            background=f"{bw}x{bh} JPEG q90, a noisy gradient (benchmarks.options.beach)",
+            image=self.photo.name, width=width, height=height, background=options.describe_backgrounds(),
             baseline=options.BASELINE, jpeg_vs_png=options.JPEG_VS_PNG, rows=rows,
         )  # fmt: skip
 

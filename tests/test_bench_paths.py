@@ -117,7 +117,7 @@ def test_the_paths_survive_json_and_render_from_the_record(tmp_path: Path) -> No
 
 
 def test_every_option_case_is_a_valid_sdk_call_and_the_named_rows_exist() -> None:
-    cases = options.cases(options.beach(64, 48))
+    cases = options.cases(*options.backgrounds())
     for case in cases.values():
         Options(**case.kwargs)  # raises on a bad option
     assert next(iter(cases)) == options.BASELINE and not cases[options.BASELINE].common
