@@ -18,7 +18,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,44 +55,48 @@ ImageRun = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Streams:
-    """A CPU batch run image by image: a lone image on all of the runtime's threads; several images, where
-    the engine runs them side by side, on as many single-threaded runs at once, one per thread.
+    """A CPU batch run image by image: a lone image on all of the runtime's threads; with `count` streams,
+    a batch's images `count` at a time side by side, the threads shared among them (handler.streams).
 
-    U2NETP's convolutions at 320x320 keep two threads only partly busy: on a 2-core CPU two single-threaded
-    bf16 runs side by side served 5.2-5.5 img/s where one two-threaded run after the other served 3.6-4.8,
-    and the worker still peaked at 686 MiB on a batch of the 8 largest reference images (malloc arenas
-    capped, handler/settings.py). In fp32 two images' activations at once break the 800 MiB bound
-    (tests/test_memory.py: onnxruntime 958 MiB for 2.4-2.9 against 2.3 img/s, TorchScript 815 MiB), so the
-    fp32 engines run one image after the other. A batch that does not divide into the streams runs its
-    last images on all threads. The model-only study measures each engine the same way.
+    U2NETP's convolutions at 320x320 keep two threads only partly busy: on a 2-core CPU (Intel Xeon, AMX)
+    two single-threaded bf16 runs side by side served 5.2-5.5 img/s where one two-threaded run after the
+    other served 3.6-4.8, and the served cutout with 4 callers rose from 2.7-3.3 to 3.8-4.2 img/s. The
+    price is memory: each image side by side holds its activations at once, about 160 MiB more peak for
+    bf16 U2NETP (fp32 islands at full resolution), which broke the worker's 800 MiB bound once the worker
+    had also loaded pymatting's numba (839 MiB in `make test`, 666 on a fresh worker). So one stream is
+    the default and the choice is the operator's. A batch that does not divide into the streams runs its
+    last images on all threads.
 
     Args:
         threads: The runtime's threads (0: torch's count); 1 runs every image on the caller's thread.
-        narrow: Called once in each stream's thread, to make the runtime single-threaded there.
-        side_by_side: False runs every image on all threads, one after the other.
+        narrow: Called once in each stream's thread with the stream's share of the threads, to set the
+            runtime's count there.
+        count: Images side by side (at most `threads`); 1 runs them one after the other.
     """
 
-    def __init__(self, threads: int, narrow: Callable[[], None] | None = None, side_by_side: bool = True) -> None:
+    def __init__(self, threads: int, narrow: Callable[[int], None] | None = None, count: int = 1) -> None:
         self.width = threads if threads > 0 else torch.get_num_threads()
-        self._pool = (
-            ThreadPoolExecutor(self.width, thread_name_prefix="engine-stream", initializer=narrow)
-            if side_by_side and self.width > 1
-            else None
-        )
+        self.count = max(1, min(count, self.width))
+        self.share = self.width // self.count
+        self._pool: ThreadPoolExecutor | None = None
+        if self.count > 1:
+            self._pool = ThreadPoolExecutor(
+                self.count, thread_name_prefix="engine-stream", initializer=narrow, initargs=(self.share,)
+            )
 
     def run(self, x: torch.Tensor, wide: ImageRun, narrow: ImageRun) -> torch.Tensor:
         """`wide(image)` or `narrow(image)` on each (1, 3, S, S) image of `x`, the outputs concatenated."""
         images = [x[i : i + 1] for i in range(x.shape[0])]
-        side_by_side = 0 if self._pool is None else len(images) - len(images) % self.width
+        side_by_side = 0 if self._pool is None else len(images) - len(images) % self.count
         outputs = list(self._pool.map(narrow, images[:side_by_side])) if side_by_side else []
         outputs += [wide(image) for image in images[side_by_side:]]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
-def _single_threaded_torch() -> None:
-    # Torch's intra-op thread count is per thread (OpenMP's nthreads-var): a stream's thread runs on one,
-    # the handler's own thread keeps the count it set.
-    torch.set_num_threads(1)
+def _torch_threads(threads: int) -> None:
+    # Torch's intra-op thread count is per thread (OpenMP's nthreads-var): a stream's thread runs on its
+    # share, the handler's own thread keeps the count it set.
+    torch.set_num_threads(threads)
 
 
 class TorchScriptEngine(Engine):
@@ -102,12 +108,11 @@ class TorchScriptEngine(Engine):
     """
 
     name = "torchscript"
-    side_by_side = False  # fp32: see Streams
 
-    def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
+    def __init__(self, path: Path, device: torch.device, threads: int = 0, streams: int = 1) -> None:
         self.device = device
         self.module = torch.jit.load(str(path), map_location=device).eval()
-        self.streams = Streams(threads, _single_threaded_torch, self.side_by_side and device.type == "cpu")
+        self.streams = Streams(threads, _torch_threads, streams if device.type == "cpu" else 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cpu":
@@ -135,7 +140,6 @@ class TorchScriptBF16Engine(TorchScriptEngine):
     """
 
     name = "torchscript-bf16"
-    side_by_side = True
 
 
 class OnnxRuntimeEngine(Engine):
@@ -145,31 +149,39 @@ class OnnxRuntimeEngine(Engine):
     1 to 8 held 5 GB of resident memory after a few dozen requests and kept growing; a batch of 8 alone
     needs about 1.9 GB of activations. One image at a time with the arena off, the session's own memory
     peaked at about 0.4 GB in the same run, at the same speed on a 2-core CPU (benchmarks/engines.py
-    measures it). The memory pattern stays on: every call has the one shape (1, 3, S, S). Images run one
-    after the other on all threads (fp32: see Streams).
+    measures it). The memory pattern stays on: every call has the one shape (1, 3, S, S). With streams
+    (see Streams) a second session on the streams' share of the threads runs images side by side
+    (session.run is thread-safe): on the 2-core Xeon 2.4-2.9 against 2.3 img/s, peaking at 958 MiB on a
+    batch of the 8 largest reference images.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, path: Path, device: torch.device, threads: int = 0, streams: int = 1) -> None:
         self.device = device
-        self.streams = Streams(threads, side_by_side=False)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.streams = Streams(threads, count=streams)
         # 0 is onnxruntime's own default (one thread per physical core).
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.enable_cpu_mem_arena = False
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = _ort_session(path, threads)
+        self.narrow = _ort_session(path, self.streams.share) if self.streams.count > 1 else self.session
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.streams.run(x, self._one, self._one)
+        return self.streams.run(x, partial(_ort_run, self.session), partial(_ort_run, self.narrow))
 
-    def _one(self, image: torch.Tensor) -> torch.Tensor:
-        # numpy views of a contiguous CPU tensor and of onnxruntime's output: no copies either way.
-        return torch.from_numpy(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: image.detach().contiguous().numpy()})[0])
+
+def _ort_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_run(session: Any, image: torch.Tensor) -> torch.Tensor:
+    # numpy views of a contiguous CPU tensor and of onnxruntime's output: no copies either way.
+    return torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: image.detach().contiguous().numpy()})[0])
 
 
 def trace(model: nn.Module, device: torch.device, size: int) -> torch.jit.ScriptModule:
@@ -216,13 +228,13 @@ def export_torchscript_bf16(model: nn.Module, path: Path, size: int) -> None:
     torch.jit.save(precision.trace(model, plan.fp32_blocks, size), str(path))
 
 
-def _load_torchscript(path: Path, device: torch.device, threads: int) -> Engine:
+def _load_torchscript(path: Path, device: torch.device, threads: int, streams: int) -> Engine:
     # The handler sets torch's intra-op threads for its own thread (settings.threads); the streams match it.
-    return TorchScriptEngine(path, device, threads)
+    return TorchScriptEngine(path, device, threads, streams)
 
 
-def _load_torchscript_bf16(path: Path, device: torch.device, threads: int) -> Engine:
-    return TorchScriptBF16Engine(path, device, threads)
+def _load_torchscript_bf16(path: Path, device: torch.device, threads: int, streams: int) -> Engine:
+    return TorchScriptBF16Engine(path, device, threads, streams)
 
 
 def _native_bf16() -> str | None:
@@ -236,7 +248,7 @@ class EngineKind:
     name: str
     suffix: str  # the file is <model name><suffix>
     export: Callable[[nn.Module, Path, int], None]
-    load: Callable[[Path, torch.device, int], Engine]
+    load: Callable[[Path, torch.device, int, int], Engine]  # (file, device, threads, streams)
     devices: frozenset[str]  # torch device types it serves
     runtime: str | None = None  # a module the worker must be able to import, beyond torch
     fallback: str | None = None  # the engine to load instead when this one cannot run; None for the last resort
@@ -302,7 +314,9 @@ def export(name: str, model: nn.Module, directory: Path, model_name: str, size: 
     return path
 
 
-def load(name: str, model_dir: Path, model_name: str, device: torch.device, threads: int = 0) -> Engine:
+def load(
+    name: str, model_dir: Path, model_name: str, device: torch.device, threads: int = 0, streams: int = 1
+) -> Engine:
     """Loads the named engine from an unpacked archive, or the first of its fallbacks that can run here.
 
     Args:
@@ -311,6 +325,7 @@ def load(name: str, model_dir: Path, model_name: str, device: torch.device, thre
         model_name: The archive's model name; engine files are named after it.
         device: Where inputs and outputs live.
         threads: Intra-op threads for runtimes with their own pool; 0 keeps the runtime's default.
+        streams: Images of a CPU batch run side by side (Streams); 1: one after the other.
 
     Raises:
         EngineError: unknown engine, or none of its chain runs here and the archive has no TorchScript.
@@ -329,4 +344,4 @@ def load(name: str, model_dir: Path, model_name: str, device: torch.device, thre
     path = model_dir / file_name(chosen.name, model_name)
     if not path.is_file():
         raise EngineError(f"{path} not found; rebuild the archive with handler/build.py")
-    return chosen.load(path, device, threads)
+    return chosen.load(path, device, threads, streams)

@@ -38,7 +38,9 @@ class U2NetHandler(BaseHandler):
         threads = worker_threads(self.settings.threads, int(config.get("maxWorkers", 1)))
         torch.set_num_threads(threads)
         serialized = Path(context.manifest["model"]["serializedFile"])
-        self.engine = engine.load(self.settings.engine, model_dir, serialized.stem, self.device, threads)
+        self.engine = engine.load(
+            self.settings.engine, model_dir, serialized.stem, self.device, threads, self.settings.streams
+        )
         self.segmenter = Segmenter(
             self.engine,
             self.info.variant,

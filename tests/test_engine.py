@@ -14,6 +14,7 @@ import torch
 from handler import engine as E
 from handler import precision, weights
 from handler.model import U2Net, U2NetD0
+from handler.settings import HandlerSettings, SettingsError
 
 # Runs the networks (or builds a package): the "server" lane, not the pure one (tests/conftest.py).
 pytestmark = pytest.mark.server
@@ -81,15 +82,25 @@ def test_bf16_engine_stays_close_to_eager_fp32_and_runs_any_batch(archive: tuple
     got = loaded(x)
     assert got.shape == (3, 1, size, size) and got.dtype == torch.float32 and got.is_contiguous()
     # bf16 moves d0 a little (the accuracy gate on real images is in test_serve.py and test_precision.py);
-    # batch items stay independent: each image alone gives its output in the batch (images 0 and 1 ran
-    # side by side on one thread each, whose sums may round apart in the last bits).
+    # batch items stay independent: image 2 alone equals image 2 in the batch.
     assert 0 < float((got - want).abs().mean()) < 0.01
     assert torch.equal(loaded(x[2:3]), got[2:3])
-    for i in (0, 1):
-        assert float((loaded(x[i : i + 1]) - got[i : i + 1]).abs().max()) < 1e-6
+    # Two streams (handler.streams: 2): images 0 and 1 side by side on one thread each, image 2 on both;
+    # single-threaded sums may round apart in the last bits.
+    sided = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU, threads=2, streams=2)
+    assert sided.streams.count == 2 and float((sided(x) - got).abs().max()) < 1e-6
 
 
-def test_streams_run_images_side_by_side_single_threaded_and_the_rest_on_every_thread() -> None:
+@pytest.mark.parametrize("engine", FP32_ENGINES)
+def test_fp32_engines_run_side_by_side_when_asked(engine: str, archive: tuple[U2Net, Path, str, int]) -> None:
+    _, directory, name, size = archive
+    one, two = (E.load(engine, directory, name, CPU, threads=2, streams=n) for n in (1, 2))
+    assert (one.streams.count, two.streams.count) == (1, 2)
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(2))
+    assert float((one(x) - two(x)).abs().max()) < 1e-5
+
+
+def test_streams_run_images_side_by_side_on_a_share_of_the_threads_and_the_rest_on_all() -> None:
     torch.set_num_threads(2)
     seen: list[tuple[str, int, float]] = []
 
@@ -100,7 +111,7 @@ def test_streams_run_images_side_by_side_single_threaded_and_the_rest_on_every_t
 
         return run
 
-    streams = E.Streams(2, E._single_threaded_torch)
+    streams = E.Streams(2, E._torch_threads, count=2)
     x = torch.arange(5, dtype=torch.float32).reshape(5, 1, 1, 1)
     out = streams.run(x, runner("wide"), runner("narrow"))
     assert out.flatten().tolist() == [0, 10, 20, 30, 40]  # in order
@@ -111,16 +122,27 @@ def test_streams_run_images_side_by_side_single_threaded_and_the_rest_on_every_t
     seen.clear()
     assert streams.run(x[:1], runner("wide"), runner("narrow")).flatten().tolist() == [0]
     assert seen == [("wide", 2, 0.0)]
-    # one thread, or an engine that runs images one after the other (fp32): all on the caller's thread
-    for one_by_one in (E.Streams(1), E.Streams(2, side_by_side=False)):
+    # four threads, two streams: two threads each
+    seen.clear()
+    wider = E.Streams(4, E._torch_threads, count=2)
+    assert (wider.count, wider.share) == (2, 2)
+    torch.set_num_threads(4)
+    wider.run(x, runner("wide"), runner("narrow"))
+    assert sorted((kind, threads) for kind, threads, _ in seen) == [("narrow", 2)] * 4 + [("wide", 4)]
+    torch.set_num_threads(2)
+    # one stream (the default), or one thread: all on the caller's thread
+    for one_by_one in (E.Streams(2), E.Streams(1, count=2)):
+        assert one_by_one.count == 1
         seen.clear()
         one_by_one.run(x[:3], runner("wide"), runner("narrow"))
         assert [kind for kind, _, _ in seen] == ["wide"] * 3
 
 
-def test_only_the_bf16_engine_runs_images_side_by_side() -> None:
-    # fp32 activations of two images at once break the worker's memory bound (Streams says what was measured)
-    assert E.TorchScriptBF16Engine.side_by_side and not E.TorchScriptEngine.side_by_side
+def test_streams_is_a_handler_setting_of_at_least_one() -> None:
+    assert HandlerSettings.from_yaml(None).streams == 1
+    assert HandlerSettings.from_yaml({"streams": 2, "engine": "torchscript-bf16"}).streams == 2
+    with pytest.raises(SettingsError, match=r"handler\.streams=0"):
+        HandlerSettings.from_yaml({"streams": 0})
 
 
 def test_bf16_falls_back_to_onnxruntime_without_native_bf16(
