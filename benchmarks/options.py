@@ -26,7 +26,7 @@ from u2net_client.options import Options
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared/data/u2net-reference"
 PHOTO = "images/bike.jpg"  # 3000x2000, under DEFAULT_REFERENCE
-# The background image of the common paths: a photo (1280x720 JPEG) of the same set, scaled to cover the
+# The background image of the common paths: a photo of the same set, scaled to cover the
 # subject's photo. The noisy stand-in (`beach`, BACKGROUND_SIZE) is the worst case for PNG: noise in every
 # pixel is what deflate cannot shrink.
 BACKGROUND_PHOTO = "images/boat.jpg"
@@ -89,11 +89,12 @@ def backgrounds(reference: Path = DEFAULT_REFERENCE) -> tuple[bytes, bytes]:
     return (reference / BACKGROUND_PHOTO).read_bytes(), beach(*BACKGROUND_SIZE)
 
 
-def describe_backgrounds() -> str:
+def describe_backgrounds(reference: Path = DEFAULT_REFERENCE) -> str:
+    with Image.open(reference / BACKGROUND_PHOTO) as photo:
+        (pw, ph), kind = photo.size, photo.format
     bw, bh = BACKGROUND_SIZE
-    return (
-        f"{Path(BACKGROUND_PHOTO).name} (1280x720 JPEG, a photo); noisy: {bw}x{bh} JPEG q90 (benchmarks.options.beach)"
-    )
+    noisy = f"{bw}x{bh} JPEG q90 (benchmarks.options.beach)"
+    return f"{Path(BACKGROUND_PHOTO).name} ({pw}x{ph} {kind}, a photo); noisy: {noisy}"
 
 
 def measure(fn: Callable[[], object], repeat: int) -> list[float]:

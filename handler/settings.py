@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 # glibc's malloc arenas for a worker process (mallopt M_ARENA_MAX). Each thread that allocates may get an
 # arena of its own (up to 8 per core), and the freed activations, pixel buffers and PNGs left in each grow
-# the resident set: a U2NETP bf16 worker serving the 8 largest reference images as one batch peaked at
-# 840 MiB with glibc's default and at 710 MiB with 2 (engine streams and pixel threads, 2 cores).
+# the resident set: a U2NETP bf16 worker serving the 8 largest reference images as one batch with two
+# engine streams (handler.streams: 2) and the pixel threads peaked at 840 MiB with glibc's default and at
+# 666-710 MiB with 2 (2 cores); with one stream, the default, at 533 MiB.
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # glibc's <malloc.h>
 

@@ -132,8 +132,8 @@ def test_the_handler_stays_under_800_mib_in_batches_of_8_on_the_other_engines(
 
 
 def test_the_worker_caps_glibcs_malloc_arenas() -> None:
-    # What keeps the bound with the engine's streams and the pixel threads allocating side by side
-    # (handler/settings.py MALLOC_ARENAS); the served test above measures its effect.
+    # Part of what keeps the bound with the pixel threads (and any engine streams) allocating side by side
+    # (handler/settings.py MALLOC_ARENAS); the served test above measures the worker.
     import platform
 
     from handler.settings import limit_malloc_arenas
