@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ROOT.parent / "shared/data/u2net-reference/images"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-CPU_ENGINES = ["torchscript-bf16", "onnxruntime", "onnxruntime-rembg"]
+CPU_ENGINES = ["torchscript-bf16", "openvino", "onnxruntime", "onnxruntime-rembg"]
 CUDA_ENGINES = ["eager", "torchscript"]
 _SAMPLE = re.compile(r"^(\w+)\{([^}]*)\}\s+(\S+)$")
 

@@ -155,8 +155,8 @@ def _torchscript_bf16(s: Setup) -> Run:
 
 
 def _openvino(precision: str) -> Callable[[Setup], Run]:
-    # Not a dependency: `pip install openvino` to measure it. Its CPU plugin picks bf16 by itself on a
-    # CPU with AVX512_BF16, hence the explicit hint both ways.
+    # One stream on all the threads. Its CPU plugin picks bf16 by itself on a CPU with AVX512_BF16, hence
+    # the explicit hint both ways.
     def build(s: Setup) -> Run:
         import openvino as ov
 
@@ -168,9 +168,29 @@ def _openvino(precision: str) -> Callable[[Setup], Run]:
     return build
 
 
+def _openvino_served(s: Setup) -> Run:
+    # What a worker on a CPU without native bf16 serves: fp32, a batch's images over its default streams.
+    path = E.export(E.OPENVINO, s.model, s.work, s.name, s.size)
+    return E.load(E.OPENVINO, path.parent, s.name, torch.device("cpu"), s.threads)
+
+
+def _xnnpack(s: Setup) -> Run:
+    # optimize_for_mobile rewrites the frozen graph's convs into XNNPACK's prepacked ops (x86 included).
+    from torch.utils.mobile_optimizer import optimize_for_mobile
+
+    frozen = torch.jit.load(str(E.export(E.TORCHSCRIPT, s.model, s.work, s.name, s.size)))
+    return _no_grad(optimize_for_mobile(frozen))
+
+
 def _onnxruntime(s: Setup) -> Run:
     path = E.export("onnxruntime", s.model, s.work, s.name, s.size)
     return E.OnnxRuntimeEngine(path, torch.device("cpu"), s.threads)
+
+
+def _onnxruntime_streams(s: Setup) -> Run:
+    # What handler.streams=2 serves: two sessions of one thread each, a batch's images side by side.
+    path = E.export("onnxruntime", s.model, s.work, s.name, s.size)
+    return E.OnnxRuntimeEngine(path, torch.device("cpu"), s.threads, streams=s.threads)
 
 
 def _onnxruntime_rembg(s: Setup) -> Run:
@@ -204,9 +224,12 @@ BUILDERS: dict[str, Callable[[Setup], Run]] = {
     "bf16-cl": _bf16(()),
     "bf16-islands": _bf16(precision.PLANS["u2netp"].fp32_blocks),
     E.TORCHSCRIPT_BF16: _torchscript_bf16,
-    "openvino": _openvino("f32"),
+    E.OPENVINO: _openvino_served,
+    "openvino-1stream": _openvino("f32"),
     "openvino-bf16": _openvino("bf16"),
+    "xnnpack": _xnnpack,
     "onnxruntime": _onnxruntime,
+    "onnxruntime-streams": _onnxruntime_streams,
     PEER: _onnxruntime_rembg,
 }
 

@@ -123,8 +123,9 @@ def find(run: EndToEnd, path: str, op: str, concurrency: int) -> Cell | None:
 
 
 def served_engine(run: EndToEnd) -> str:
-    """The engine the archive serves with (what the SDK reported, against a server not started here)."""
-    return run.served.archive_engine or run.served.engine or "torchscript"
+    """The engine the worker serves with (what describe reported: the archive's engine, or the fallback the
+    worker's CPU took), else the archive's."""
+    return run.served.engine or run.served.archive_engine or "torchscript"
 
 
 def model_figures(run: EndToEnd, row: ModelOnly) -> ModelFigures:

@@ -50,8 +50,9 @@ DEFAULTS = {
     # 2-core CPU: one worker using both cores; batching costs little per image and lets a burst of
     # requests share one pass; 20 ms of waiting is small next to ~200 ms per U2NETP image.
     # bf16 with fp32 islands runs U2NETP 1.1-1.3x faster than onnxruntime on a CPU with native bf16, within
-    # the accuracy gate; onnxruntime (1.65x frozen TorchScript) where the weights have no validated plan
-    # or the worker's CPU has no native bf16 (benchmarks/engines.py; README "Engines").
+    # the accuracy gate; OpenVINO fp32 on two streams (1.2-1.5x our onnxruntime session on an AVX2-only
+    # CPU) where the weights have no validated plan or the worker's CPU has no native bf16; onnxruntime
+    # where OpenVINO cannot be imported (benchmarks/engines.py; README "Engines").
     "cpu": ServingDefaults(
         batch_size=8, max_batch_delay_ms=20, workers=1, response_timeout_s=300, engine=TORCHSCRIPT_BF16, threads=0
     ),
@@ -139,7 +140,9 @@ def build_archive(
     serialized = work / f"{name}.pt"
     torch.jit.save(trace(loaded.model, device, variant.input_size), str(serialized))
     chosen = choose_engine(DEFAULTS[serving or device.type].engine, loaded, engine_name)
-    for each in engine.chain(chosen)[:-1]:  # the TorchScript at the end is the serialized file
+    # The TorchScript at the end of the chain is the serialized file; engines sharing a file write it once.
+    files = {engine.file_name(each, name): each for each in reversed(engine.chain(chosen)[:-1])}
+    for each in files.values():
         engine.export(each, loaded.model.cpu(), stage, name, variant.input_size)
     stage_handler(stage)
     ArchiveInfo(variant, loaded.origin, str(device)).write(stage)

@@ -133,7 +133,9 @@ def test_the_served_engine_is_judged_against_each_onnxruntime_batch_for_batch() 
         R.ModelOnly("onnxruntime", 4, [900.0, 900.0]),
     ]
     run = _run([_cell("rembg", "cutout", 1, [3.0, 3.0])], rows)
-    run = dataclasses.replace(run, served=dataclasses.replace(SERVED, archive_engine="torchscript-bf16"))
+    run = dataclasses.replace(
+        run, served=dataclasses.replace(SERVED, engine="torchscript-bf16", archive_engine="torchscript-bf16")
+    )
     ort, rembg = V.engine_targets(run)
     assert [(b, round(r.median, 3)) for b, r in ort.ratios] == [(1, 1.195), (4, 1.125)] and ort.met is True
     assert [b for b, _ in rembg.ratios] == [1] and rembg.met is False
@@ -141,6 +143,18 @@ def test_the_served_engine_is_judged_against_each_onnxruntime_batch_for_batch() 
     # Serving onnxruntime itself: the comparison with onnxruntime is no target.
     same = V.engine_targets(_run([_cell("rembg", "cutout", 1, [3.0])], [R.ModelOnly("onnxruntime", 1, [250.0])]))
     assert same[0].same_engine and same[0].met is None
+
+
+def test_the_served_engine_is_the_one_the_worker_loaded_not_the_one_the_archive_asks_for() -> None:
+    # An archive asking for bf16 on a CPU without native bf16: the worker serves its fallback, and the
+    # ceiling is that engine's model-only figure.
+    rows = [R.ModelOnly("openvino", 1, [400.0]), R.ModelOnly("onnxruntime", 1, [500.0])]
+    run = _run([_cell("rembg", "cutout", 1, [2.0])], rows)
+    run = dataclasses.replace(
+        run, served=dataclasses.replace(SERVED, engine="openvino", archive_engine="torchscript-bf16")
+    )
+    assert V.served_engine(run) == "openvino"
+    assert V.best_served_model_only(run) == pytest.approx(2.5)
 
 
 def test_the_accuracy_gate_lives_in_the_handler_and_judges_study_rows() -> None:

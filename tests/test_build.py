@@ -61,8 +61,8 @@ def test_archive_carries_handler_package_config_and_weights_origin(archive):
 # image pipeline and generated protobuf classes, with the protobuf runtime): nothing more.
 ALLOWED = {"torch", "PIL", "numpy", "ts", "handler", "u2net_client", "google", "__future__"}
 # Imported inside functions only, where the code can do without them: onnx for building,
-# onnxruntime for the optional engine. test_handler.py runs an archive with both blocked.
-OPTIONAL = {"onnx", "onnxruntime"}
+# onnxruntime and openvino for the optional engines. test_handler.py runs an archive with all three blocked.
+OPTIONAL = {"onnx", "onnxruntime", "openvino"}
 
 
 def _imports(tree: ast.AST) -> set[str]:
@@ -107,8 +107,8 @@ def test_bf16_only_for_the_weights_its_plan_was_validated_with():
     retrained = weights.Loaded(bundled.model, "my_u2netp.pth (sha256 0123)")
     u2net = random_weights("u2net", 0)
     assert build.choose_engine("torchscript-bf16", bundled) == "torchscript-bf16"
-    assert build.choose_engine("torchscript-bf16", retrained) == "onnxruntime"
-    assert build.choose_engine("torchscript-bf16", u2net) == "onnxruntime"
+    assert build.choose_engine("torchscript-bf16", retrained) == "openvino"
+    assert build.choose_engine("torchscript-bf16", u2net) == "openvino"
     assert build.choose_engine("torchscript", u2net) == "torchscript"  # CUDA defaults pass through
     # --engine: forcing bf16 on other u2netp weights is allowed, on a variant without a plan it is not.
     assert build.choose_engine("onnxruntime", retrained, forced="torchscript-bf16") == "torchscript-bf16"

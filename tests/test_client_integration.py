@@ -208,9 +208,9 @@ def test_describe_names_the_engine_each_worker_loaded(client):
     from handler import precision
 
     # The CPU archives ask for bf16 where a plan exists (U2NETP with the authors' weights); a worker
-    # whose CPU lacks native bf16 falls back to onnxruntime, and describe says which one runs.
-    assert client.describe("u2netp").engine == ("torchscript-bf16" if precision.native_bf16() else "onnxruntime")
-    assert client.describe("u2net").engine == "onnxruntime"
+    # whose CPU lacks native bf16 falls back to OpenVINO, and describe says which one runs.
+    assert client.describe("u2netp").engine == ("torchscript-bf16" if precision.native_bf16() else "openvino")
+    assert client.describe("u2net").engine == "openvino"
 
 
 def test_scale_up_and_down(client):
@@ -263,7 +263,7 @@ def test_command_line_ping_models_and_failures(server, photos, tmp_path):
     assert header.split() == ["MODEL", "VERSION", "WORKERS", "BATCH", "DEVICE", "ENGINE", "WEIGHTS"]
     u2net_row = next(r for r in rows if r.startswith("u2net "))
     column = header.index("ENGINE")
-    assert u2net_row[column:].split()[0] == "onnxruntime"
+    assert u2net_row[column:].split()[0] == "openvino"
     wrong = tmp_path / "keys.json"
     wrong.write_text('{"inference": {"key": "x"}, "management": {"key": "y"}}')
     run = cli_run(server, "models", key_file=wrong)

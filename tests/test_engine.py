@@ -71,7 +71,7 @@ def test_bf16_engine_stays_close_to_eager_fp32_and_runs_any_batch(archive: tuple
     model, directory, name, size = archive
     if name not in precision.PLANS:  # no plan, so no bf16 file: the worker serves the next engine
         assert not (directory / f"{name}.bf16.pt").exists()
-        assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == "onnxruntime"
+        assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.OPENVINO
         return
     loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU, threads=2)
     assert isinstance(loaded, E.TorchScriptBF16Engine) and loaded.name == E.TORCHSCRIPT_BF16
@@ -88,14 +88,14 @@ def test_bf16_engine_stays_close_to_eager_fp32_and_runs_any_batch(archive: tuple
     # Two streams (handler.streams: 2): images 0 and 1 side by side on one thread each, image 2 on both;
     # single-threaded sums may round apart in the last bits.
     sided = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU, threads=2, streams=2)
-    assert sided.streams.count == 2 and float((sided(x) - got).abs().max()) < 1e-6
+    assert sided.stream_count == 2 and float((sided(x) - got).abs().max()) < 1e-6
 
 
 @pytest.mark.parametrize("engine", FP32_ENGINES)
 def test_fp32_engines_run_side_by_side_when_asked(engine: str, archive: tuple[U2Net, Path, str, int]) -> None:
     _, directory, name, size = archive
     one, two = (E.load(engine, directory, name, CPU, threads=2, streams=n) for n in (1, 2))
-    assert (one.streams.count, two.streams.count) == (1, 2)
+    assert (one.stream_count, two.stream_count) == (1, 2)
     x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(2))
     assert float((one(x) - two(x)).abs().max()) < 1e-5
 
@@ -138,29 +138,41 @@ def test_streams_run_images_side_by_side_on_a_share_of_the_threads_and_the_rest_
         assert [kind for kind, _, _ in seen] == ["wide"] * 3
 
 
-def test_streams_is_a_handler_setting_of_at_least_one() -> None:
-    assert HandlerSettings.from_yaml(None).streams == 1
+def test_streams_is_a_handler_setting_of_at_least_one_defaulting_to_the_engines_own(
+    archive: tuple[U2Net, Path, str, int],
+) -> None:
+    assert HandlerSettings.from_yaml(None).streams is None
+    _, directory, name, _ = archive
+    # None: the engine kind's default, at most one per thread; openvino runs two, the others one.
+    defaults = {e: E.load(e, directory, name, CPU, threads=2).stream_count for e in FP32_ENGINES}
+    assert defaults == {E.OPENVINO: 2, E.ONNXRUNTIME: 1, E.TORCHSCRIPT: 1}
+    assert E.load(E.OPENVINO, directory, name, CPU, threads=1).stream_count == 1
     assert HandlerSettings.from_yaml({"streams": 2, "engine": "torchscript-bf16"}).streams == 2
     with pytest.raises(SettingsError, match=r"handler\.streams=0"):
         HandlerSettings.from_yaml({"streams": 0})
 
 
-def test_bf16_falls_back_to_onnxruntime_without_native_bf16(
+def test_bf16_falls_back_to_openvino_without_native_bf16(
     archive: tuple[U2Net, Path, str, int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, directory, name, _ = archive
     monkeypatch.setattr(precision, "native_bf16", lambda: False)
     with caplog.at_level(logging.WARNING, logger="handler.engine"):
         loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU)
-    assert loaded.name == "onnxruntime"
+    assert loaded.name == E.OPENVINO
     assert "engine torchscript-bf16 cannot run (this CPU has no native bf16" in caplog.text
 
 
-def test_bf16_falls_back_through_onnxruntime_to_torchscript(
+def test_bf16_falls_back_through_openvino_and_onnxruntime_to_torchscript(
     archive: tuple[U2Net, Path, str, int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, directory, name, _ = archive
     monkeypatch.setattr(precision, "native_bf16", lambda: False)
+    # A None entry in sys.modules makes the import raise ImportError.
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with caplog.at_level(logging.WARNING, logger="handler.engine"):
+        assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.ONNXRUNTIME
+    assert "openvino cannot be imported" in caplog.text
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with caplog.at_level(logging.WARNING, logger="handler.engine"):
         loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU)
@@ -169,7 +181,8 @@ def test_bf16_falls_back_through_onnxruntime_to_torchscript(
 
 
 def test_engine_chains_end_in_torchscript() -> None:
-    assert E.chain(E.TORCHSCRIPT_BF16) == [E.TORCHSCRIPT_BF16, "onnxruntime", E.TORCHSCRIPT]
+    assert E.chain(E.TORCHSCRIPT_BF16) == [E.TORCHSCRIPT_BF16, E.OPENVINO, E.ONNXRUNTIME, E.TORCHSCRIPT]
+    assert E.chain(E.OPENVINO) == [E.OPENVINO, E.ONNXRUNTIME, E.TORCHSCRIPT]
     assert E.chain("onnxruntime") == ["onnxruntime", E.TORCHSCRIPT]
     assert E.chain(E.TORCHSCRIPT) == [E.TORCHSCRIPT]
     assert E.ENGINES[E.TORCHSCRIPT_BF16].unavailable(torch.device("cuda")) == "it runs on cpu only, not cuda"
@@ -210,7 +223,7 @@ def test_onnxruntime_is_cpu_only() -> None:
 
 def test_unknown_engine_and_missing_file_are_errors(tmp_path: Path) -> None:
     with pytest.raises(
-        E.EngineError, match=r"unknown engine 'tensorrt'; known: onnxruntime, torchscript, torchscript-bf16"
+        E.EngineError, match=r"unknown engine 'tensorrt'; known: onnxruntime, openvino, torchscript, torchscript-bf16"
     ):
         E.load("tensorrt", tmp_path, "u2netp", CPU)
     with pytest.raises(E.EngineError, match=r"u2netp\.pt not found; rebuild the archive"):

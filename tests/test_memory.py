@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from handler import precision
-from handler.engine import ONNXRUNTIME, TORCHSCRIPT, TORCHSCRIPT_BF16
+from handler.engine import ONNXRUNTIME, OPENVINO, TORCHSCRIPT, TORCHSCRIPT_BF16
 from u2net_client import U2NetClient
 from u2net_client._generated import u2serve_pb2
 
@@ -108,8 +108,8 @@ def unpacked(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def _other_engines() -> list[str]:
     # The served test covers the engine this machine picks; these are the ones other CPUs get.
-    picked = TORCHSCRIPT_BF16 if precision.native_bf16() else ONNXRUNTIME
-    return [e for e in (ONNXRUNTIME, TORCHSCRIPT) if e != picked]
+    picked = TORCHSCRIPT_BF16 if precision.native_bf16() else OPENVINO
+    return [e for e in (OPENVINO, ONNXRUNTIME, TORCHSCRIPT) if e != picked]
 
 
 @pytest.mark.parametrize("engine", _other_engines())
