@@ -169,9 +169,15 @@ def _openvino(precision: str) -> Callable[[Setup], Run]:
 
 
 def _openvino_served(s: Setup) -> Run:
-    # What a worker on a CPU without native bf16 serves: fp32, a batch's images over its default streams.
+    # What a worker on a CPU without native bf16 serves: fp32, one image after the other on every thread.
     path = E.export(E.OPENVINO, s.model, s.work, s.name, s.size)
     return E.load(E.OPENVINO, path.parent, s.name, torch.device("cpu"), s.threads)
+
+
+def _openvino_streams(s: Setup) -> Run:
+    # The same with handler.streams = threads: a batch's images side by side, one thread each.
+    path = E.export(E.OPENVINO, s.model, s.work, s.name, s.size)
+    return E.load(E.OPENVINO, path.parent, s.name, torch.device("cpu"), s.threads, streams=s.threads)
 
 
 def _xnnpack(s: Setup) -> Run:
@@ -225,7 +231,7 @@ BUILDERS: dict[str, Callable[[Setup], Run]] = {
     "bf16-islands": _bf16(precision.PLANS["u2netp"].fp32_blocks),
     E.TORCHSCRIPT_BF16: _torchscript_bf16,
     E.OPENVINO: _openvino_served,
-    "openvino-1stream": _openvino("f32"),
+    "openvino-streams": _openvino_streams,
     "openvino-bf16": _openvino("bf16"),
     "xnnpack": _xnnpack,
     "onnxruntime": _onnxruntime,

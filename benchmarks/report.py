@@ -22,7 +22,7 @@ from handler import precision
 
 KIND_TITLES = {
     "cpu-bf16": "CPU with native bf16 (AVX512_BF16 or AMX): served with torchscript-bf16",
-    "cpu-avx2": "CPU with AVX2, no native bf16: the worker falls back to onnxruntime",
+    "cpu-avx2": "CPU with AVX2, no native bf16: the worker falls back to OpenVINO fp32",
     "cpu": "CPU without AVX2",
 }
 CPU_KINDS = ("cpu-bf16", "cpu-avx2")  # always shown, with "no run" where none is recorded
@@ -141,7 +141,8 @@ def _when(date: str) -> datetime.datetime:
 def _provenance(record: R.Record) -> str:
     dirty = " with uncommitted changes" if record.dirty else ""
     if record.provenance.get("measured"):
-        return f"measured at commit {record.commit[:10]}{dirty}; every sample is in its JSON record"
+        note = f" ({record.provenance['note']})" if record.provenance.get("note") else ""
+        return f"measured at commit {record.commit[:10]}{dirty}; every sample is in its JSON record{note}"
     source = record.provenance.get("converted_from", "converted from an older format")
     return f"{source}: printed figures only, no raw samples (the record's provenance note says what was inferred)"
 

@@ -92,7 +92,7 @@ def device_kind(machine: Machine) -> str:
     """The kind of machine a record speaks for: BENCHMARKS.md keeps the latest record of each kind.
 
     "cuda" with a GPU; "cpu-bf16" where bf16 convolutions run natively (the served default engine is
-    torchscript-bf16 there); "cpu-avx2" for an AVX2 CPU without them (the worker falls back to onnxruntime);
+    torchscript-bf16 there); "cpu-avx2" for an AVX2 CPU without them (the worker falls back to OpenVINO fp32);
     "cpu" otherwise.
     """
     if machine.gpu:

@@ -174,16 +174,18 @@ class OnnxRuntimeEngine(Engine):
 
 
 class OpenVinoEngine(Engine):
-    """OpenVINO's CPU plugin in fp32 on the ONNX file, a batch's images spread over its streams.
+    """OpenVINO's CPU plugin in fp32 on the ONNX file, image by image (or over its streams).
 
     Why: on a CPU without native bf16 (a 2-core AMD EPYC Zen 3, AVX2 and FMA only) it runs U2NETP at the
-    same accuracy as onnxruntime, faster: 1.7-1.9 img/s on one stream and 2.1-2.5 img/s on two streams of
-    one thread each, against 1.4-1.6 for our onnxruntime session without its arena and 1.7-1.9 for
-    rembg's session, at 670-680 MiB peak for the whole process against 740-760 for rembg's
-    (benchmarks/engines.py measures it). Its streams are OpenVINO's own (NUM_STREAMS, one infer request
-    each, memory planned once per request): the threads are shared among them, as with Streams. The
-    precision is pinned to f32: on a CPU with AVX512_BF16 the plugin would pick bf16 by itself, which
-    fails the accuracy gate for U2NETP (handler/precision.py).
+    same accuracy as onnxruntime, faster: 2.1-2.4 img/s on one stream of 2 threads (the model reshaped to
+    a static batch of 1), against 1.0-1.6 for our onnxruntime session without its arena and 1.6-2.2 for
+    rembg's session (benchmarks/engines.py and `make bench` measure it). Its streams are OpenVINO's own
+    (NUM_STREAMS, one infer request each, memory planned once per request), the threads shared among
+    them as with Streams; one is the default (handler.streams). Two gave no more throughput on that CPU
+    (2.4 img/s on batches of 4), ran a lone image on one thread (1.4-1.6 img/s), and cost ~115 MiB more:
+    the served worker peaked at 837-912 MiB once it had served matting (numba's compiled solvers stay
+    resident), over the 800 MiB bound. The precision is pinned to f32: on a CPU with AVX512_BF16 the plugin
+    would pick bf16 by itself, which fails the accuracy gate for U2NETP (handler/precision.py).
     """
 
     name = "openvino"
@@ -192,13 +194,15 @@ class OpenVinoEngine(Engine):
         import openvino as ov
 
         self.device = device
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": max(1, streams)}
+        width = threads if threads > 0 else torch.get_num_threads()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": max(1, min(streams, width))}
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
         network = core.read_model(str(path))
         # One image per request, so a static batch of 1: the plugin then plans each request's activations
-        # once, 110-115 MiB for U2NETP at 320x320 against ~185 MiB with the file's dynamic batch axis.
+        # once, 110-115 MiB for U2NETP at 320x320 against ~185 MiB with the file's dynamic batch axis, and
+        # one stream runs as fast as two did with the dynamic shape.
         network.reshape([1, *network.input(0).get_partial_shape()[1:].to_shape()])
         self.compiled = core.compile_model(network, "CPU", config)
         self.stream_count = int(self.compiled.get_property("NUM_STREAMS"))
@@ -306,7 +310,6 @@ class EngineKind:
     runtime: str | None = None  # a module the worker must be able to import, beyond torch
     fallback: str | None = None  # the engine to load instead when this one cannot run; None for the last resort
     hardware: Callable[[], str | None] | None = None  # why this machine cannot run it fast, or None
-    streams: int = 1  # images side by side when the settings do not say (capped by the threads)
 
     def unavailable(self, device: torch.device) -> str | None:
         """Why this engine cannot run in this worker on `device`, or None when it can."""
@@ -334,11 +337,10 @@ ENGINES: dict[str, EngineKind] = {
         ONNXRUNTIME, ".onnx", export_onnx, OnnxRuntimeEngine, frozenset({"cpu"}), runtime="onnxruntime",
         fallback=TORCHSCRIPT,
     ),
-    # OpenVINO reads the ONNX file onnxruntime runs: the archive carries it once for both. Two streams by
-    # default: the speed on a CPU without native bf16 comes from them (OpenVinoEngine).
+    # OpenVINO reads the ONNX file onnxruntime runs: the archive carries it once for both.
     OPENVINO: EngineKind(
         OPENVINO, ".onnx", export_onnx, OpenVinoEngine, frozenset({"cpu"}), runtime="openvino",
-        fallback=ONNXRUNTIME, streams=2,
+        fallback=ONNXRUNTIME,
     ),
     # Emulated bf16 (a CPU without AVX512_BF16 or AMX) is slower than fp32: such a worker falls back.
     TORCHSCRIPT_BF16: EngineKind(
@@ -381,7 +383,7 @@ def load(
     model_name: str,
     device: torch.device,
     threads: int = 0,
-    streams: int | None = None,
+    streams: int = 1,
 ) -> Engine:
     """Loads the named engine from an unpacked archive, or the first of its fallbacks that can run here.
 
@@ -391,8 +393,8 @@ def load(
         model_name: The archive's model name; engine files are named after it.
         device: Where inputs and outputs live.
         threads: Intra-op threads for runtimes with their own pool; 0 keeps the runtime's default.
-        streams: Images of a CPU batch run side by side (Streams); 1: one after the other; None: the
-            chosen engine's own default (EngineKind.streams), at most one per thread.
+        streams: Images of a CPU batch run side by side (Streams), at most one per thread; 1: one after
+            the other.
 
     Raises:
         EngineError: unknown engine, or none of its chain runs here and the archive has no TorchScript.
@@ -411,7 +413,4 @@ def load(
     path = model_dir / file_name(chosen.name, model_name)
     if not path.is_file():
         raise EngineError(f"{path} not found; rebuild the archive with handler/build.py")
-    if streams is None:
-        width = threads if threads > 0 else torch.get_num_threads()
-        streams = max(1, min(chosen.streams, width))
     return chosen.load(path, device, threads, streams)

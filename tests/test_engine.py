@@ -138,18 +138,18 @@ def test_streams_run_images_side_by_side_on_a_share_of_the_threads_and_the_rest_
         assert [kind for kind, _, _ in seen] == ["wide"] * 3
 
 
-def test_streams_is_a_handler_setting_of_at_least_one_defaulting_to_the_engines_own(
-    archive: tuple[U2Net, Path, str, int],
-) -> None:
-    assert HandlerSettings.from_yaml(None).streams is None
-    _, directory, name, _ = archive
-    # None: the engine kind's default, at most one per thread; openvino runs two, the others one.
-    defaults = {e: E.load(e, directory, name, CPU, threads=2).stream_count for e in FP32_ENGINES}
-    assert defaults == {E.OPENVINO: 2, E.ONNXRUNTIME: 1, E.TORCHSCRIPT: 1}
-    assert E.load(E.OPENVINO, directory, name, CPU, threads=1).stream_count == 1
+def test_streams_is_a_handler_setting_of_at_least_one() -> None:
+    assert HandlerSettings.from_yaml(None).streams == 1
     assert HandlerSettings.from_yaml({"streams": 2, "engine": "torchscript-bf16"}).streams == 2
     with pytest.raises(SettingsError, match=r"handler\.streams=0"):
         HandlerSettings.from_yaml({"streams": 0})
+
+
+def test_streams_are_at_most_one_per_thread(archive: tuple[U2Net, Path, str, int]) -> None:
+    _, directory, name, _ = archive
+    assert {e: E.load(e, directory, name, CPU, threads=1, streams=2).stream_count for e in FP32_ENGINES} == {
+        e: 1 for e in FP32_ENGINES
+    }
 
 
 def test_bf16_falls_back_to_openvino_without_native_bf16(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
 import zipfile
 from concurrent import futures
 from pathlib import Path
@@ -151,14 +152,17 @@ def test_cpu_stand_in_picks_the_engine_the_handler_picks(tmp_path, model_store, 
         return triton.load_network({**config, "parameters": parameters}, version)
 
     try:
-        handlers_pick = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else engine.ONNXRUNTIME
+        handlers_pick = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else engine.OPENVINO
         assert triton.load_network(config, version)[0].name == handlers_pick
         assert load()[1] == threads and load({"threads": "1"})[1] == 1
         with monkeypatch.context() as m:
             m.setattr(precision, "native_bf16", lambda: False)
-            assert load()[0].name == engine.ONNXRUNTIME
+            assert load()[0].name == engine.OPENVINO
         (version / "model.bf16.pt").unlink()
-        assert load()[0].name == engine.ONNXRUNTIME
+        assert load()[0].name == engine.OPENVINO
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "openvino", None)  # a server without OpenVINO: onnxruntime
+            assert load()[0].name == engine.ONNXRUNTIME
         (version / "model.onnx").unlink()
         assert load()[0].name == engine.TORCHSCRIPT
         with pytest.raises(engine.EngineError, match="unknown engine"):

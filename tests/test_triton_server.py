@@ -29,7 +29,7 @@ import yaml
 from PIL import Image
 
 from handler import engine, precision
-from handler.engine import ONNXRUNTIME, TORCHSCRIPT_BF16
+from handler.engine import OPENVINO, TORCHSCRIPT_BF16
 from handler.model import VARIANTS
 from handler.pipeline import Segmenter, SegmentRequest, Task
 from handler.settings import HandlerSettings
@@ -216,7 +216,7 @@ def test_models_describe_and_readiness(triton_server):
 def test_the_stand_in_runs_the_engine_the_handler_picks(triton_server):
     """The CPU stand-in logs the engine it loaded: on this CPU, the one the TorchServe worker runs
     (tests/test_client_integration.py checks TorchServe's describe with the same rule)."""
-    picked = TORCHSCRIPT_BF16 if precision.native_bf16() else ONNXRUNTIME
+    picked = TORCHSCRIPT_BF16 if precision.native_bf16() else OPENVINO
     assert loaded_engine(triton_server.log_file.read_text(), "u2netp_network") == picked, triton_server.log_tail()
 
 
