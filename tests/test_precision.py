@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from benchmarks import engines
+from handler import engine as E
 from handler import precision, weights
 from handler.model import REBNCONV, VARIANTS
 from handler.pipeline import masks_from_d0, model_input
@@ -72,36 +74,62 @@ def test_the_u2netp_plan_passes_the_serving_gate_and_bf16_everywhere_does_not(re
     assert mean_all > 5 * mean and mean_all > precision.GATE_MEAN_MAE, (mean_all, mean)
 
 
-@needs_native_bf16
-def test_the_islands_hold_on_altered_images_the_plan_was_not_fitted_to(reference_dir: Path, tmp_path: Path) -> None:
-    # Against fp32's own masks (no published ones exist for these): flipped, rotated and cropped copies.
-    from handler import engine as E
+Alteration = Callable[[Image.Image], Image.Image]
 
+
+def _mirrored(im: Image.Image) -> Image.Image:
+    return im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def _rotated(im: Image.Image) -> Image.Image:
+    return im.transpose(Image.Transpose.ROTATE_90)
+
+
+def _cropped(im: Image.Image) -> Image.Image:
+    return im.crop((im.width // 8, im.height // 8, im.width * 7 // 8, im.height * 7 // 8))
+
+
+def _authors_u2netp() -> torch.nn.Module:
     try:
-        model = weights.bundled_u2netp().model
+        return weights.bundled_u2netp().model
     except weights.WeightsError as exc:
         pytest.skip(str(exc))
-    fp32 = E.load(
-        "onnxruntime", E.export("onnxruntime", model, tmp_path, "u2netp", 320).parent, "u2netp", torch.device("cpu")
-    )
-    mixed = precision.trace(model, precision.plan_for("u2netp").fp32_blocks, 320)
+
+
+def _exported(engine: str, model: torch.nn.Module, folder: Path) -> E.Engine:
+    """The named engine as a worker loads it, from its file exported into `folder`."""
+    return E.load(engine, E.export(engine, model, folder, "u2netp", 320).parent, "u2netp", torch.device("cpu"))
+
+
+def _altered_maes(
+    reference_dir: Path,
+    want: Callable[[torch.Tensor], torch.Tensor],
+    got: Callable[[torch.Tensor], torch.Tensor],
+    alterations: Sequence[Alteration],
+) -> list[float]:
+    """Mask MAE of `got` against `want` on each altered copy of each of the authors' images."""
     variant = VARIANTS["u2netp"]
-    alterations = {
-        "mirrored": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-        "rotated": lambda im: im.transpose(Image.Transpose.ROTATE_90),
-        "cropped": lambda im: im.crop((im.width // 8, im.height // 8, im.width * 7 // 8, im.height * 7 // 8)),
-    }
     errors = []
     with torch.inference_mode():
         for path in sorted((reference_dir / "images").iterdir()):
             original = Image.open(path).convert("RGB")
-            for alter in alterations.values():
+            for alter in alterations:
                 rgb = np.asarray(alter(original))
                 batch = model_input([rgb], variant)
                 size = (rgb.shape[1], rgb.shape[0])
-                (want,) = masks_from_d0(fp32(batch), [size])
-                (got,) = masks_from_d0(mixed(batch), [size])
-                errors.append(float(np.abs(got.astype(np.float64) - want).mean() / 255.0))
+                (expected,) = masks_from_d0(want(batch), [size])
+                (mask,) = masks_from_d0(got(batch), [size])
+                errors.append(float(np.abs(mask.astype(np.float64) - expected).mean() / 255.0))
+    return errors
+
+
+@needs_native_bf16
+def test_the_islands_hold_on_altered_images_the_plan_was_not_fitted_to(reference_dir: Path, tmp_path: Path) -> None:
+    # Against fp32's own masks (no published ones exist for these): flipped, rotated and cropped copies.
+    model = _authors_u2netp()
+    fp32 = _exported("onnxruntime", model, tmp_path)
+    mixed = precision.trace(model, precision.plan_for("u2netp").fp32_blocks, 320)
+    errors = _altered_maes(reference_dir, fp32, mixed, (_mirrored, _rotated, _cropped))
     # Measured: mean 0.0008, worst 0.0038 (a crop); bf16 everywhere is >10x further off.
     assert len(errors) == 54
     assert np.mean(errors) <= 0.0012, np.mean(errors)
@@ -111,34 +139,13 @@ def test_the_islands_hold_on_altered_images_the_plan_was_not_fitted_to(reference
 def test_openvino_passes_the_gate_and_matches_fp32_on_altered_images(reference_dir: Path, tmp_path: Path) -> None:
     # The engine a CPU without native bf16 serves: on the published masks, and against eager fp32 on flipped
     # and cropped copies (images the gate was not measured on). It runs on any x86 CPU, so on every CI host.
-    from handler import engine as E
     from handler.model import U2NetD0
 
-    try:
-        model = weights.bundled_u2netp().model
-    except weights.WeightsError as exc:
-        pytest.skip(str(exc))
-    served = E.load(
-        E.OPENVINO, E.export(E.OPENVINO, model, tmp_path, "u2netp", 320).parent, "u2netp", torch.device("cpu")
-    )
-    assert served.name == E.OPENVINO
+    model = _authors_u2netp()
+    served = _exported("openvino", model, tmp_path)
+    assert served.name == "openvino"
     mean, worst = _mae_against_published(served, reference_dir)
     assert precision.passes_gate(mean, worst), (mean, worst)
-    eager = U2NetD0(model).eval()
-    variant = VARIANTS["u2netp"]
-    errors = []
-    with torch.inference_mode():
-        for path in sorted((reference_dir / "images").iterdir()):
-            original = Image.open(path).convert("RGB")
-            for altered in (
-                original.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-                original.crop((original.width // 8, original.height // 8, original.width * 7 // 8, original.height)),
-            ):
-                rgb = np.asarray(altered)
-                batch = model_input([rgb], variant)
-                size = (rgb.shape[1], rgb.shape[0])
-                (want,) = masks_from_d0(eager(batch), [size])
-                (got,) = masks_from_d0(served(batch), [size])
-                errors.append(float(np.abs(got.astype(np.float64) - want).mean() / 255.0))
+    errors = _altered_maes(reference_dir, U2NetD0(model).eval(), served, (_mirrored, _cropped))
     # fp32 against fp32: summation order only (d0 within ~5e-6), a grey level here and there.
     assert len(errors) == 36 and max(errors) <= 0.0002, max(errors)
