@@ -39,7 +39,10 @@ def test_converted_u2netp_matches_onnxruntime_on_real_images(bundled, reference_
         theirs = session.run(None, {name: x[i : i + 1].numpy()})
         for o, t in zip(ours, theirs, strict=True):
             worst = max(worst, float(np.abs(o[i : i + 1].numpy() - t).max()))
-    assert worst <= 1e-4
+    # fp32 summed in another order by each CPU's kernels: at most 2.5e-5 on d0 on an AVX-512 Xeon; on a
+    # Zen 3 (AVX2 only) 8.9e-5 on d0 and 1.4e-4 on d2. A conversion error (a wrong layer, bias or order)
+    # moves the outputs by 1e-2 and more.
+    assert worst <= 5e-4
 
 
 def test_bundled_origin_names_the_package(bundled):
