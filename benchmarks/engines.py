@@ -62,9 +62,14 @@ def _eager(s: Setup) -> Run:
     return _no_grad(head)
 
 
-def _torchscript(s: Setup) -> Run:
-    path = E.export(E.TORCHSCRIPT, s.model, s.work, s.name, s.size)
-    return E.TorchScriptEngine(path, torch.device("cpu"), s.threads)
+def _served(kind: str, one_per_thread: bool = False) -> Callable[[Setup], Run]:
+    # A served engine on its exported file, as a worker runs it: one stream, or one per thread
+    # (handler.streams). Its own class, never handler.engine.load, whose fallback would time another engine.
+    def build(s: Setup) -> Run:
+        path = E.export(kind, s.model, s.work, s.name, s.size)
+        return E.ENGINES[kind].load(path, torch.device("cpu"), s.threads, s.threads if one_per_thread else 1)
+
+    return build
 
 
 def _torchscript_ofi(s: Setup) -> Run:
@@ -168,35 +173,12 @@ def _openvino(precision: str) -> Callable[[Setup], Run]:
     return build
 
 
-def _openvino_served(s: Setup) -> Run:
-    # What a worker on a CPU without native bf16 serves: fp32, one image after the other on every thread.
-    path = E.export(E.OPENVINO, s.model, s.work, s.name, s.size)
-    return E.load(E.OPENVINO, path.parent, s.name, torch.device("cpu"), s.threads)
-
-
-def _openvino_streams(s: Setup) -> Run:
-    # The same with handler.streams = threads: a batch's images side by side, one thread each.
-    path = E.export(E.OPENVINO, s.model, s.work, s.name, s.size)
-    return E.load(E.OPENVINO, path.parent, s.name, torch.device("cpu"), s.threads, streams=s.threads)
-
-
 def _xnnpack(s: Setup) -> Run:
     # optimize_for_mobile rewrites the frozen graph's convs into XNNPACK's prepacked ops (x86 included).
     from torch.utils.mobile_optimizer import optimize_for_mobile
 
     frozen = torch.jit.load(str(E.export(E.TORCHSCRIPT, s.model, s.work, s.name, s.size)))
     return _no_grad(optimize_for_mobile(frozen))
-
-
-def _onnxruntime(s: Setup) -> Run:
-    path = E.export("onnxruntime", s.model, s.work, s.name, s.size)
-    return E.OnnxRuntimeEngine(path, torch.device("cpu"), s.threads)
-
-
-def _onnxruntime_streams(s: Setup) -> Run:
-    # What handler.streams=2 serves: two sessions of one thread each, a batch's images side by side.
-    path = E.export("onnxruntime", s.model, s.work, s.name, s.size)
-    return E.OnnxRuntimeEngine(path, torch.device("cpu"), s.threads, streams=s.threads)
 
 
 def _onnxruntime_rembg(s: Setup) -> Run:
@@ -220,7 +202,7 @@ def _onnxruntime_rembg(s: Setup) -> Run:
 
 BUILDERS: dict[str, Callable[[Setup], Run]] = {
     "eager": _eager,
-    "torchscript": _torchscript,
+    "torchscript": _served(E.TORCHSCRIPT),
     "torchscript-ofi": _torchscript_ofi,
     "torchscript-onednn": _torchscript_onednn,
     "channels-last": _channels_last,
@@ -230,12 +212,12 @@ BUILDERS: dict[str, Callable[[Setup], Run]] = {
     "bf16-cl": _bf16(()),
     "bf16-islands": _bf16(precision.PLANS["u2netp"].fp32_blocks),
     E.TORCHSCRIPT_BF16: _torchscript_bf16,
-    E.OPENVINO: _openvino_served,
-    "openvino-streams": _openvino_streams,
+    E.OPENVINO: _served(E.OPENVINO),
+    "openvino-streams": _served(E.OPENVINO, one_per_thread=True),
     "openvino-bf16": _openvino("bf16"),
     "xnnpack": _xnnpack,
-    "onnxruntime": _onnxruntime,
-    "onnxruntime-streams": _onnxruntime_streams,
+    "onnxruntime": _served(E.ONNXRUNTIME),
+    "onnxruntime-streams": _served(E.ONNXRUNTIME, one_per_thread=True),
     PEER: _onnxruntime_rembg,
 }
 

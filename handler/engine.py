@@ -78,8 +78,7 @@ class Streams:
     """
 
     def __init__(self, threads: int, narrow: Callable[[int], None] | None = None, count: int = 1) -> None:
-        self.width = threads if threads > 0 else torch.get_num_threads()
-        self.count = max(1, min(count, self.width))
+        self.width, self.count = side_by_side(threads, count)
         self.share = self.width // self.count
         self._pool: ThreadPoolExecutor | None = None
         if self.count > 1:
@@ -94,6 +93,12 @@ class Streams:
         outputs = list(self._pool.map(narrow, images[:side_by_side])) if side_by_side else []
         outputs += [wide(image) for image in images[side_by_side:]]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def side_by_side(threads: int, streams: int) -> tuple[int, int]:
+    """(threads, streams) as they run: 0 threads is torch's count, and at least 1, at most one stream per thread."""
+    width = threads if threads > 0 else torch.get_num_threads()
+    return width, max(1, min(streams, width))
 
 
 def _torch_threads(threads: int) -> None:
@@ -194,8 +199,7 @@ class OpenVinoEngine(Engine):
         import openvino as ov
 
         self.device = device
-        width = threads if threads > 0 else torch.get_num_threads()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": max(1, min(streams, width))}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": side_by_side(threads, streams)[1]}
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
@@ -378,12 +382,7 @@ def export(name: str, model: nn.Module, directory: Path, model_name: str, size: 
 
 
 def load(
-    name: str,
-    model_dir: Path,
-    model_name: str,
-    device: torch.device,
-    threads: int = 0,
-    streams: int = 1,
+    name: str, model_dir: Path, model_name: str, device: torch.device, threads: int = 0, streams: int = 1
 ) -> Engine:
     """Loads the named engine from an unpacked archive, or the first of its fallbacks that can run here.
 

@@ -35,7 +35,6 @@ class U2NetHandler:
     """
 
     context: Any = None
-    initialized = False
 
     def initialize(self, context: Any) -> None:
         limit_malloc_arenas()  # before the engine's and the pipeline's threads allocate
@@ -64,7 +63,6 @@ class U2NetHandler:
         version = context.manifest["model"].get("modelVersion", "")
         self.served = codec.Served(self.model_name, version, self.info.weights)
         self._warm_up()
-        self.initialized = True
         log.info(
             "%s %s on %s (%s engine, %d threads), weights: %s",
             self.model_name, self.served.model_version, self.device, self.engine.name, threads, self.info.weights,
