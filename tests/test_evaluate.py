@@ -288,17 +288,21 @@ def test_server_errors_keep_their_exit_codes(server, reference_dir, tmp_path):
 
 
 def test_an_image_the_server_refuses_is_listed(server, reference_dir, tmp_path):
-    images = tmp_path / "images"
-    shutil.copytree(reference_dir / "images", images)
+    images, gt = tmp_path / "images", tmp_path / "gt"
+    images.mkdir()
+    gt.mkdir()
+    for name in ("im_01.png", "im_14.png", "im_21.png", "girl.png"):  # three whole images beside the broken one
+        shutil.copy(reference_dir / "images" / name, images / name)
+        shutil.copy(reference_dir / "u2net_masks" / name, gt / name)
     whole = (reference_dir / "images" / "girl.png").read_bytes()
     (images / "girl.png").chmod(0o644)
     (images / "girl.png").write_bytes(whole[: len(whole) // 2])  # the header reads; only the server's decoder fails
-    args = ["--images", str(images), "--gt", str(reference_dir / "u2net_masks"), "-o", str(tmp_path / "r")]
+    args = ["--images", str(images), "--gt", str(gt), "-o", str(tmp_path / "r")]
     refused = cli_run(server, *args)
     assert refused.returncode == 2 and "girl.png: the server refused it" in refused.stderr, refused.stderr
     skipped = cli_run(server, *args, "--skip-missing")
     assert skipped.returncode == 0, skipped.stderr
-    assert load(tmp_path / "r")["models"]["u2netp"]["images"] == 17
+    assert load(tmp_path / "r")["models"]["u2netp"]["images"] == 3
 
 
 # Units: no server, no CLI.

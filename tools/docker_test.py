@@ -310,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default="u2serve:cpu")
     parser.add_argument("--torch-index", default=DEFAULT_TORCH_INDEX, help="extra index for torch ('' for none)")
+    parser.add_argument(
+        "--build-only",
+        action="store_true",
+        help="build the image (and its base) and stop: CI builds it beside the test suite, and the run that "
+        "follows finds its layers cached",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="docker-test %(asctime)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request of the web checks
@@ -324,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     built = time.monotonic()
     log.info("built %s with %s in %.0f s", args.image, engine.name, built - began)
+    if args.build_only:
+        return 0
     mounts_before = _mounts()
     with tempfile.TemporaryDirectory(prefix="u2serve-docker-test-") as tmp:
         reference = start(Path(tmp, "reference"), ROOT / "model_store", MODELS, Ports.free())
