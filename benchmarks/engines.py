@@ -324,6 +324,7 @@ def measure(
     reference_dir: Path | None = REFERENCE_DIR,
     model: U2Net | None = None,
     first_round: int = 0,
+    left_out: dict[str, str] | None = None,
 ) -> list[Row]:
     """Builds each engine, checks it, then times all of them interleaved.
 
@@ -337,6 +338,8 @@ def measure(
         model: The fused eval model; loaded with load_model when None.
         first_round: Where the engines' rotating order starts (a caller timing one round at a time
             passes its round number, so the order still rotates).
+        left_out: Filled with each engine that could not be built or run here and why (the study records
+            them: a candidate that cannot run on this CPU is a result too).
 
     Returns:
         One Row per built engine and batch size, in the order asked.
@@ -364,6 +367,8 @@ def measure(
                 build_s = time.perf_counter() - start
             except Exception as exc:  # a candidate that cannot build here is a result, not a crash
                 log.warning("%s: cannot build (%s: %s); left out", name, type(exc).__name__, exc)
+                if left_out is not None:
+                    left_out[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 continue
             log.info("%s: built and warmed up in %.1f s", name, build_s)
             mae = masks_mae(run, accuracy_inputs) if accuracy_inputs else None
@@ -457,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     folder, _ = R.destinations(args.results, args.write, smoke=False)
     machine = R.Machine.here()
     date, (commit, dirty) = R.now(), R.commit()  # what runs, as it starts
-    rows = measure(args.model, args.engines, args.batch_sizes, args.rounds, args.threads, reference)
+    left_out: dict[str, str] = {}
+    rows = measure(args.model, args.engines, args.batch_sizes, args.rounds, args.threads, reference, left_out=left_out)
     study = R.EngineStudy(
         kind=R.device_kind(machine),
         date=date,
@@ -472,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         matmul_gflops=matmul_gflops(args.threads),
         macs_per_image=conv_macs(load_model(args.model), VARIANTS[args.model].input_size),
         rows=[r.record() for r in rows],
+        left_out=left_out,
     )
     path = R.save(study, folder)
     print(report.render_study(study))

@@ -441,6 +441,7 @@ def render_study(study: R.EngineStudy) -> str:
             f"{r.model:7} {r.engine:18} {r.batch:>5} {f.ms:>9.1f} {f.images_per_s:>6.2f} {_num(f.vs_peer):>8} "
             f"{f.gflops:>7.0f} {r.max_abs_diff:>8.1e} {r.build_s:>7.1f} {mean:>8} {worst:>8} {gate}"
         )
+    lines += [f"# {name}: could not run here ({why})" for name, why in study.left_out.items()]
     smoke = " (smoke: not a measurement)" if study.smoke else ""
     lines.append(
         f"# {study.kind}: CPU {m.cpu}, {_cores(m)}, {_when(study.date).strftime('%Y-%m-%d %H:%M UTC')}{smoke}; "

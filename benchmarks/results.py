@@ -13,7 +13,7 @@ One file per run, `benchmarks/results/<study>-<kind>-<date>.json`, schema 1:
         sweep[] (op, concurrency, seconds, requests, latency_ms[], errors[], counters{}, worker_rss_mib[],
         server_ms[]);
     engines: settings, matmul_gflops, macs_per_image, rows[] (engine, batch, ms[] every timed call, max_abs_diff,
-        build_s, mae_mean, mae_max).
+        build_s, mae_mean, mae_max), left_out (optional: {engine: why it could not run here}).
 
 Raw samples are the record; summaries, ratios and verdicts are computed from them (benchmarks/verdicts.py).
 A record converted from older markdown has no samples: its cells and rows carry `recorded` figures instead,
@@ -429,6 +429,7 @@ class EngineStudy:
     matmul_gflops: float
     macs_per_image: int
     rows: list[StudyRow]
+    left_out: dict[str, str] = field(default_factory=dict)  # candidates that could not run here, and why
     study: str = ENGINES
     schema: int = SCHEMA
 
@@ -495,6 +496,7 @@ def from_dict(data: dict[str, Any], where: str = "record") -> Record:
             matmul_gflops=data["matmul_gflops"],
             macs_per_image=data["macs_per_image"],
             rows=[_study_row(r) for r in data["rows"]],
+            left_out=dict(data.get("left_out") or {}),
         )
     raise ValueError(f"{where}: study {data.get('study')!r}; known: {END_TO_END}, {ENGINES}")
 

@@ -180,6 +180,33 @@ def test_study_rows_are_summarised_from_every_timed_call() -> None:
     assert (f.ms, f.images_per_s, f.vs_peer, f.gflops) == pytest.approx((400.0, 5.0, 0.8, 200.0))
 
 
+def test_a_study_keeps_the_candidates_that_could_not_run_and_says_why(tmp_path: Path) -> None:
+    rows = [R.StudyRow("u2netp", "openvino", 1, 0.0, 2.0, 0.0003, 0.0011, [400.0])]
+    settings = R.StudySettings("u2netp", 2, 1, "onnxruntime-rembg", 0.001, 0.002)
+    left_out = {"torchscript-bf16": "EngineError: this CPU has no native bf16 (AVX512_BF16 or AMX)"}
+    study = R.EngineStudy(
+        "cpu-avx2", "2026-12-02T17:35:40+00:00", "abc", False, False, {"measured": True}, MACHINE, settings,
+        100.0, 20_000_000_000, rows, left_out,
+    )  # fmt: skip
+    assert R.read(R.save(study, tmp_path)) == study
+    assert "# torchscript-bf16: could not run here (EngineError: this CPU has no native bf16" in report.render_study(
+        study
+    )
+    # Records written before the field existed read as having left nothing out.
+    data = json.loads(R.to_json(study))
+    del data["left_out"]
+    assert R.from_dict(data).left_out == {}
+
+
+def test_the_avx2_engine_study_lists_every_candidate_tried() -> None:
+    study = report.latest(R.read_all([R.RESULTS_DIR]))["engines", "cpu-avx2"]
+    assert isinstance(study, R.EngineStudy) and not study.machine.native_bf16
+    ran = {r.engine for r in study.rows}
+    assert {"openvino", "onnxruntime", "onnxruntime-rembg", "torchscript", "torchscript-cl"} <= ran
+    assert set(study.left_out) == {"bf16-islands", "torchscript-bf16", "xnnpack"} and not ran & set(study.left_out)
+    assert all(V.gate(r) for r in study.rows)  # every fp32 engine gives the authors' masks
+
+
 def test_a_record_survives_json_and_readers_ignore_fields_they_do_not_know(tmp_path: Path) -> None:
     run = _targets_run()
     path = R.save(run, tmp_path)
