@@ -368,7 +368,7 @@ def measure(
             except Exception as exc:  # a candidate that cannot build here is a result, not a crash
                 log.warning("%s: cannot build (%s: %s); left out", name, type(exc).__name__, exc)
                 if left_out is not None:
-                    left_out[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    left_out[name] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
                 continue
             log.info("%s: built and warmed up in %.1f s", name, build_s)
             mae = masks_mae(run, accuracy_inputs) if accuracy_inputs else None
