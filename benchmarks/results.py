@@ -277,7 +277,7 @@ class OptionSample:
 
 @dataclass(frozen=True)
 class OptionRow:
-    """One option set of benchmarks/options.py, one request per round."""
+    """One option set of benchmarks/options.py: its requests in the order sent, OptionsStudy.passes per round."""
 
     name: str
     call: str  # the SDK call's keyword arguments, in words
@@ -288,7 +288,8 @@ class OptionRow:
 
 @dataclass(frozen=True)
 class OptionsStudy:
-    """Cutout options through the served model (issue 11): one photo, each option once per round, one caller."""
+    """Cutout options through the served model (issue 11): one photo, each option `passes` times per round, one
+    caller."""
 
     image: str
     width: int
@@ -297,6 +298,7 @@ class OptionsStudy:
     baseline: str  # the row every other is against: today's RGBA PNG cutout
     jpeg_vs_png: tuple[str, str]  # the same opaque result encoded as JPEG and as PNG
     rows: list[OptionRow]
+    passes: int = 1  # times each option set was sent per round (records before 2026-12-03: once)
 
 
 @dataclass(frozen=True)

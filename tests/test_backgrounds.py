@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 
 from tests import servekit as sk
 from tests.test_client_integration import aclient, cli_run
@@ -60,15 +60,23 @@ def assert_blend(out: np.ndarray, front: np.ndarray, mask: np.ndarray, behind: n
     assert np.abs(out - (front * a + behind * (1.0 - a))).max() <= 0.5 + 1e-9
 
 
+def fitted(background: bytes, size: tuple[int, int]) -> np.ndarray:
+    """The background as compose fits it to cover `size` (tests/test_compose.py holds that to Pillow's fit)."""
+    return compose.fit_background(imaging.decode_image(background, imaging.DEFAULT_MAX_PIXELS), size, "cover").rgb
+
+
 @pytest.mark.parametrize("name", PHOTOS)
-def test_background_image_cover_pixels(client, reference_dir, beach, name):
+@pytest.mark.parametrize("scale", [1.0, 0.3], ids=["shrunk", "enlarged"])
+def test_background_image_cover_pixels(client, reference_dir, beach, name, scale):
     path = reference_dir / "images" / name
     mask = client.mask(path).array
+    if scale != 1.0:  # smaller than every test photo: scaled up to cover it
+        with Image.open(io.BytesIO(beach)) as im:
+            beach = sk.encode(im.resize((int(im.width * scale), int(im.height * scale))), "PNG")
     out = client.cutout(path, background_image=beach)
     rgb = rgb_of(path)
-    fitted = np.asarray(ImageOps.fit(Image.open(io.BytesIO(beach)), out.input_size, Image.Resampling.BILINEAR))
     assert out.image.mode == "RGB" and out.media_type == "image/png"
-    assert_blend(out.array, rgb, mask, fitted)
+    assert_blend(out.array, rgb, mask, fitted(beach, out.input_size))
 
 
 def test_contain_bars_are_the_colour_or_clear(client, reference_dir, beach):
@@ -86,8 +94,8 @@ def test_contain_bars_are_the_colour_or_clear(client, reference_dir, beach):
     assert np.array_equal(clear[bars][..., 3], mask[bars])
     assert (clear[~bars][..., 3] == 255).all()
     stretched = client.cutout(path, background_image=beach, background_fit="stretch").array
-    fitted = np.asarray(Image.open(io.BytesIO(beach)).resize((400, 300), Image.Resampling.BILINEAR))
-    assert_blend(stretched, rgb, mask, fitted)
+    squeezed = np.asarray(Image.open(io.BytesIO(beach)).resize((400, 300), Image.Resampling.BILINEAR))
+    assert_blend(stretched, rgb, mask, squeezed)
 
 
 @pytest.mark.parametrize("name", PHOTOS[:2])
@@ -176,8 +184,8 @@ def test_async_client_with_every_kind_of_option(server, reference_dir, beach):
             )
 
     grey, webp, many, mask = asyncio.run(go())
-    fitted = np.asarray(ImageOps.fit(Image.open(io.BytesIO(beach)), grey.input_size, Image.Resampling.BILINEAR))
-    assert_blend(grey.array, rgb_of(path), mask.array, np.asarray(Image.fromarray(fitted).convert("L").convert("RGB")))
+    behind = Image.fromarray(fitted(beach, grey.input_size)).convert("L").convert("RGB")
+    assert_blend(grey.array, rgb_of(path), mask.array, np.asarray(behind))
     assert webp.media_type == "image/webp" and webp.image.mode == "RGBA"
     assert many[0].media_type == "image/jpeg" and many[0].image.mode == "RGB"
     assert isinstance(many[1], U2NetError) and many[1].code == grpc.StatusCode.INVALID_ARGUMENT

@@ -8,10 +8,12 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from benchmarks import options, paths, report
 from benchmarks import results as R
 from benchmarks import verdicts as V
+from tests import servekit as sk
 from tests.test_benchmarks import _cell, _run
 from u2net_client.options import Options
 
@@ -122,6 +124,38 @@ def test_every_option_case_is_a_valid_sdk_call_and_the_named_rows_exist() -> Non
         Options(**case.kwargs)  # raises on a bad option
     assert next(iter(cases)) == options.BASELINE and not cases[options.BASELINE].common
     assert set(options.JPEG_VS_PNG) <= set(cases) and sum(c.matting for c in cases.values()) == 1
+
+
+def test_each_round_sends_every_option_in_passes_of_rotated_order(tmp_path: Path) -> None:
+    sent: list[dict[str, object]] = []
+
+    @dataclasses.dataclass
+    class Result:
+        timings: dict[str, float] = dataclasses.field(default_factory=lambda: {"inference": 2.0, "encode": 4.0})
+        data: bytes = b"x" * 10
+        media_type: str = "image/png"
+
+    class Client:
+        def cutout(self, image: bytes, model: str, **kwargs: object) -> Result:
+            sent.append(kwargs)
+            return Result()
+
+    photo = tmp_path / "p.png"
+    photo.write_bytes(sk.encode(Image.new("RGB", (30, 20)), "PNG"))
+    path = paths.OptionsPath(Client(), "u2netp", photo)  # type: ignore[arg-type]
+    cases = list(path.cases.values())
+    path.step()
+    path.step()
+    assert len(sent) == 2 * paths.OPTION_PASSES * len(cases)
+    firsts = [sent[i * len(cases)] for i in range(2 * paths.OPTION_PASSES)]
+    assert firsts == [cases[i % len(cases)].kwargs for i in range(2 * paths.OPTION_PASSES)]  # rotated per pass
+    study = path.record()
+    assert study.passes == paths.OPTION_PASSES
+    assert all(len(row.rounds) == 2 * paths.OPTION_PASSES for row in study.rows)
+    back = R.read(R.save(dataclasses.replace(_paths_run(), paths=R.Paths(options=study)), tmp_path))
+    assert back.paths is not None and back.paths.options == study
+    text = report.render_end_to_end(back)
+    assert f"{paths.OPTION_PASSES} times per round" in text and "× today (per pass)" in text
 
 
 def test_triton_statistics_become_per_round_counters() -> None:

@@ -84,7 +84,10 @@ def effect_layer(rgb: np.ndarray, effect: str, radius: float | None = None) -> n
     if effect == "blur":
         return gaussian_blur(rgb, default_blur_radius(rgb.shape[1], rgb.shape[0]) if radius is None else radius)
     if effect == "greyscale":
-        return np.asarray(Image.fromarray(rgb).convert("L").convert("RGB"))
+        grey = np.asarray(Image.fromarray(rgb).convert("L"))
+        if imaging._cv2 is not None and grey.size:  # the three copies ~5x faster than Pillow's convert("RGB")
+            return imaging._cv2.cvtColor(grey, imaging._cv2.COLOR_GRAY2RGB)
+        return np.dstack((grey, grey, grey))
     raise U2NetError(grpc.StatusCode.INTERNAL, f"unknown effect {effect!r} passed Options' check")
 
 
@@ -111,7 +114,13 @@ def fit_background(
     "cover" scales it to cover and crops the centre (PIL's ImageOps.fit), "stretch" resizes it,
     "contain" scales it to fit inside and centres it (ImageOps.pad); the bars are `color` or, without
     one, transparent. A background's own transparency is kept, or flattened over `color` when given.
+    All scale bilinearly: Pillow's filter, or OpenCV's (see _upscale) where an opaque image is scaled up
+    to cover or stretch, the common case of a photo behind a larger one.
     """
+    if fit in ("cover", "stretch") and background.alpha is None:
+        box = _cover_box(background.size, size) if fit == "cover" else (0.0, 0.0, *background.size)
+        if (scaled := _upscale(background.rgb, box, size)) is not None:
+            return Layer(scaled)
     im = _as_image(background)
     if fit == "cover":
         im = ImageOps.fit(im, size, _FIT_RESAMPLE)
@@ -127,10 +136,39 @@ def fit_background(
     alpha = np.ascontiguousarray(rgba[..., 3])
     rgb = np.ascontiguousarray(rgba[..., :3])
     if color is not None:
-        return Layer(imaging.blend(rgb, alpha, np.full_like(rgb, color)))
+        return Layer(imaging.blend(rgb, alpha, imaging.solid(*rgb.shape[:2], color)))
     if (alpha == 255).all():
         return Layer(rgb)
     return Layer(rgb, alpha)
+
+
+def _cover_box(source: tuple[int, int], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(left, top, width, height) of the source's centred crop with the aspect ratio of `size`: ImageOps.fit's."""
+    (sw, sh), ratio = source, size[0] / size[1]
+    if sw / sh == ratio:
+        return 0.0, 0.0, float(sw), float(sh)
+    width, height = (ratio * sh, float(sh)) if sw / sh > ratio else (float(sw), sw / ratio)
+    return (sw - width) / 2, (sh - height) / 2, width, height
+
+
+def _upscale(rgb: np.ndarray, box: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray | None:
+    """The `box` of an opaque image scaled bilinearly up to `size`, by OpenCV; None when that would shrink it
+    (Pillow's bilinear filter then widens with the scale, against aliasing) or without OpenCV.
+
+    Pixel centres map as Pillow's resize(size, box=box) maps them and the edge pixels repeat outwards as in
+    its filter, so the two agree but for OpenCV's coordinates, rounded to 1/32 pixel: within 6 levels,
+    0.1-0.4 on average, on the reference photos (tests/test_compose.py). ~6x faster: a 1280x720 photo
+    covering 3000x2000 in ~10 ms instead of ~65.
+    """
+    left, top, width, height = box
+    if imaging._cv2 is None or width > size[0] or height > size[1] or not rgb.size:
+        return None
+    sx, sy = width / size[0], height / size[1]
+    # Output pixel (x, y) samples the source at (left + (x + 0.5) * sx - 0.5, top + (y + 0.5) * sy - 0.5).
+    to_source = np.array([[sx, 0.0, left + 0.5 * sx - 0.5], [0.0, sy, top + 0.5 * sy - 0.5]])
+    cv2 = imaging._cv2
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(rgb, to_source, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _as_image(decoded: imaging.Decoded) -> Image.Image:

@@ -452,7 +452,12 @@ def cutout(
         out = np.dstack((rgb, effective))
         out[effective == 0] = 0
         return out
-    return blend(rgb, effective, np.full_like(rgb, _check_background(background)))
+    return blend(rgb, effective, solid(*rgb.shape[:2], _check_background(background)))
+
+
+# blend's OpenCV path works through the image this many rows at a time: its 16-bit temporaries then stay in the
+# CPU's caches instead of going through memory (6 MP: ~40 -> ~23 ms, one thread or two).
+BLEND_ROWS = 64
 
 
 def blend(front: np.ndarray, alpha: np.ndarray, behind: np.ndarray) -> np.ndarray:
@@ -460,21 +465,34 @@ def blend(front: np.ndarray, alpha: np.ndarray, behind: np.ndarray) -> np.ndarra
 
     That rounds the exact blend to the nearest integer (a multiple of 1/255 is never a tie). OpenCV's
     saturating 16-bit products and its rounding 1/255 scale give the same bytes for every (front, a,
-    behind) (tests/test_imaging.py checks all 2^24) about 2x faster than numpy's uint16 arithmetic.
+    behind) (tests/test_imaging.py checks all 2^24) about 3x faster than numpy's uint16 arithmetic.
     """
-    if _cv2 is not None and alpha.size:  # OpenCV refuses empty arrays
-        a3 = _cv2.merge((alpha, alpha, alpha))
+    if _cv2 is None or not alpha.size:  # OpenCV refuses empty arrays
+        a = alpha.astype(np.uint16)[..., None]
+        out = front.astype(np.uint16) * a
+        out += behind.astype(np.uint16) * (255 - a)
+        out += 127
+        out //= 255
+        return out.astype(np.uint8)
+    out = np.empty_like(front)
+    for y in range(0, alpha.shape[0], BLEND_ROWS):
+        rows = slice(y, y + BLEND_ROWS)
+        a = alpha[rows]
+        a3 = _cv2.merge((a, a, a))
         total = _cv2.add(
-            _cv2.multiply(front, a3, dtype=_cv2.CV_16U),
-            _cv2.multiply(behind, _cv2.bitwise_not(a3), dtype=_cv2.CV_16U),
+            _cv2.multiply(front[rows], a3, dtype=_cv2.CV_16U),
+            _cv2.multiply(behind[rows], _cv2.bitwise_not(a3), dtype=_cv2.CV_16U),
         )
-        return _cv2.convertScaleAbs(total, alpha=1 / 255)
-    a = alpha.astype(np.uint16)[..., None]
-    out = front.astype(np.uint16) * a
-    out += behind.astype(np.uint16) * (255 - a)
-    out += 127
-    out //= 255
-    return out.astype(np.uint8)
+        _cv2.convertScaleAbs(total, out[rows], alpha=1 / 255)
+    return out
+
+
+def solid(height: int, width: int, colour: Sequence[int]) -> np.ndarray:
+    """An HxWx3 uint8 image of one colour (one row filled, then copied down: ~30x faster than np.full's
+    per-pixel broadcast of a 3-vector)."""
+    out = np.empty((height, width, 3), np.uint8)
+    out.reshape(height, width * 3)[:] = np.tile(np.asarray(colour, np.uint8), width)
+    return out
 
 
 def multiply_alpha(mask: np.ndarray, alpha: np.ndarray) -> np.ndarray:
