@@ -335,14 +335,14 @@ def _options_section(study: R.OptionsStudy) -> list[str]:
     megapixels = study.width * study.height / 1e6
     verdicts = {v.name: v for v in V.option_targets(study)}
     sent = "once per round" if study.passes == 1 else f"{study.passes} times per round (passes in rotated orders)"
-    sample = "round" if study.passes == 1 else "pass"
+    sample, samples = ("round", "rounds") if study.passes == 1 else ("pass", "passes")
     lines = [
         f"#### {PATH_TITLES['options']}",
         "",
         f"{study.image} ({study.width}x{study.height}, {megapixels:.1f} MP) cut out with each option set of "
         f"`benchmarks/options.py`, {sent}, one caller; background image: {study.background}. Server ms is "
         "what the handler timed for the request (decode + preprocess + inference + postprocess + encode, from the "
-        f"response's timings; postprocess includes compose and refine), medians over {sample}s; × today is the median "
+        f"response's timings; postprocess includes compose and refine), medians over {samples}; × today is the median "
         f"of the per-{sample} ratios of server time against {study.baseline}.",
         "",
         f"| option | SDK arguments | server ms | × today (per {sample}) | compose + encode ms "
@@ -367,7 +367,7 @@ def _options_section(study: R.OptionsStudy) -> list[str]:
     if jpeg:
         lines.append(
             f"- Encoding: the same opaque cutout ({study.jpeg_vs_png[0]} against {study.jpeg_vs_png[1]}) encodes "
-            f"in {jpeg.median:.2f}× PNG's time as JPEG ({sample}s: {_rounds(jpeg)})."
+            f"in {jpeg.median:.2f}× PNG's time as JPEG ({samples}: {_rounds(jpeg)})."
         )
     matting = V.matting_cost(study)
     if matting:
