@@ -334,7 +334,7 @@ def render_paths(run: R.EndToEnd) -> list[str]:
 def _options_section(study: R.OptionsStudy) -> list[str]:
     megapixels = study.width * study.height / 1e6
     verdicts = {v.name: v for v in V.option_targets(study)}
-    sent = "once per round" if study.passes == 1 else f"{study.passes} times per round (passes in rotated orders)"
+    sent = "once per round" if study.passes == 1 else f"{study.passes} times per round (order: {study.order})"
     sample, samples = ("round", "rounds") if study.passes == 1 else ("pass", "passes")
     lines = [
         f"#### {PATH_TITLES['options']}",

@@ -299,6 +299,7 @@ class OptionsStudy:
     jpeg_vs_png: tuple[str, str]  # the same opaque result encoded as JPEG and as PNG
     rows: list[OptionRow]
     passes: int = 1  # times each option set was sent per round (records before 2026-12-03: once)
+    order: str = "rotated"  # the order of each pass (records before 2026-12-03: rotated, pass to pass)
 
 
 @dataclass(frozen=True)

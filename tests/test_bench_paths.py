@@ -126,7 +126,7 @@ def test_every_option_case_is_a_valid_sdk_call_and_the_named_rows_exist() -> Non
     assert set(options.JPEG_VS_PNG) <= set(cases) and sum(c.matting for c in cases.values()) == 1
 
 
-def test_each_round_sends_every_option_in_passes_of_rotated_order(tmp_path: Path) -> None:
+def test_each_round_sends_every_option_once_per_pass_in_shuffled_orders(tmp_path: Path) -> None:
     sent: list[dict[str, object]] = []
 
     @dataclasses.dataclass
@@ -147,15 +147,17 @@ def test_each_round_sends_every_option_in_passes_of_rotated_order(tmp_path: Path
     path.step()
     path.step()
     assert len(sent) == 2 * paths.OPTION_PASSES * len(cases)
-    firsts = [sent[i * len(cases)] for i in range(2 * paths.OPTION_PASSES)]
-    assert firsts == [cases[i % len(cases)].kwargs for i in range(2 * paths.OPTION_PASSES)]  # rotated per pass
+    passes = [sent[i * len(cases) : (i + 1) * len(cases)] for i in range(2 * paths.OPTION_PASSES)]
+    for sent_in_pass in passes:
+        assert sorted(map(repr, sent_in_pass)) == sorted(repr(c.kwargs) for c in cases)  # every set once a pass
+    assert len({tuple(map(repr, p)) for p in passes}) > 1  # not one fixed order
     study = path.record()
     assert study.passes == paths.OPTION_PASSES
     assert all(len(row.rounds) == 2 * paths.OPTION_PASSES for row in study.rows)
     back = R.read(R.save(dataclasses.replace(_paths_run(), paths=R.Paths(options=study)), tmp_path))
     assert back.paths is not None and back.paths.options == study
     text = report.render_end_to_end(back)
-    assert f"{paths.OPTION_PASSES} times per round" in text and "× today (per pass)" in text
+    assert f"{paths.OPTION_PASSES} times per round (order: shuffled per pass" in text and "× today (per pass)" in text
 
 
 def test_triton_statistics_become_per_round_counters() -> None:
