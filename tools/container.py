@@ -109,12 +109,18 @@ def find_engine(work: Path) -> Engine:
     return engine
 
 
+# Seconds apt-get waits for dpkg's lock before giving up.
+APT_LOCK_WAIT_S = 600
+
+
 def apt_install(packages: tuple[str, ...]) -> None:
     if not shutil.which("apt-get"):
         raise EngineError(f"{' '.join(packages)} missing and no apt-get to install them")
     log.info("apt-get install %s", " ".join(packages))
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]):
+    wait = ["-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}"]  # another apt-get (the browser's install) may hold it
+    install = ["apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", *packages]
+    for cmd in (["apt-get", *wait, "update", "-q"], install):
         result = _run(cmd, env)
         if result.returncode != 0:
             raise EngineError(f"{' '.join(cmd)} failed:\n{result.stderr.strip()[-2000:]}")

@@ -6,8 +6,10 @@ if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   exit 0
 fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+  # Wait for dpkg's lock rather than fail when another apt-get (the container tooling's) holds it.
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+    chromium chromium-driver
 else
   echo "browser tests need /usr/bin/chromium and /usr/bin/chromedriver: run as root, or" >&2
   echo "  sudo apt-get install chromium chromium-driver" >&2
