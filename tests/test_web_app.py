@@ -147,6 +147,9 @@ def test_missing_file_and_unknown_model(app):
     r = app.post("/api/remove", files={"file": ("a.png", png())}, data={"model": "isnet"}, headers=KEY)
     assert r.status_code == 400 and "u2netp, u2net" in r.json()["message"]
     assert app.post("/v1/models/nope/mask", files={"file": ("a.png", png())}, headers=KEY).status_code == 404
+    two = {"file": ("a.png", png()), "background_image": ("b.png", png())}  # a second image: not rembg's API
+    r = app.post("/api/remove", files=two, headers=KEY)
+    assert r.status_code == 400 and "background_image: rembg's /api/remove takes one file" in r.json()["message"]
 
 
 @pytest.mark.parametrize(

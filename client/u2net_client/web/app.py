@@ -140,6 +140,19 @@ async def read_form(request: Request) -> tuple[bytes, dict[str, str | bytes]]:
     return image, rest
 
 
+def _text(name: str, value: str | bytes) -> str:
+    """A field of rembg's /api/remove as text; 400 for a file that is not (rembg's parameters are all text)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise HTTPError(
+            400, f"{name}: rembg's /api/remove takes one file (`file`) and text parameters; images behind the "
+            "subject go to POST /v1/models/{model}/cutout as `background_image`",
+        ) from None  # fmt: skip
+
+
 _REMBG_BODY = {
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["file"], "properties": {
@@ -303,7 +316,7 @@ def create_app(settings: Settings, client_factory: ClientFactory = sdk_client) -
     async def remove_post(request: Request) -> Response:
         gw = gateway(request)
         image, form = await read_form(request)
-        params = {**request.query_params, **{k: v.decode() if isinstance(v, bytes) else v for k, v in form.items()}}
+        params = {**request.query_params, **{k: _text(k, v) for k, v in form.items()}}
         return await remove(gw, image, params)
 
     @app.get("/api/remove", tags=["rembg"], response_class=Response,
