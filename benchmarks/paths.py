@@ -272,11 +272,12 @@ def triton(model: str, store: Path, callers: Sequence[int]) -> Iterator[TritonPa
                 server.grpc_target, server.grpc_target, key_file=server.key_file, timeout=600, protocol="v2"
             ) as client:
                 info = client.describe(model)
-                # describe() names the configured engine; the stand-in's log, the one it loaded (maybe a fallback).
+                # describe() names the engine chosen for this machine when the repository was written; the
+                # stand-in's log the one it loaded: they differ only where the two machines differ.
                 runs = loaded_engine(server.log_file.read_text(errors="replace"), f"{model}{NETWORK_SUFFIX}")
                 engine = info.engine
                 if runs is not None and not (engine or "").startswith(f"{runs} ("):
-                    engine = f"{runs} (the stand-in's fallback; configured: {engine})"
+                    engine = f"{runs} (loaded; describe says: {engine})"
                 served = R.TritonServed(
                     version=version, model=info.name, device=info.device, engine=engine, weights=info.weights,
                     max_batch_size=settings.max_batch_size, max_queue_delay_us=settings.max_queue_delay_us,

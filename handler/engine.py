@@ -14,6 +14,7 @@ cannot run: torchscript-bf16 -> openvino -> onnxruntime -> torchscript.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -381,6 +382,21 @@ def export(name: str, model: nn.Module, directory: Path, model_name: str, size: 
     return path
 
 
+def select(name: str, model_dir: Path, model_name: str, device: torch.device) -> str:
+    """The engine `load` runs: the named one, or the first of its fallbacks that can run here and whose
+    file `model_dir` holds; the last of the chain (TorchScript) otherwise. Logs why each one before it
+    cannot run. Loads nothing (it imports each candidate's runtime to see that it can)."""
+    names = chain(name)
+    for candidate, after in itertools.pairwise(names):
+        why = ENGINES[candidate].unavailable(device)
+        if why is None and not (model_dir / file_name(candidate, model_name)).is_file():
+            why = f"the archive has no {file_name(candidate, model_name)}"
+        if why is None:
+            return candidate
+        log.warning("engine %s cannot run (%s); trying %s", candidate, why, after)
+    return names[-1]
+
+
 def load(
     name: str, model_dir: Path, model_name: str, device: torch.device, threads: int = 0, streams: int = 1
 ) -> Engine:
@@ -398,17 +414,7 @@ def load(
     Raises:
         EngineError: unknown engine, or none of its chain runs here and the archive has no TorchScript.
     """
-    names = chain(name)
-    for candidate in names[:-1]:
-        why = ENGINES[candidate].unavailable(device)
-        if why is None and not (model_dir / file_name(candidate, model_name)).is_file():
-            why = f"the archive has no {file_name(candidate, model_name)}"
-        if why is None:
-            chosen = ENGINES[candidate]
-            break
-        log.warning("engine %s cannot run (%s); trying %s", candidate, why, names[names.index(candidate) + 1])
-    else:
-        chosen = ENGINES[names[-1]]
+    chosen = ENGINES[select(name, model_dir, model_name, device)]
     path = model_dir / file_name(chosen.name, model_name)
     if not path.is_file():
         raise EngineError(f"{path} not found; rebuild the archive with handler/build.py")

@@ -221,16 +221,21 @@ instance_group [
 {_parameters(params)}"""
 
 
-def segment_config_pbtxt(name: str, settings: TritonSettings, weights_origin: str) -> str:
-    """The segment model's config.pbtxt: bytes in, a SegmentResponse out, batched by Triton."""
+def segment_config_pbtxt(name: str, settings: TritonSettings, weights_origin: str, runs: str | None = None) -> str:
+    """The segment model's config.pbtxt: bytes in, a SegmentResponse out, batched by Triton.
+
+    `runs`: on the CPU, the engine the stand-in will load (stand_in_engine), when it is not the configured one.
+    """
     gpu = settings.kind == "KIND_GPU"
+    runs = runs or settings.engine
+    configured = "" if runs == settings.engine else f"; configured: {settings.engine}"
     params = {
         "variant": name,
         "network": f"{name}{NETWORK_SUFFIX}",
         "weights": weights_origin,
         "device": "cuda" if gpu else "cpu",
-        # On the CPU: the engine the stand-in is configured with; it logs the one it loads (a fallback, maybe).
-        "engine": "libtorch" if gpu else f"{settings.engine} ({CPU_NETWORK_BACKEND}, CPU stand-in for libtorch)",
+        # On the CPU: the engine the stand-in loads on this machine (it logs the one it loaded: loaded_engine).
+        "engine": "libtorch" if gpu else f"{runs} ({CPU_NETWORK_BACKEND}, CPU stand-in for libtorch{configured})",
         "max_pixels": str(settings.max_pixels),
         "png_compression": str(settings.png_compression),
     }
@@ -284,10 +289,11 @@ def export(name: str, out: Path, device: torch.device, settings: TritonSettings,
     cpu = settings.kind == "KIND_CPU"
     if cpu:  # the archive's choice for these weights (handler/build.py)
         settings = dataclasses.replace(settings, engine=choose_engine(settings.engine, loaded))
-    folder = _write_pair(out, name, settings, loaded.origin)
+    folder = _write_network(out, name, settings, loaded.origin)
     torch.jit.save(trace(loaded.model, device, size), str(folder / MODEL_VERSION / "model.pt"))
     for each in engine.chain(settings.engine)[:-1] if cpu else []:  # the TorchScript is model.pt
         engine.export(each, loaded.model.cpu(), folder / MODEL_VERSION, ENGINE_STEM, size)
+    _write_segment(out, name, settings, loaded.origin, folder)
     log.info("exported %s to %s (weights: %s, traced on %s)", name, out, loaded.origin, device)
     return folder
 
@@ -312,20 +318,34 @@ def export_from_archive(name: str, out: Path, mar: Path, settings: TritonSetting
             for each in engine.chain(handler.engine)[:-1]:  # a file the archive lacks: the stand-in falls back
                 if (source := engine.file_name(each, stem)) in present:
                     files[engine.file_name(each, ENGINE_STEM)] = archive.read(source)
-    folder = _write_pair(out, name, settings, str(info["weights"]))
+    folder = _write_network(out, name, settings, str(info["weights"]))
     for file, data in files.items():
         (folder / MODEL_VERSION / file).write_bytes(data)
+    _write_segment(out, name, settings, str(info["weights"]), folder)
     log.info("exported %s to %s from %s (weights: %s, engine: %s)", name, out, mar, info["weights"], settings.engine)
     return folder
 
 
-def _write_pair(out: Path, name: str, settings: TritonSettings, weights_origin: str) -> Path:
-    segment, network = out / name, out / f"{name}{NETWORK_SUFFIX}"
-    for folder in (segment, network):
-        (folder / MODEL_VERSION).mkdir(parents=True, exist_ok=True)
-    (segment / "config.pbtxt").write_text(segment_config_pbtxt(name, settings, weights_origin))
+def _write_network(out: Path, name: str, settings: TritonSettings, weights_origin: str) -> Path:
+    """The network model's folders and config; its engine files are the caller's to write."""
+    network = out / f"{name}{NETWORK_SUFFIX}"
+    (network / MODEL_VERSION).mkdir(parents=True, exist_ok=True)
     (network / "config.pbtxt").write_text(config_pbtxt(name, settings, weights_origin))
     return network
+
+
+def _write_segment(out: Path, name: str, settings: TritonSettings, weights_origin: str, network: Path) -> None:
+    """The segment model's folders and config, once the network's engine files are in place."""
+    segment = out / name
+    (segment / MODEL_VERSION).mkdir(parents=True, exist_ok=True)
+    runs = stand_in_engine(settings, network / MODEL_VERSION) if settings.kind == "KIND_CPU" else None
+    (segment / "config.pbtxt").write_text(segment_config_pbtxt(name, settings, weights_origin, runs))
+
+
+def stand_in_engine(settings: TritonSettings, folder: Path) -> str:
+    """The engine the CPU stand-in will load from version folder `folder` on this machine: the configured
+    one or a fallback, chosen by handler.engine.select as load_network's handler.engine.load chooses."""
+    return engine.select(settings.engine, folder, ENGINE_STEM, torch.device("cpu"))
 
 
 def main(argv: list[str] | None = None) -> int:

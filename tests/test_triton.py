@@ -11,6 +11,7 @@ running model.pt stands in for Triton, so the SDK's tensor calls are checked ove
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import sys
@@ -103,8 +104,13 @@ def test_cpu_repository_runs_the_network_in_the_stand_in(tmp_path, model_store):
     assert [g.kind for g in network.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
     segment = parse_config(tmp_path / "u2netp" / "config.pbtxt")
     assert segment.parameters["device"].string_value == "cpu"
-    assert segment.parameters["engine"].string_value.startswith(f"{network.parameters['engine'].string_value} (")
-    assert "stand-in" in segment.parameters["engine"].string_value
+    # describe() names the engine the stand-in loads on this CPU (the TorchServe worker's pick), and the
+    # configured one when that is a fallback.
+    configured = network.parameters["engine"].string_value
+    runs = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else engine.OPENVINO
+    also = "" if runs == configured else f"; configured: {configured}"
+    stand_in = f"{triton.CPU_NETWORK_BACKEND}, CPU stand-in for libtorch"
+    assert segment.parameters["engine"].string_value == f"{runs} ({stand_in}{also})"
     # TorchServe's CPU batching defaults (handler/build.py): batches of 8 after 20 ms, waited for once (by the
     # segment model's batcher), as TorchServe waits once per batch.
     assert segment.max_batch_size == network.max_batch_size == 8
@@ -147,9 +153,14 @@ def test_cpu_stand_in_picks_the_engine_the_handler_picks(tmp_path, model_store, 
     )
     assert triton.instance_threads(gpu_segment) == 1
 
+    written = dataclasses.replace(triton.TritonSettings.for_serving("cpu"), engine=handler.engine)
+
     def load(changes: dict[str, str] | None = None) -> tuple[engine.Engine, int]:
         parameters = {k: {"string_value": v} for k, v in {**params, **(changes or {})}.items()}
-        return triton.load_network({**config, "parameters": parameters}, version)
+        loaded = triton.load_network({**config, "parameters": parameters}, version)
+        # The segment model's config (describe) names what the stand-in then loads from the same folder.
+        assert changes or triton.stand_in_engine(written, version) == loaded[0].name
+        return loaded
 
     try:
         handlers_pick = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else engine.OPENVINO

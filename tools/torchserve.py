@@ -52,14 +52,19 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         """Distinct free loopback ports, and a worker socket range no other server of ours uses."""
-        socks = [socket.socket() for _ in fields(cls)]
-        try:
-            for s in socks:
-                s.bind(("127.0.0.1", 0))
-            return cls(*(s.getsockname()[1] for s in socks))
-        finally:
-            for s in socks:
-                s.close()
+        return cls(*free_ports(len(fields(cls))))
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free now (all bound at once, so none repeats), for a server's own ports."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _java_major(java: str) -> int:

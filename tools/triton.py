@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -32,6 +31,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python tools/triton.py`: its siblings are imported as the tools package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.torchserve import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 # The Python-based backends of handler/triton.py's repositories: backends/<name>/model.py.
@@ -60,14 +63,7 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        socks = [socket.socket() for _ in fields(cls)]
-        try:
-            for s in socks:
-                s.bind(("127.0.0.1", 0))
-            return cls(*(s.getsockname()[1] for s in socks))
-        finally:
-            for s in socks:
-                s.close()
+        return cls(*free_ports(len(fields(cls))))
 
 
 @dataclass(frozen=True)
