@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 # arena of its own (up to 8 per core), and the freed activations, pixel buffers and PNGs left in each grow
 # the resident set: a U2NETP bf16 worker serving the 8 largest reference images as one batch with two
 # engine streams (handler.streams: 2) and the pixel threads peaked at 840 MiB with glibc's default and at
-# 666-710 MiB with 2 (2 cores); with one stream, the default, at 533 MiB.
-MALLOC_ARENAS = 2
+# 666-710 MiB with 2 (2 cores); with one stream, the default, at 533 MiB. One arena holds less again: an
+# OpenVINO worker (2-core Zen 3) that had run a 6 MP matting peaked at 714-744 MiB on those batches of 8
+# against 734-780 with 2 arenas, at the same speed (8 callers, 36 cutouts: 3.52 against 3.54 img/s, runs
+# alternating; a lone 6 MP cutout 556-560 ms of server time either way).
+MALLOC_ARENAS = 1
 _M_ARENA_MAX = -8  # glibc's <malloc.h>
 
 
