@@ -224,7 +224,8 @@ instance_group [
 def segment_config_pbtxt(name: str, settings: TritonSettings, weights_origin: str, runs: str | None = None) -> str:
     """The segment model's config.pbtxt: bytes in, a SegmentResponse out, batched by Triton.
 
-    `runs`: on the CPU, the engine the stand-in will load (stand_in_engine), when it is not the configured one.
+    `runs`: on the CPU, the engine the stand-in will load on this machine (stand_in_engine); None: the
+    configured one. The configured one is named beside it when they differ.
     """
     gpu = settings.kind == "KIND_GPU"
     runs = runs or settings.engine

@@ -32,11 +32,11 @@ import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python tools/triton.py`: its siblings are imported as the tools package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.torchserve import free_ports
-
 ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as `python tools/triton.py`: its siblings are imported as the tools package
+    sys.path.insert(0, str(ROOT))
+from tools.torchserve import free_ports  # noqa: E402
+
 # The Python-based backends of handler/triton.py's repositories: backends/<name>/model.py.
 PY_BACKENDS = ROOT / "handler" / "triton_backends"
 SEGMENT_BACKEND = "u2serve_segment"
