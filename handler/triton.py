@@ -281,7 +281,9 @@ instance_group [
 {parameters}"""
 
 
-def export(name: str, out: Path, device: torch.device, settings: TritonSettings, weight_file: Path | None) -> Path:
+def export(
+    name: str, out: Path, device: torch.device, settings: TritonSettings, weight_file: Path | str | None
+) -> Path:
     """Trace `name` afresh and write its segment model and `<out>/<name>_network/`; returns the network's folder."""
     loaded = weights.load(name, weight_file)
     if loaded.is_random:
@@ -377,8 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_store:
             export_from_archive(name, args.out, args.from_store / f"{name}.mar", settings)
             continue
-        env = os.environ.get(f"U2SERVE_{name.upper()}_WEIGHTS") or None
-        export(name, args.out, torch.device(args.device), settings, Path(env) if env else None)
+        export(name, args.out, torch.device(args.device), settings, os.environ.get(f"U2SERVE_{name.upper()}_WEIGHTS"))
     return 0
 
 

