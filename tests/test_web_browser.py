@@ -127,10 +127,15 @@ def test_the_page_in_a_real_browser(driver, web, server, reference_dir, tmp_path
     assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert driver.execute_script("return document.cookie") == ""
 
+    # The page's default model is rembg's, U2NET; U2NETP is named as the fast one.
+    picker = driver.find_element(By.CSS_SELECTOR, '[data-testid="model"]')
+    assert picker.get_attribute("value") == "u2net"
+    labels = {o.get_attribute("value"): o.text for o in picker.find_elements(By.TAG_NAME, "option")}
+    assert labels["u2net"].startswith("U2NET (rembg's default") and labels["u2netp"].startswith("U2NETP (fast")
     drop(driver, photos)
     wait(lambda: all(item_state(driver, n) == "done" for n in (0, 1)), what="both results")
     with U2NetClient(server.grpc_target, server.grpc_management_target, key_file=server.key_file) as sdk:
-        masks = [sdk.mask(p).array.astype(int) for p in photos]
+        masks = [sdk.mask(p, "u2net").array.astype(int) for p in photos]
     for n, photo in enumerate(photos):
         im = result_image(driver, n)
         size = ImageOps.exif_transpose(Image.open(photo)).size

@@ -48,9 +48,9 @@ def test_a_rembg_users_curl_calls_work_unchanged(web, key, photo, tmp_path, serv
     status, body = curl(web, key, photo, tmp_path / "mask.png", "om=true")
     mask = Image.open(io.BytesIO(body))
     assert status == 200 and mask.mode == "L" and mask.size == size
-    # The cutout's alpha is the mask the SDK gets from TorchServe for the same image.
+    # The cutout's alpha is the mask the SDK gets from TorchServe for the same image, of rembg's default model.
     with U2NetClient(server.grpc_target, server.grpc_management_target, key_file=server.key_file) as sdk:
-        served = sdk.mask(photo).array.astype(int)
+        served = sdk.mask(photo, "u2net").array.astype(int)
     assert np.abs(np.asarray(cut)[..., 3].astype(int) - served).max() <= 2
     status, body = curl(web, key, photo, tmp_path / "white.png", "bgc=255,255,255,255")
     assert status == 200 and Image.open(io.BytesIO(body)).mode == "RGB"

@@ -33,7 +33,7 @@ from tools.container import Engine, EngineError, find_engine, limit_ulimits, loc
 from tools.torchserve import Ports, Server, ServerError, start
 from u2net_client import U2NetClient, U2NetError
 from u2net_client.web.settings import DEFAULT_PORT as WEB_PORT_IN_IMAGE
-from u2net_client.web.settings import MODELS as WEB_MODELS
+from u2net_client.web.settings import REMBG_DEFAULT_MODEL as REMBG_MODEL
 
 log = logging.getLogger("docker_test")
 
@@ -44,7 +44,6 @@ CONTAINER_PORTS = Ports()  # what the image's config listens on
 STOP_WITHIN_S = 5.0
 KEY_FILE_IN_IMAGE = "/home/u2serve/key_file.json"
 DEFAULT_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # as `make docker-cpu`; the build probes it
-REMBG_MODEL = WEB_MODELS[0]  # /api/remove without model= (the gateway's default)
 
 
 @dataclass

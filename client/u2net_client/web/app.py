@@ -258,7 +258,7 @@ def create_app(settings: Settings, client_factory: ClientFactory = sdk_client) -
 
     @app.get("/v1/options", tags=["v1"], summary="The models and, per task, the options this build takes")
     async def options() -> dict[str, object]:
-        return fields.describe(settings.models, settings.max_body_bytes)
+        return fields.describe(settings.models, settings.max_body_bytes, settings.rembg_default_model)
 
     @app.get("/v1/ping", tags=["v1"], summary="Whether TorchServe answers (token checked)")
     async def ping(request: Request) -> dict[str, bool]:

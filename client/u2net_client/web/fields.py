@@ -150,10 +150,17 @@ def parse_fields(task: str, form: Mapping[str, str | bytes]) -> dict[str, object
     return kwargs
 
 
-def describe(models: tuple[str, ...], max_body_bytes: int) -> dict[str, object]:
-    """What GET /v1/options answers: the models, the upload limit, and per task the rows the page renders."""
+# How the page names each model: what a user picks between.
+MODEL_LABELS = {"u2net": "U2NET (rembg's default, most accurate)", "u2netp": "U2NETP (fast, 4.7 MB)"}
+
+
+def describe(models: tuple[str, ...], max_body_bytes: int, default_model: str) -> dict[str, object]:
+    """What GET /v1/options answers: the models (the page's default first), the upload limit, and per task the
+    rows the page renders."""
     return {
         "models": list(models),
+        "default_model": default_model,
+        "model_labels": {m: MODEL_LABELS.get(m, m) for m in models},
         "max_body_bytes": max_body_bytes,
         "tasks": {task: [asdict(f) for f in offered(task)] for task in TASKS},
     }

@@ -3,7 +3,7 @@
 | rembg | meaning there | here |
 | --- | --- | --- |
 | `file` | the image (multipart) | the same |
-| `model` | session name, default u2net | u2netp or u2net; default the operator's (u2netp) |
+| `model` | session name, default u2net | u2netp or u2net; default u2net, as rembg (the operator may change it) |
 | `om` | only mask | task "mask" (bgc ignored, as rembg does) |
 | `bgc` | background r,g,b,a | alpha 255: `background=(r,g,b)`; 0: none; between: composited here |
 | `ppm` | post-process the mask | `refine="postprocess"` (the backgrounds issue) |

@@ -13,6 +13,7 @@ from u2net_client.imaging import DEFAULT_MAX_PIXELS
 
 DEFAULT_PORT = 7000  # rembg's `rembg s` port, so a rembg user changes only the host
 MODELS = ("u2netp", "u2net")
+REMBG_DEFAULT_MODEL = "u2net"  # rembg's default session
 
 
 class SettingsError(ValueError):
@@ -29,8 +30,8 @@ class Settings:
         target: TorchServe's gRPC inference API (host:port).
         management_target: TorchServe's gRPC management API (host:port).
         models: The models offered, the first being /v1's default.
-        rembg_default_model: The model /api/remove uses without `model=`. rembg's default is u2net; ours is
-            u2netp because u2net serves random weights unless the operator gives the authors' file.
+        rembg_default_model: The model /api/remove uses without `model=`, and the page's first choice: u2net,
+            rembg's default (the authors' weights); u2netp is the fast one, a field away.
         max_body_bytes: The largest request body (TorchServe's max_request_size); refused with 413 before reading.
         max_pixels: The largest width x height (the handler's max_pixels); read from the header, 413 above it.
         max_in_flight: Requests to TorchServe at once; beyond it the app answers 503 with Retry-After at once.
@@ -44,7 +45,7 @@ class Settings:
     target: str = DEFAULT_TARGET
     management_target: str = DEFAULT_MANAGEMENT_TARGET
     models: tuple[str, ...] = MODELS
-    rembg_default_model: str = "u2netp"
+    rembg_default_model: str = REMBG_DEFAULT_MODEL
     max_body_bytes: int = MAX_SEND_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_in_flight: int = 64
@@ -85,7 +86,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--management-target", default=DEFAULT_MANAGEMENT_TARGET, help="gRPC management host:port")
     p.add_argument("--key-file", help=f"TorchServe's key_file.json (default ${KEY_FILE_ENV}, else var/key_file.json)")
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--rembg-default-model", default="u2netp", help="model of /api/remove without model=")
+    p.add_argument(
+        "--rembg-default-model",
+        default=REMBG_DEFAULT_MODEL,
+        help=f"model of /api/remove without model=, the page's default ({REMBG_DEFAULT_MODEL})",
+    )
     p.add_argument("--max-body-bytes", type=int, default=MAX_SEND_BYTES)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--max-in-flight", type=int, default=64)

@@ -327,7 +327,10 @@ async function start() {
     showError(`Cannot reach the u2serve app (${err.message}); is it running?`);
     return;
   }
-  for (const m of state.options.models) $("model").add(new Option(m, m));
+  for (const m of state.options.models) {
+    const label = state.options.model_labels[m] || m;
+    $("model").add(new Option(label, m, false, m === state.options.default_model));
+  }
   renderOptions();
   document.body.dataset.ready = "true";
   try {
