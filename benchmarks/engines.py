@@ -414,9 +414,8 @@ class _Reference:
 
 def reference_inputs(reference_dir: Path, model_name: str) -> list[_Reference] | None:
     """The authors' images as model inputs with their published masks; None where there are none."""
-    # Only U2NETP has real weights here; U2NET's random ones cannot match the authors' masks.
     masks = reference_dir / f"{model_name}_masks"
-    if model_name != "u2netp" or not (reference_dir / "images").is_dir() or not masks.is_dir():
+    if not (reference_dir / "images").is_dir() or not masks.is_dir():
         return None
     variant = VARIANTS[model_name]
     refs = []

@@ -50,34 +50,42 @@ def _mae(mask: np.ndarray, published: Path) -> float:
     return float(np.abs(mask.astype(np.float64) - expected).mean() / 255.0)
 
 
+MODELS = ["u2netp", "u2net"]
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_the_served_masks_pass_the_gate_on_the_serving_device(
-    server, reference_dir: Path, device: torch.device, record_property
+    server, reference_dir: Path, device: torch.device, model: str, record_property
 ) -> None:
     paths = _references(reference_dir)
     with U2NetClient(server.grpc_target, server.grpc_management_target, key_file=server.key_file, timeout=300) as c:
-        info = c.describe("u2netp")
-        masks = list(c.map(lambda p: c.mask(p.read_bytes(), "u2netp").array, paths, concurrency=4))
+        info = c.describe(model)
+        masks = list(c.map(lambda p: c.mask(p.read_bytes(), model).array, paths, concurrency=4))
     assert info.device is not None and info.device.split(":")[0] == device.type, info
-    published = [reference_dir / "u2netp_masks" / f"{p.stem}.png" for p in paths]
+    assert not info.weights_random, info.weights
+    published = [reference_dir / f"{model}_masks" / f"{p.stem}.png" for p in paths]
     errors = [_mae(mask, expected) for mask, expected in zip(masks, published, strict=True)]
     mean, worst = float(np.mean(errors)), max(errors)
-    record_property(f"served on {info.device} ({info.engine}): mask MAE mean / max", f"{mean:.5f} / {worst:.5f}")
+    record_property(
+        f"{model} served on {info.device} ({info.engine}): mask MAE mean / max", f"{mean:.5f} / {worst:.5f}"
+    )
     assert precision.passes_gate(mean, worst), (info.engine, mean, worst)
 
 
+@pytest.mark.parametrize("model", MODELS)
 def test_half_precisions_of_the_network_against_the_gate(
-    reference_dir: Path, device: torch.device, record_property
+    reference_dir: Path, device: torch.device, model: str, record_property
 ) -> None:
     """fp32 on the device passes the gate (what a CUDA archive serves); fp16 and bf16 are measured against it.
 
     A half precision that passes may become a CUDA engine; one that fails may not. The test fails only if
     fp32 fails or a precision yields no finite mask, and records each precision's figures and verdict.
     """
-    refs = engines.reference_inputs(reference_dir, "u2netp")
+    refs = engines.reference_inputs(reference_dir, model)
     assert refs is not None
     if not CUDA:
         refs = refs[:CPU_IMAGES]
-    head = U2NetD0(weights.published("u2netp").model).eval().to(device)
+    head = U2NetD0(weights.published(model).model).eval().to(device)
     if CUDA:
         dtypes = [torch.float32, torch.float16, torch.bfloat16]
     elif precision.native_bf16():
@@ -98,7 +106,7 @@ def test_half_precisions_of_the_network_against_the_gate(
         assert np.isfinite([mean, worst]).all(), (dtype, mean, worst)
         verdicts[dtype] = precision.passes_gate(mean, worst)
         record_property(
-            f"{device.type} {str(dtype).removeprefix('torch.')} everywhere: MAE mean / max, {len(refs)} images",
+            f"{model} {device.type} {str(dtype).removeprefix('torch.')} everywhere: MAE mean / max, {len(refs)} images",
             f"{mean:.5f} / {worst:.5f} ({'passes' if verdicts[dtype] else 'FAILS'} the gate)",
         )
     assert verdicts[torch.float32], "fp32 on the serving device must pass the accuracy gate"
