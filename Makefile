@@ -104,8 +104,9 @@ LOAD_ARGS ?=
 loadtest: $(READY)
 	$(PY) loadtests/run.py $(LOAD_ARGS)
 
-# Starts its own TorchServe on free ports from model_store/, records the run (commit, machine, every sample)
-# as benchmarks/results/<study>-<kind>-<date>.json, then renders BENCHMARKS.md from the records there.
+# Starts its own TorchServe on free ports from model_store/ (both models), records the run (commit, machine, every
+# sample) as benchmarks/results/<study>-<kind>-<date>-<model>.json, one per model, then renders BENCHMARKS.md from
+# the records there.
 # BENCH_ARGS="--smoke" for a quick check: its record and markdown go to a temp folder, never over these.
 BENCH_ARGS ?=
 bench: archives

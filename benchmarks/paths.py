@@ -44,6 +44,7 @@ from u2net_client import U2NetClient, U2NetError
 log = logging.getLogger(__name__)
 
 CALLS = ("cutout", "mask")
+GROUPS = ("options", "web", "triton")
 # Each option set is sent this many times per round (all of them, then all again): one request of the 6 MP photo
 # takes ~1 s, and the per-request server time varies by 10-30 % on a noisy host, which three rounds alone would
 # leave in the ratios. Each pass has its own shuffled order (seeded): in a fixed cyclic order today's cutout
@@ -318,6 +319,7 @@ class Groups:
 def started(
     args: argparse.Namespace,
     client: U2NetClient,
+    model: str,
     key_file: Path | None,
     metrics: Counters,
     images: Sequence[bytes],
@@ -326,9 +328,9 @@ def started(
     time_served: TimeServed,
     warm_up: WarmUp,
 ) -> Iterator[Groups]:
-    """The gateway and Triton started, each group warmed up and turned into steps; everything stopped after."""
+    """The gateway and Triton for `model` started, each group warmed up and turned into steps; everything stopped
+    after."""
     groups = Groups()
-    model = args.model
     with contextlib.ExitStack() as stack:
         if args.no_options:
             groups.not_measured["options"] = "left out (--no-options)"

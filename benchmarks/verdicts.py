@@ -29,11 +29,16 @@ from benchmarks.results import (
 )
 from handler import precision
 
-# Issue 16: (call, callers, at least this many times rembg remove()'s throughput), by the record's kind:
-# every CPU kind (and a GPU's record) holds the first list; a CPU with native bf16 (torchscript-bf16) more.
+# (call, callers, at least this many times the throughput of rembg remove() with the same model's session), by
+# model, then by the record's kind: every kind holds "every kind"'s list unless it has its own.
+# U2NETP (issue 16): every CPU kind and a GPU's record the first list; a CPU with native bf16 (torchscript-bf16)
+# more. U2NET (issue 28): one list for every kind.
 SERVED_TARGETS = {
-    "every kind": [("cutout", 4, 1.25), ("mask", 4, 1.5)],
-    "cpu-bf16": [("cutout", 4, 1.5), ("mask", 4, 2.0)],
+    "u2netp": {
+        "every kind": [("cutout", 4, 1.25), ("mask", 4, 1.5)],
+        "cpu-bf16": [("cutout", 4, 1.5), ("mask", 4, 2.0)],
+    },
+    "u2net": {"every kind": [("cutout", 4, 1.5), ("mask", 4, 2.0)]},
 }
 # Issue 16: served throughput keeps at least this share of the served engine's model-only ceiling.
 CEILING_SHARE_TARGET = 0.9
@@ -180,12 +185,18 @@ class ServedVerdict:
     met: bool | None  # None: not measured
 
 
+def served_goals(run: EndToEnd) -> list[tuple[str, int, float]]:
+    """The SERVED_TARGETS of the record's model and kind: (call, callers, goal); none for a model without any."""
+    by_kind = SERVED_TARGETS.get(run.served.model, {})
+    return by_kind.get(run.kind, by_kind.get("every kind", []))
+
+
 def served_targets(run: EndToEnd) -> list[ServedVerdict]:
-    """The record kind's SERVED_TARGETS, each judged against the stronger peer: rembg one at a time, or from as
-    many threads."""
+    """The record's served_goals, each judged against the stronger peer: rembg one at a time, or from as many
+    threads."""
     verdicts = []
     single = find(run, "rembg", "cutout", 1)
-    for op, callers, goal in SERVED_TARGETS.get(run.kind, SERVED_TARGETS["every kind"]):
+    for op, callers, goal in served_goals(run):
         cell = find(run, "served", op, callers)
         peers = [single] + ([find(run, "rembg", "cutout", callers)] if callers != 1 else [])
         against = []
@@ -242,7 +253,7 @@ def ceiling_shares(run: EndToEnd) -> list[CeilingShare]:
     """The served cells of the kind's targets against the ceiling; none where either is not measured."""
     roof = ceiling(run)
     shares = []
-    for op, callers, _ in SERVED_TARGETS.get(run.kind, SERVED_TARGETS["every kind"]):
+    for op, callers, _ in served_goals(run):
         cell = find(run, "served", op, callers)
         if roof is not None and cell is not None:
             share = cell_figures(cell).images_per_s / roof.images_per_s

@@ -28,6 +28,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from benchmarks import peer
 from benchmarks import results as R
 from u2net_client import U2NetClient, imaging
 from u2net_client._temporal import Flicker, is_scene_cut, thumbnail
@@ -78,9 +79,9 @@ def _tone(out: av.container.OutputContainer, audio: av.audio.stream.AudioStream,
 
 def run_rembg(src: Path, dst: Path) -> dict[str, object]:
     """rembg's remove() on every frame, encoded to a transparent WebM; its alphas at 320x320 kept for MAE."""
-    from rembg import new_session, remove
+    session = peer.session("u2netp")  # SystemExit with how to install rembg where it is missing
+    from rembg import remove
 
-    session = new_session("u2netp")
     alphas: dict[int, np.ndarray] = {}
     flicker, previous = Flicker(), None
     start = time.perf_counter()

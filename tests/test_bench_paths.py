@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks import options, paths, report
+from benchmarks import bench, options, paths, report
 from benchmarks import results as R
 from benchmarks import verdicts as V
 from tests import servekit as sk
@@ -180,3 +180,15 @@ def test_the_web_callers_get_a_grpc_row_to_be_judged_against() -> None:
     args = argparse.Namespace(no_web=False, web_callers=4)
     assert paths.concurrencies(args, [1, 2]) == [1, 2, 4]
     assert paths.concurrencies(argparse.Namespace(no_web=True, web_callers=4), [1, 2]) == [1, 2]
+
+
+def test_the_other_models_record_says_why_it_has_no_other_paths() -> None:
+    measured = _paths_run().paths
+    assert measured is not None
+    run_without_triton = dataclasses.replace(measured, not_measured={"triton": "left out (--no-triton)"})
+    for_u2net = bench.elsewhere(run_without_triton, "u2netp")
+    assert list(for_u2net.not_measured) == list(paths.GROUPS) and for_u2net.options is None and not for_u2net.web
+    assert for_u2net.not_measured["web"].startswith("the bench measures this path with u2netp only")
+    assert for_u2net.not_measured["triton"] == "left out (--no-triton)"  # left out of the run: that reason
+    text = report.render_end_to_end(dataclasses.replace(_paths_run(), paths=for_u2net))
+    assert text.count("Not measured: ") == len(paths.GROUPS)

@@ -64,8 +64,9 @@ def test_benchmark_smoke_prints_rembg_and_served_rows(server, reference_dir: Pat
     command = [
         sys.executable, "-m", "benchmarks.bench", "--smoke", "--no-model-only",
         # The other paths and the sweep have tests of their own (test_bench_paths.py, the gpu-check dry run);
-        # the web path would also add a gRPC cell with its 4 callers.
-        "--no-options", "--no-web", "--no-triton", "--no-sweep",
+        # the web path would also add a gRPC cell with its 4 callers. U2NETP alone: the second model's rows come
+        # from the same code (test_benchmarks.py runs both models' rounds together).
+        "--models", "u2netp", "--no-options", "--no-web", "--no-triton", "--no-sweep",
         "--images", str(reference_dir / "images"),
         "--target", server.grpc_target, "--management-target", server.grpc_management_target,
         "--key-file", str(server.key_file), "--metrics-url", f"http://127.0.0.1:{server.ports.metrics}/metrics",
