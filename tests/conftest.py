@@ -89,6 +89,23 @@ def model_store() -> Path:
 
 
 @pytest.fixture(scope="session")
+def unpacked_archive(model_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A function giving the folder `<model>.mar` is unpacked into, once per session (read-only for tests)."""
+    import zipfile
+
+    folders: dict[str, Path] = {}
+
+    def unpack(model: str) -> Path:
+        if model not in folders:
+            folders[model] = tmp_path_factory.mktemp(f"{model}_mar")
+            with zipfile.ZipFile(model_store / f"{model}.mar") as mar:
+                mar.extractall(folders[model])
+        return folders[model]
+
+    return unpack
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
     """A real TorchServe serving u2netp and u2net on free ports, for the whole session."""
     from tools.torchserve import Ports, start

@@ -34,20 +34,6 @@ def _configured(model_store: Path, name: str) -> str:
         return HandlerSettings.from_yaml(yaml.safe_load(mar.read("model-config.yaml"))["handler"]).engine
 
 
-@pytest.fixture(scope="module")
-def unpacked(model_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    folders: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in folders:
-            folders[name] = tmp_path_factory.mktemp(f"{name}_mar")
-            with zipfile.ZipFile(model_store / f"{name}.mar") as mar:
-                mar.extractall(folders[name])
-        return folders[name]
-
-    return get
-
-
 def _cases() -> list[tuple[str, str]]:
     from handler.build import DEFAULTS  # the engine every CPU archive is configured with
 
@@ -62,7 +48,7 @@ def _cases() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("name", "engine_name"), _cases())
 def test_every_engine_of_the_chain_reproduces_the_published_masks(
-    name: str, engine_name: str, model_store: Path, unpacked, reference_dir: Path, record_property
+    name: str, engine_name: str, model_store: Path, unpacked_archive, reference_dir: Path, record_property
 ) -> None:
     configured = _configured(model_store, name)
     if engine_name not in E.chain(configured):
@@ -72,7 +58,7 @@ def test_every_engine_of_the_chain_reproduces_the_published_masks(
         if engine_name == E.TORCHSCRIPT_BF16:
             pytest.skip(f"{engine_name}: {why}")
         pytest.fail(f"{engine_name} is in {name}'s chain but cannot run here: {why}")
-    file = unpacked(name) / E.file_name(engine_name, name)
+    file = unpacked_archive(name) / E.file_name(engine_name, name)
     assert file.is_file(), f"{name}.mar has no {file.name} for {engine_name}"
     network = E.ENGINES[engine_name].load(file, CPU, 0, 1)
     segmenter = Segmenter(network, VARIANTS[name], CPU, 25_000_000)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import zipfile
 from pathlib import Path
 
 import psutil
@@ -103,20 +102,6 @@ def test_the_served_worker_stays_under_its_bound_in_batches_of_8(
     assert peak <= LIMIT_MIB[model], f"the {model} {engine} worker reached {peak:.0f} MiB serving batches of {BATCH}"
 
 
-@pytest.fixture(scope="module")
-def unpacked(model_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    folders: dict[str, Path] = {}
-
-    def get(model: str) -> Path:
-        if model not in folders:
-            folders[model] = tmp_path_factory.mktemp(f"{model}_mar_memory")
-            with zipfile.ZipFile(model_store / f"{model}.mar") as mar:
-                mar.extractall(folders[model])
-        return folders[model]
-
-    return get
-
-
 def _other_engines() -> list[tuple[str, str]]:
     # The served test covers the engine this machine picks for each model (U2NET has no bf16 plan: OpenVINO
     # everywhere); these are the ones other CPUs get.
@@ -129,13 +114,13 @@ def _other_engines() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("model", "engine"), _other_engines())
 def test_the_handler_stays_under_its_bound_in_batches_of_8_on_the_other_engines(
-    model: str, engine: str, unpacked, reference_dir: Path, tmp_path: Path, record_property
+    model: str, engine: str, unpacked_archive, reference_dir: Path, tmp_path: Path, record_property
 ) -> None:
     requests = [u2serve_pb2.SegmentRequest(task=u2serve_pb2.CUTOUT, image=im) for im in _largest(reference_dir, BATCH)]
     requests_file = tmp_path / "requests.json"
     requests_file.write_text(json.dumps([r.SerializeToString().hex() for r in requests]))
     proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(unpacked(model)), engine, str(requests_file), model],
+        [sys.executable, "-c", RUNNER, str(unpacked_archive(model)), engine, str(requests_file), model],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
