@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING
 import torch
 import yaml
 
+import tools
 from benchmarks import paths, peer, report, sweep
 from benchmarks import results as R
 from benchmarks import verdicts as V
@@ -67,7 +68,7 @@ except ImportError:  # the SDK of this checkout when it is not installed (`make`
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGES = ROOT.parent / "shared/data/u2net-reference/images"
+DEFAULT_IMAGES = tools.REFERENCE_DIR / "images"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 CPU_ENGINES = ["torchscript-bf16", "openvino", "onnxruntime", "onnxruntime-rembg"]
 CUDA_ENGINES = ["eager", "torchscript"]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import tools
 from benchmarks import report
 from benchmarks import results as R
 from handler import engine as E
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 Run = Callable[[torch.Tensor], torch.Tensor]
 PEER = "onnxruntime-rembg"
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared/data/u2net-reference"
+REFERENCE_DIR = tools.REFERENCE_DIR
 
 
 @dataclass(frozen=True)

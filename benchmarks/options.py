@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+import tools
 from u2net_client import compose, imaging
 from u2net_client.options import Options
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared/data/u2net-reference"
+DEFAULT_REFERENCE = tools.REFERENCE_DIR
 PHOTO = "images/bike.jpg"  # 3000x2000, under DEFAULT_REFERENCE
 # The background image of the common paths: a photo of the same set, scaled to cover the
 # subject's photo. The noisy stand-in (`beach`, BACKGROUND_SIZE) is the worst case for PNG: noise in every

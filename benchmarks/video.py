@@ -28,6 +28,7 @@ import av
 import numpy as np
 from PIL import Image
 
+import tools
 from benchmarks import peer
 from benchmarks import results as R
 from u2net_client import U2NetClient, imaging
@@ -35,7 +36,7 @@ from u2net_client._temporal import Flicker, is_scene_cut, thumbnail
 from u2net_client._video import ENCODER_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared/data/u2net-reference/images"
+REFERENCE = tools.REFERENCE_DIR / "images"
 SUBJECTS = ("bike.jpg", "0003.jpg")  # one per shot
 MAE_EVERY = 5
 

@@ -23,8 +23,8 @@ from locust.env import Environment
 from locust.exception import LocustError
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
-# shared/ lies beside the repository: <parent>/main and <parent>/shared.
-DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared/data/u2net-reference/images"
+# The authors' test images in the repository (data/u2net-reference/, as tools.REFERENCE_DIR names it).
+DEFAULT_IMAGES = Path(__file__).resolve().parents[1] / "data/u2net-reference/images"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 IMAGES: list[bytes] = []
 

@@ -61,17 +61,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {key} = {value}")
 
 
-# shared/ lies beside the repository: <parent>/main and <parent>/shared.
-_DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/u2net-reference"
-
-
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """The authors' test images and published masks; U2SERVE_REFERENCE_DIR overrides the location."""
-    override = os.environ.get("U2SERVE_REFERENCE_DIR")
-    path = Path(override) if override else _DEFAULT_REFERENCE_DIR
-    if not (path / "images").is_dir():
-        pytest.skip(f"U²-Net reference data not found at {path}; set U2SERVE_REFERENCE_DIR")
+    """The authors' test images and published masks (data/u2net-reference/; U2SERVE_REFERENCE_DIR overrides)."""
+    from tools import REFERENCE_ENV, reference_dir
+
+    path = reference_dir()
+    missing = [name for name in ("images", "u2netp_masks", "u2net_masks") if not (path / name).is_dir()]
+    if missing:
+        pytest.fail(f"the U²-Net reference data lacks {missing} at {path} (the repository's data/u2net-reference/, "
+                    f"or ${REFERENCE_ENV})")  # fmt: skip
     return path
 
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tools import reference_dir
 from tools.container import Engine, EngineError, find_engine, limit_ulimits, local_base, pip_build
 from tools.torchserve import Ports, Server, ServerError, start
 from u2net_client import U2NetClient, U2NetError
@@ -79,8 +80,7 @@ class Run:
 
 
 def reference_image() -> Path:
-    override = os.environ.get("U2SERVE_REFERENCE_DIR")
-    images = (Path(override) if override else ROOT.parent / "shared/data/u2net-reference") / "images"
+    images = reference_dir() / "images"
     found = sorted(images.glob("*.jpg"))
     if not found:
         raise SystemExit(f"no reference images in {images}: set U2SERVE_REFERENCE_DIR")

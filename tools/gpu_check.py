@@ -12,14 +12,13 @@ and it says loudly what it could not do. tests/test_gpu_check.py runs that dry r
     python tools/gpu_check.py --out DIR        # CUDA: all of it; copies the record, log and plot to DIR
     python tools/gpu_check.py                  # no CUDA: the dry run, against a TorchServe it starts
 
-On the device machine there is no venv: the packages its image lacks travel as wheels (`make gpu-wheels`,
-two folders each under what one call may carry), the generated stubs and the reference images beside them
-(`cp -r ../shared/data/u2net-reference .gpu-carry/`). The device reaches no registry, so the authors' weights
+On the device machine there is no venv: the packages its image lacks travel as wheels (`make gpu-wheels`, two
+folders each under what one call may carry), and the generated stubs beside them; the reference images are in the
+repository (data/u2net-reference/), which travels as it is. The device reaches no registry, so the authors' weights
 travel too, and U2SERVE_CACHE=$PWD/.gpu-carry/cache points the build at them (handler/sources.py checks their md5):
-`weights/u2netp.onnx` fits in a call; `u2net.onnx` is larger than what one call may carry, so it travels as
-`split -b 60M` parts, one per call while the machine stays warm, joined there with `cat`. A first call carries
-.whl/java and installs it; the last carries .whl/py, client/u2net_client/_generated and .gpu-carry and runs the
-check:
+`weights/u2netp.onnx` fits in a call; `u2net.onnx` is larger than what one call may carry, so it travels as `split
+-b 60M` parts, one per call while the machine stays warm, joined there with `cat`. A first call carries .whl/java
+and installs it; the last carries .whl/py, client/u2net_client/_generated and .gpu-carry and runs the check:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/java/*.whl
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/py/*.whl \\
@@ -47,6 +46,7 @@ if str(ROOT) not in sys.path:  # run as a script: the repository's packages (ben
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench  # noqa: E402
+from tools import reference_dir  # noqa: E402
 
 log = logging.getLogger("gpu-check")
 BUDGET_S = 8 * 60
@@ -80,14 +80,6 @@ def build_archives(store: Path, cuda: bool) -> None:
     cmd = [sys.executable, "-m", "handler.build", *MODELS, "--out", str(store), "--device", "cuda"]
     log.info("building CUDA archives: %s", " ".join(cmd))
     subprocess.run(cmd, cwd=ROOT, check=True)
-
-
-def reference_dir() -> Path:
-    """The authors' images and published masks: $U2SERVE_REFERENCE_DIR, .gpu-carry/ (carried), or ../shared."""
-    for candidate in (os.environ.get("U2SERVE_REFERENCE_DIR"), ROOT / ".gpu-carry/u2net-reference"):
-        if candidate and (Path(candidate) / "images").is_dir():
-            return Path(candidate)
-    return ROOT.parent / "shared/data/u2net-reference"
 
 
 def run_gpu_tests(store: Path, out: Path, cuda: bool, timeout_s: float) -> int:
