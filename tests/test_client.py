@@ -334,7 +334,8 @@ def test_a_named_key_file_must_exist(tmp_path):
         find_key_file(None, environ={KEY_FILE_ENV: str(tmp_path / "nope.json")})
 
 
-def test_each_api_gets_its_own_key_and_tokens_win(tmp_path):
+def test_each_api_gets_its_own_key_and_tokens_win(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./var/key_file.json here, even after `make serve` wrote the checkout's
     creds = Credentials.resolve(key_file=write_keys(tmp_path / "k.json"), environ={})
     assert creds.metadata("inference") == (("authorization", "Bearer inf"),)
     assert creds.metadata("management") == (("authorization", "Bearer mgmt"),)
