@@ -89,7 +89,8 @@ triton: archives $(STUB_ENV)
 	$(PY) -m handler.triton --from-store model_store --out triton_repo --serving cpu
 	$(PY) tools/triton.py start --home var/triton --repo triton_repo
 
-# The browser tests drive Debian's chromium; as root (CI) this installs it, elsewhere they fail saying why.
+# The browser tests drive Debian's chromium and check the page with axe-core (npm, into build/axe/); as root
+# (CI) this installs what is missing, elsewhere it says what to run and the tests fail saying why.
 test: archives $(STUB_ENV) browser
 	$(PY) -m pytest --durations=25
 

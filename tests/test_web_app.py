@@ -288,12 +288,64 @@ def test_openapi_and_docs_are_served_offline(app):
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", path.read_text()), path
 
 
-def test_every_field_row_parses_its_own_placeholder():
+def test_every_field_row_says_its_group_its_default_and_when_it_applies():
+    groups = dict(fields.GROUPS)
+    rows = {row.name: row for row in fields.FIELDS}
     for row in fields.FIELDS:
-        if row.placeholder and row.kind != "color":
-            assert row.parse(row.placeholder) is not None
+        assert row.group in groups and row.default, row.name
+        if row.kind == "choice":  # the page lists the default first, as "<default> (default)"
+            assert row.default in (*row.choices, "none"), row.name
+        elif row.kind in ("number", "integer") and row.default.replace(".", "").isdigit():
+            value = row.parse(row.default)
+            assert (row.minimum is None or value >= row.minimum) and (row.maximum is None or value <= row.maximum)
+        for alternative in row.when:
+            for name, allowed in alternative.items():
+                known = {"bool": ("true", "false"), "choice": ("", *rows[name].choices)}.get(rows[name].kind, ("", "*"))
+                assert set(allowed) <= set(known), (row.name, name, allowed)
     with pytest.raises(U2NetError, match="accepted: true/false"):
-        next(f for f in fields.FIELDS if f.name == "crop").parse("maybe")
+        rows["crop"].parse("maybe")
+
+
+def shown(row: fields.Field, form: dict[str, str]) -> bool:
+    """The page's rule (app.js `applies`): some alternative whose every named row holds an allowed value."""
+
+    def holds(name: str, allowed: tuple[str, ...]) -> bool:
+        value = form.get(name, "")
+        return value in allowed or (value != "" and "*" in allowed)
+
+    return not row.when or any(all(holds(n, a) for n, a in alt.items()) for alt in row.when)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "hidden", "visible", "refused"),
+    [
+        ("matting_erode_size", "5", {}, {"refine": "matting"}, "apply to refine='matting' only"),
+        ("threshold", "0.5", {"refine": "matting"}, {"refine": ""}, "give one of them"),
+        ("quality", "70", {}, {"output_format": "webp"}, "applies to output_format"),
+        ("png_compression", "3", {"output_format": "jpeg"}, {}, "applies to PNG output"),
+        ("blur_radius", "4", {"effect": "greyscale"}, {"effect": "blur"}, "applies to effect='blur' only"),
+        ("background_fit", "contain", {}, {"background_image": "*"}, "needs a background_image"),
+        ("effect", "blur", {"background": "#ffffff"}, {"background": "#ffffff", "background_image": "*"},
+         "works on an image behind the subject"),
+    ],
+)  # fmt: skip
+def test_the_page_hides_a_row_where_the_sdk_refuses_it(name, value, hidden, visible, refused):
+    from u2net_client.options import Options
+
+    row = next(r for r in fields.FIELDS if r.name == name)
+    form = {k: png() if v == "*" else v for k, v in visible.items()}  # a file field holds an image
+    assert shown(row, visible) and not shown(row, hidden)
+    Options(**fields.parse_fields("cutout", {**form, name: value}))
+    with pytest.raises(U2NetError, match=refused):
+        Options(**fields.parse_fields("cutout", {**hidden, name: value}))
+
+
+def test_options_name_the_groups_in_order(app):
+    opts = app.get("/v1/options").json()
+    assert [g["name"] for g in opts["groups"]] == ["background", "edges", "crop", "output"]
+    rows = {f["name"]: f for f in opts["tasks"]["cutout"]}
+    assert rows["quality"]["when"] == [{"output_format": ["jpeg", "webp"]}]
+    assert rows["threshold"]["default"] == "none (soft edges)" and "placeholder" not in rows["threshold"]
 
 
 def test_rembg_defaults_are_the_operators_model():
