@@ -8,7 +8,7 @@ MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 STUB_ENV := .venv-triton/u2serve-stub-env.txt
 
-.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test docker-image triton triton-repo loadtest bench bench-render bench-video gpu-check gpu-wheels
+.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test docker-image triton triton-repo loadtest bench bench-render bench-video gpu-check gpu-wheels docs docs-serve readme
 all: archives
 
 help:
@@ -29,9 +29,13 @@ help:
 	@echo "make gpu-wheels the packages the device machine's image lacks, as wheels in .whl/ (tools/gpu_check.py)"
 	@echo "make archives  build model_store/u2netp.mar and u2net.mar"
 	@echo "make lint      ruff and hadolint"
+	@echo "make clean     remove build/ (the site too), the archives, the generated stubs and triton_repo/"
+	@echo "make docs      the documentation site (MkDocs, strict) into build/site"
+	@echo "make docs-serve  the site with live reload on 127.0.0.1:8000"
+	@echo "make readme    the README's headline table from benchmarks/results/ (a test checks it)"
 	@echo "make triton    a real Triton (nvidia-pytriton's tritonserver) serving both models on 8001/8000 (var/triton)"
 	@echo "make triton-repo  Triton model repository for a GPU Triton (segment models + libtorch networks)"
-	@echo "make docker    GPU image (docker-cpu: the CPU variant)"
+	@echo "make docker    GPU image (make docker-cpu: the CPU variant)"
 	@echo "make docker-test  build the CPU image from a local Debian base (podman or Docker), run and check it"
 	@echo "make docker-image that build alone (docker-test then finds its layers cached)"
 
@@ -140,6 +144,19 @@ gpu-wheels:
 
 bench-render: $(READY)
 	$(PY) -m benchmarks.report render benchmarks/results --write BENCHMARKS.md
+
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, anchor or docstring reference.
+# docs/hooks.py renders its benchmark tables from benchmarks/results/ as it builds; nothing is fetched.
+# NO_MKDOCS_2_WARNING: Material's banner about its end of life, a box of text in every CI log otherwise.
+docs: $(READY)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(READY)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
+
+# The README's marked sections (its headline table) from the same records.
+readme: $(READY)
+	$(PY) -m benchmarks.report fill README.md
 
 # The long reliability runs: 2000-request soak, 5 worker kills in a row, 10k-example decode fuzz.
 soak: archives

