@@ -18,7 +18,7 @@ from u2net_client._v2 import ModelMetadata, TensorSpec
 from u2net_client._video import FORMATS as VIDEO_FORMATS
 from u2net_client._video import VideoResult
 from u2net_client.aio import AsyncU2NetClient
-from u2net_client.options import Color, Options
+from u2net_client.options import Color, CutoutKeywords, MaskKeywords, Options
 
 __version__ = "0.1.0"
 
@@ -29,8 +29,10 @@ __all__ = [
     "AsyncU2NetClient",
     "Box",
     "Color",
+    "CutoutKeywords",
     "CutoutResult",
     "ImageInput",
+    "MaskKeywords",
     "MaskResult",
     "ModelInfo",
     "ModelMetadata",

@@ -122,18 +122,15 @@ def video_options(
     effect: str | None = None,
     refine: str | None = None,
 ) -> Options:
-    """The cutout options of a video call: `given` as it is, else built from the named ones.
+    """The cutout options of the command line's video: `given` as it is, else built from the named ones
+    (those left None are not given); `Options.from_call`'s rule.
 
     Raises:
         U2NetError: INVALID_ARGUMENT for both at once, or a bad value.
     """
     named = {"background": background, "threshold": threshold, "background_image": background_image,
              "effect": effect, "refine": refine}  # fmt: skip
-    if given is None:
-        return Options(**named)
-    if any(value is not None for value in named.values()):
-        raise _invalid("give the cutout options either as options=Options(...) or as named arguments, not both")
-    return given
+    return Options.from_call(given, {name: value for name, value in named.items() if value is not None})
 
 
 def is_transparent(options: Options) -> bool:

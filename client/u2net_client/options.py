@@ -4,6 +4,8 @@ They enter through the SDK's arguments, a `u2serve.v1.Options` message (what the
 Triton model receive) or REST form fields and headers; each way builds an `Options`, whose
 constructor is the only place that checks values. The server imports this module from the
 installed SDK package, so the client and the server cannot disagree about what is valid.
+
+An SDK call takes them as `options=Options(...)` or as keywords (`MaskKeywords`, `CutoutKeywords`), not both.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 import grpc
 
@@ -66,6 +69,8 @@ def _integer(text: str) -> int | None:
 @dataclass(frozen=True)
 class Options:
     """Every option of a segment call, checked and normalised on construction.
+
+    An SDK call takes one as `options=`, or these fields as keywords (`MaskKeywords`, `CutoutKeywords`).
 
     Attributes:
         background: Composite over this colour (RGB output); given in any `Color` form, kept as (r, g, b).
@@ -303,6 +308,25 @@ class Options:
         )
 
     @classmethod
+    def from_call(cls, options: Options | None, keywords: Mapping[str, Any]) -> Options:
+        """The options of an SDK call: `options=` as it is, else the option keywords.
+
+        There is no merging: a call says its options one way, so nothing is overridden unnoticed.
+
+        Raises:
+            U2NetError: INVALID_ARGUMENT for both at once, an `options` that is not an Options, or a bad value.
+        """
+        if options is None:
+            return cls(**keywords)
+        if not isinstance(options, Options):
+            raise _invalid(f"options={options!r}; accepted: an Options(...), or None to give the options as keywords")
+        if keywords:
+            raise _invalid(
+                f"give the options either as options=Options(...) or as keywords ({', '.join(keywords)}), not both"
+            )
+        return options
+
+    @classmethod
     def from_fields(cls, fields: Mapping[str, str], background_image: bytes | None = None) -> Options:
         """The options of REST form fields or X-U2Serve-* headers (all text): background, threshold, crop,
         margin, box_threshold, compression, background_fit, effect, blur_radius, refine, the three
@@ -327,6 +351,32 @@ class Options:
             output_format=fields.get("format") or None,
             quality=_whole(fields, "quality"),
         )
+
+
+class MaskKeywords(TypedDict, total=False):
+    """The options of a mask, given to an SDK call as keywords: each as `Options` describes it."""
+
+    threshold: float | None
+    crop: bool
+    crop_margin: int
+    box_threshold: float | None
+    png_compression: int | None
+    refine: str | None
+    matting_foreground_threshold: int | None
+    matting_background_threshold: int | None
+    matting_erode_size: int | None
+    output_format: str | None
+    quality: int | None
+
+
+class CutoutKeywords(MaskKeywords, total=False):
+    """The options of a cutout (and of a video), given as keywords: a mask's, and what goes behind the subject."""
+
+    background: Color | None
+    background_image: ImageInput | None
+    background_fit: str | None
+    effect: str | None
+    blur_radius: float | None
 
 
 def _name(option: str, value: str | None, accepted: tuple[str, ...]) -> str | None:
