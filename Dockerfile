@@ -85,7 +85,7 @@ ENV PATH="/opt/u2serve/venv/bin:${PATH}"
 
 COPY config.properties metrics.yaml ./
 COPY handler/ handler/
-COPY tools/__init__.py tools/torchserve.py tools/
+COPY tools/__init__.py tools/process.py tools/torchserve.py tools/
 COPY docker/healthcheck.py docker/entrypoint.sh docker/
 
 # No GPU during `docker build`: the archives are traced on the CPU and the handler loads them onto the

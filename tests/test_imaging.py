@@ -159,6 +159,19 @@ def test_declared_giant_png_is_refused_without_decoding(side: int) -> None:
     assert err.value.code == INVALID
 
 
+@pytest.mark.parametrize("side", [100, 10_000, 50_000])
+def test_over_the_limit_is_its_own_type_from_header_probe_and_pil_guard(side: int) -> None:
+    # A gateway answers TooManyPixels with 413 by its type; every other bad image stays a plain U2NetError.
+    data = _png_declaring(side, side)
+    for check in (T.decode_image, T.probe_image):
+        with pytest.raises(T.TooManyPixels, match="over the limit") as err:
+            check(data, 5000)
+        assert err.value.code == INVALID and isinstance(err.value, U2NetError)
+    with pytest.raises(U2NetError) as broken:
+        T.probe_image(data[:20], 5000)
+    assert not isinstance(broken.value, T.TooManyPixels)
+
+
 def test_zero_sized_image_is_refused() -> None:
     # PIL itself refuses a zero-sized PNG header today; our own check stands behind it.
     with _invalid("image declares no pixels|PNG image: truncated or corrupt") as err:

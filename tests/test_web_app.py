@@ -171,6 +171,27 @@ def test_sdk_errors_become_json_statuses(app, fake, code, status, retry_after):
     assert r.headers.get("retry-after") == retry_after
 
 
+def test_limits_are_413_by_their_type_not_their_message(app, fake):
+    from u2net_client.imaging import TooManyPixels
+
+    fake.fail = TooManyPixels(grpc.StatusCode.INVALID_ARGUMENT, "image is 9x9 = 81 pixels, over the limit of 80")
+    r = app.post("/v1/models/u2netp/mask", files={"file": ("a.png", png())}, headers=KEY)
+    assert r.status_code == 413 and r.json()["type"] == "too_large"
+    fake.fail, fake.calls = None, []
+    files = {"file": ("a.png", png()), "background_image": ("b.png", png((200, 200)))}
+    r = app.post("/v1/models/u2netp/cutout", files=files, headers=KEY)
+    assert r.status_code == 413 and r.json()["message"].startswith("background_image: image is 200x200"), r.text
+    assert fake.calls == []  # refused before anything was sent
+
+
+def test_an_unreadable_key_file_is_503_on_keyed_routes_only(app, key_file):
+    key_file.unlink()
+    r = app.get("/v1/models", headers=KEY)
+    assert r.status_code == 503 and r.headers["retry-after"] == "5" and "key file" in r.json()["message"]
+    assert app.get("/healthz").status_code == 200 and app.get("/v1/options").status_code == 200
+    assert app.get("/?token=good", follow_redirects=False).headers["location"] == "/#token-refused"
+
+
 def test_v1_options_reach_the_sdk_typed(app, fake):
     data = {"background": "#ffffff", "threshold": "0.5", "crop": "true", "crop_margin": "4"}
     r = app.post("/v1/models/u2net/cutout", files={"file": ("a.png", png())}, data=data, headers=KEY)

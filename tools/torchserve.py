@@ -19,22 +19,26 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as `python tools/torchserve.py`: its siblings are imported as the tools package
+    sys.path.insert(0, str(ROOT))
+from tools.process import ProcessError, ServerHandle, ServerProcess, wait_until  # noqa: E402
+
 CONFIG = ROOT / "config.properties"
 MIN_JAVA = 11
+# The frontend's main class, on its Java command line (as `torchserve --stop` checks it too).
+FRONTEND = "org.pytorch.serve.ModelServer"
 
 
-class ServerError(RuntimeError):
+class ServerError(ProcessError):
     """TorchServe could not be started, reached or stopped."""
 
 
@@ -142,9 +146,10 @@ def render_config(
 
 
 @dataclass
-class Server:
+class Server(ServerHandle):
     """A TorchServe started by `start`; its files live under `home`."""
 
+    stop_timeout = 60.0
     home: Path
     ports: Ports
     models: list[str]
@@ -180,39 +185,17 @@ class Server:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.metrics}/metrics", timeout=10) as resp:
             return resp.read().decode()
 
-    def log_tail(self, lines: int = 60) -> str:
-        log = self.home / "logs" / "ts_log.log"
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
-
-    def pid(self) -> int | None:
-        pid_file = self.home / "tmp" / ".model_server.pid"
-        try:
-            return int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def alive(self) -> bool:
-        pid = self.pid()
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
+    @property
+    def process(self) -> ServerProcess:
+        """The frontend's Java process: `torchserve --start` writes its pid to <home>/tmp/.model_server.pid."""
+        return ServerProcess("TorchServe", self.home / "tmp" / ".model_server.pid", self.home / "logs" / "ts_log.log",
+                             marker=FRONTEND, error=ServerError)  # fmt: skip
 
     def wait_ready(self, timeout: float = 600.0) -> None:
-        """Until every model has a READY worker; raises with the log's tail otherwise."""
-        deadline = time.monotonic() + timeout
-        pending = list(self.models)
-        while pending:
-            if not self.alive():
-                raise ServerError(f"TorchServe exited during start-up:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise ServerError(f"models {pending} not ready after {timeout:.0f}s:\n{self.log_tail()}")
-            pending = [m for m in pending if not self._ready(m)]
-            if pending:
-                time.sleep(1.0)
+        """Until every model has a READY worker; raises ServerError with the log's tail otherwise."""
+        wait_until(lambda: all(self._ready(m) for m in self.models), timeout=timeout, name=self.process.name,
+                   what=f"a READY worker of each of {', '.join(self.models)}", is_alive=self.alive,
+                   log_tail=self.log_tail, interval=1.0, error=ServerError)  # fmt: skip
 
     def _ready(self, model: str) -> bool:
         try:
@@ -221,18 +204,6 @@ class Server:
             return False
         workers = info[0].get("workers", []) if isinstance(info, list) and info else []
         return any(w.get("status") == "READY" for w in workers)
-
-    def stop(self, timeout: float = 60.0) -> None:
-        pid = self.pid()
-        if pid is None:
-            return
-        subprocess.run([*_torchserve(), "--stop"], env=_env(self.home), capture_output=True, timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if self.alive():
-            os.kill(pid, signal.SIGKILL)
-        (self.home / "tmp" / ".model_server.pid").unlink(missing_ok=True)
 
 
 def _torchserve() -> list[str]:
@@ -269,8 +240,7 @@ def start(
     """
     home = home.resolve()
     server = Server(home, ports or Ports(), models, tls=tls is not None)
-    if server.alive():
-        raise ServerError(f"a TorchServe of this home is running already (pid {server.pid()}); stop it first")
+    server.process.check_not_running()
     for sub in ("tmp", "logs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     home.chmod(0o700)  # the key file lands here
@@ -282,21 +252,20 @@ def start(
     config += "".join(f"{k}={v}\n" for k, v in extra.items())
     (home / "config.properties").write_text(config)
     cmd = [*_torchserve(), "--start", "--ncs", "--ts-config", str(home / "config.properties")]
+    # `torchserve --start` starts the Java frontend and returns; the frontend writes its own pid file.
     # cwd=home: TorchServe writes key_file.json into its working directory. Output goes to a file:
     # the Java process outlives this call and would hold a pipe open. umask 077: TorchServe creates
-    # the key file with the umask's mode and narrows it to 0600 only afterwards.
+    # the key file with the umask's mode and narrows it to 0600 only afterwards. A session of its own:
+    # `stop` ends the frontend and its workers as one process group.
     out = home / "logs" / "start.log"
     with out.open("w") as log:
         result = subprocess.run(
-            cmd, cwd=home, env=_env(home), stdout=log, stderr=subprocess.STDOUT, timeout=120, umask=0o077
-        )
+            cmd, cwd=home, env=_env(home), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            timeout=120, umask=0o077, start_new_session=True,
+        )  # fmt: skip
     if result.returncode != 0:
         raise ServerError(f"torchserve --start failed:\n{out.read_text()}")
-    deadline = time.monotonic() + 60
-    while not server.key_file.exists():
-        if time.monotonic() > deadline:
-            raise ServerError(f"TorchServe wrote no key file:\n{server.log_tail()}")
-        time.sleep(0.5)
+    server.process.wait_until(server.key_file.exists, timeout=60, what="its key file")
     server.key_file.chmod(0o600)  # TorchServe does so too; this holds whatever its version
     return server
 
@@ -323,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         server = Server(args.home.resolve(), Ports(), args.models)
         if args.command == "stop":
-            was = server.alive()
-            server.stop()
-            print("TorchServe stopped" if was else "TorchServe was not running")
+            print("TorchServe stopped" if server.stop() else "TorchServe was not running")
             return 0
         tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
         server = start(args.home, args.model_store, args.models, tls=tls)

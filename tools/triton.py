@@ -22,11 +22,9 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, fields
@@ -35,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as `python tools/triton.py`: its siblings are imported as the tools package
     sys.path.insert(0, str(ROOT))
+from tools.process import ProcessError, ServerHandle, ServerProcess  # noqa: E402
 from tools.torchserve import free_ports  # noqa: E402
 
 # The Python-based backends of handler/triton.py's repositories: backends/<name>/model.py.
@@ -51,7 +50,7 @@ INFERENCE_APIS = ("inference",)
 MANAGEMENT_APIS = ("model-repository", "shared-memory", "trace", "logging")
 
 
-class ServerError(RuntimeError):
+class ServerError(ProcessError):
     """Triton could not be found, started, reached or stopped."""
 
 
@@ -187,8 +186,8 @@ def restriction_args(keys: dict[str, str]) -> list[str]:
 
 
 @dataclass
-class Server:
-    """A tritonserver started by `start`; its files live under `home`."""
+class Server(ServerHandle):
+    """A tritonserver started by `start`; its files live under `home`. `stop` ends its Python stubs too."""
 
     home: Path
     ports: Ports
@@ -205,6 +204,10 @@ class Server:
     @property
     def pid_file(self) -> Path:
         return self.home / "tritonserver.pid"
+
+    @property
+    def process(self) -> ServerProcess:
+        return ServerProcess("tritonserver", self.pid_file, self.log_file, marker="tritonserver", error=ServerError)
 
     @property
     def grpc_target(self) -> str:
@@ -234,56 +237,15 @@ class Server:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.metrics}/metrics", timeout=10) as resp:
             return resp.read().decode()
 
-    def log_tail(self, lines: int = 60) -> str:
-        log = self.log_file
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
-
-    def pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def alive(self) -> bool:
-        pid = self.pid()
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        # A zombie child of ours (exited, not yet reaped) is not alive.
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-        except OSError:
-            return False
-
     def wait_ready(self, timeout: float = 300.0) -> None:
-        """Until ServerReady (every model loaded); raises with the log's tail otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.alive():
-                raise ServerError(f"tritonserver exited during start-up:\n{self.log_tail()}")
-            try:
-                if self.http("/v2/health/ready", timeout=2.0)[0] == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise ServerError(f"tritonserver not ready after {timeout:.0f}s:\n{self.log_tail()}")
-            time.sleep(0.5)
+        """Until ServerReady (every model loaded); raises ServerError with the log's tail otherwise."""
+        self.process.wait_until(self._ready, timeout, what="ServerReady (/v2/health/ready)")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (Triton unloads its models and exits), SIGKILL after `timeout`."""
-        pid = self.pid()
-        if pid is not None and self.alive():
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.alive() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if self.alive():
-                os.killpg(pid, signal.SIGKILL)  # the server and its Python stubs
-        self.pid_file.unlink(missing_ok=True)
+    def _ready(self) -> bool:
+        try:
+            return self.http("/v2/health/ready", timeout=2.0)[0] == 200
+        except OSError:
+            return False
 
 
 def start(home: Path, repo: Path, models: list[str] | None = None, ports: Ports | None = None) -> Server:
@@ -294,8 +256,7 @@ def start(home: Path, repo: Path, models: list[str] | None = None, ports: Ports 
     """
     home = home.resolve()
     server = Server(home, ports or Ports(), models or [])
-    if server.alive():
-        raise ServerError(f"a tritonserver of this home is running already (pid {server.pid()}); stop it first")
+    server.process.check_not_running()
     if not (repo / "u2netp").is_dir() and not models:
         raise ServerError(f"{repo} holds no u2serve model repository; run `make triton` or `python -m handler.triton`")
     runtime = Runtime.find()
@@ -320,17 +281,7 @@ def start(home: Path, repo: Path, models: list[str] | None = None, ports: Ports 
     if models:
         cmd += ["--model-control-mode=explicit"]
         cmd += [f"--load-model={m}" for name in models for m in (f"{name}_network", name)]
-    # Output to a file: the server outlives this call. Its own session, so `stop` can end its stubs too.
-    with server.log_file.open("w") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=home,
-            env=server_env(runtime, stub_env()),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server.pid_file.write_text(str(proc.pid))
+    server.process.start(cmd, cwd=home, env=server_env(runtime, stub_env()))
     return server
 
 
@@ -348,9 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "stop":
-            was = server.alive()
-            server.stop()
-            print("tritonserver stopped" if was else "tritonserver was not running")
+            print("tritonserver stopped" if server.stop() else "tritonserver was not running")
             return 0
         server = start(args.home, args.repo, args.models)
         server.wait_ready(args.timeout)

@@ -12,26 +12,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as `python tools/web.py`: its siblings are imported as the tools package
+    sys.path.insert(0, str(ROOT))
+from tools.process import ProcessError, ServerHandle, ServerProcess  # noqa: E402
+
 MODULE = "u2net_client.web"
 
 
-class WebError(RuntimeError):
+class WebError(ProcessError):
     """The gateway could not be started, reached or stopped."""
 
 
 @dataclass
-class Web:
+class Web(ServerHandle):
     """A gateway started by `start`; its pid file and log live under `home`."""
+
+    stop_timeout = 15.0
 
     home: Path
     host: str = "127.0.0.1"
@@ -56,14 +60,9 @@ class Web:
     def page_url(self) -> str:
         return f"{self.url}/?token={self.token()}"
 
-    def pid(self) -> int | None:
-        """The pid in the pid file, if that process is still ours (a reused pid is not)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path("/proc").is_dir() else MODULE.encode()
-        except (OSError, ValueError):
-            return None
-        return pid if MODULE.encode() in cmdline else None
+    @property
+    def process(self) -> ServerProcess:
+        return ServerProcess("the web gateway", self.pid_file, self.log, marker=MODULE, error=WebError)
 
     def answers(self) -> bool:
         try:
@@ -72,51 +71,28 @@ class Web:
         except (OSError, urllib.error.URLError):
             return False
 
-    def stop(self, timeout: float = 15.0) -> bool:
-        """Stop it (SIGTERM, then SIGKILL); whether one was running."""
-        pid = self.pid()
-        self.pid_file.unlink(missing_ok=True)
-        if pid is None:
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                return True
-            time.sleep(0.2)
-        os.kill(pid, signal.SIGKILL)
-        return True
-
 
 def start(web: Web, extra_args: list[str] | None = None, timeout: float = 60.0) -> subprocess.Popen[bytes]:
     """Start the gateway in the background and wait until /healthz answers; raises WebError with its log."""
-    if web.pid() is not None:
-        raise WebError(f"a web gateway of this home is running already (pid {web.pid()}); `make stop` first")
+    web.process.check_not_running()
     key_file = web.home / "key_file.json"
     if not key_file.is_file():
         raise WebError(f"no {key_file}: start TorchServe first (it writes the key the gateway accepts)")
-    web.log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", MODULE, "--host", web.host, "--port", str(web.port), "--key-file", str(key_file),
            *(extra_args or [])]  # fmt: skip
-    with web.log.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    web.pid_file.write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    while not web.answers():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            web.stop()
-            tail = "\n".join(web.log.read_text(errors="replace").splitlines()[-30:])
-            raise WebError(f"the web gateway did not answer on {web.url}:\n{tail}")
-        time.sleep(0.3)
+    proc = web.process.start(cmd)
+    try:
+        web.process.wait_until(web.answers, timeout, what=f"an answer on {web.url}/healthz", interval=0.3)
+    except WebError:
+        web.stop()
+        raise
     return proc
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["start", "stop", "url"])
-    parser.add_argument("--home", type=Path, default=Path(__file__).resolve().parents[1] / "var")
+    parser.add_argument("--home", type=Path, default=ROOT / "var")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7000)
     args, extra = parser.parse_known_args(argv)

@@ -273,7 +273,7 @@ def decode_background(options: Options, max_pixels: int) -> imaging.Decoded | No
     try:
         return imaging.decode_image(data, max_pixels)
     except U2NetError as exc:
-        raise U2NetError(exc.code, f"background_image: {exc.message}") from exc
+        raise type(exc)(exc.code, f"background_image: {exc.message}") from exc  # TooManyPixels stays one
 
 
 def check_background(background: imaging.Decoded, options: Options) -> None:

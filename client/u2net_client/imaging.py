@@ -78,8 +78,19 @@ class Decoded:
         return self.rgb.shape[1], self.rgb.shape[0]
 
 
+class TooManyPixels(U2NetError):
+    """An image over the pixel limit (width x height): INVALID_ARGUMENT, as any bad input.
+
+    Its own type so that a gateway can answer it as HTTP 413 without reading the message.
+    """
+
+
 def _invalid(message: str) -> U2NetError:
     return U2NetError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _too_many_pixels(message: str) -> TooManyPixels:
+    return TooManyPixels(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def _internal(message: str) -> U2NetError:
@@ -100,7 +111,8 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
         The decoded image.
 
     Raises:
-        U2NetError: INVALID_ARGUMENT for an empty, unknown, oversized, truncated or corrupt image.
+        U2NetError: INVALID_ARGUMENT for an empty, unknown, oversized, truncated or corrupt image; over
+            `max_pixels` it is a `TooManyPixels`.
     """
     if not data:
         raise _invalid(f"empty image body; send the image file's bytes ({_ACCEPTED_TEXT})")
@@ -134,7 +146,7 @@ def probe_image(data: bytes, max_pixels: int) -> tuple[str, tuple[int, int]]:
 
     For a gateway that refuses bad or oversized uploads before handing them on: no pixel data is
     decompressed. Raises U2NetError INVALID_ARGUMENT as `decode_image` does (empty, not an image,
-    truncated header, over `max_pixels`).
+    truncated header; over `max_pixels` a `TooManyPixels`).
     """
     if not data:
         raise _invalid(f"empty image body; send the image file's bytes ({_ACCEPTED_TEXT})")
@@ -181,18 +193,18 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise _invalid(f"image declares no pixels ({width}x{height}); send an image of at least 1x1")
     if width * height > max_pixels:
-        raise _invalid(
+        raise _too_many_pixels(
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
             "pixels (width x height); downscale it before sending"
         )
 
 
-def _too_large(exc: Exception, max_pixels: int) -> U2NetError:
+def _too_large(exc: Exception, max_pixels: int) -> TooManyPixels:
     # PIL's guard fires inside Image.open, before our check sees the size; its message has the count.
     found = re.search(r"\((\d+) pixels\)", str(exc))
     pixels = f"{found.group(1)} pixels" if found else "too many pixels"
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-    return _invalid(
+    return _too_many_pixels(
         f"image is {pixels}, over the limit of {limit} pixels (width x height); downscale it before sending"
     )
 

@@ -1,11 +1,16 @@
-"""Every failure as JSON with the HTTP status that says whose fault it is."""
+"""Every failure as JSON with the HTTP status that says whose fault it is, mapped once per error type."""
 
 from __future__ import annotations
 
 import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from u2net_client._errors import U2NetError
+from u2net_client.imaging import TooManyPixels
+from u2net_client.web.auth import KeyUnavailable
 
 
 class HTTPError(Exception):
@@ -16,6 +21,13 @@ class HTTPError(Exception):
         self.status = status
         self.message = message
         self.retry_after = retry_after
+
+
+class PayloadTooLarge(HTTPError):
+    """413: a request body, a fetched image or an image's pixels over the limit the gateway checks."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
 
 
 _TYPES = {
@@ -35,13 +47,15 @@ _STATUS = {
     grpc.StatusCode.PERMISSION_DENIED: 503,
 }
 _RETRY_AFTER = {grpc.StatusCode.UNAVAILABLE: 5, grpc.StatusCode.RESOURCE_EXHAUSTED: 1}
+# The key file cannot be read (KeyUnavailable): TorchServe is likely restarting and rewriting it.
+KEY_RETRY_AFTER = 5
 
 
 def from_sdk(error: U2NetError) -> HTTPError:
-    """The HTTPError for an SDK failure; a too-large image is 413, not 400."""
+    """The HTTPError for an SDK failure; an image over the pixel limit is 413, not 400."""
+    if isinstance(error, TooManyPixels):
+        return PayloadTooLarge(error.message)
     status = _STATUS.get(error.code, 502)
-    if status == 400 and "over the limit" in error.message:
-        status = 413
     message = error.message
     if status == 504:  # the SDK's advice (timeout=) is the operator's here
         message = f"{message.split(';')[0]}: TorchServe is overloaded or stuck; retry later (the app's --timeout)"
@@ -54,3 +68,28 @@ def response(error: HTTPError) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Bearer realm="u2serve"'
     body = {"code": error.status, "type": _TYPES.get(error.status, "error"), "message": error.message}
     return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    """One handler per error type, for every route: the routes raise, none of them converts."""
+
+    @app.exception_handler(HTTPError)
+    async def gateway_error(_: Request, exc: HTTPError) -> JSONResponse:
+        return response(exc)
+
+    @app.exception_handler(U2NetError)
+    async def sdk_error(_: Request, exc: U2NetError) -> JSONResponse:
+        return response(from_sdk(exc))
+
+    @app.exception_handler(KeyUnavailable)
+    async def key_unavailable(_: Request, exc: KeyUnavailable) -> JSONResponse:
+        return response(HTTPError(503, str(exc), retry_after=KEY_RETRY_AFTER))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return response(HTTPError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return response(HTTPError(400, problems))

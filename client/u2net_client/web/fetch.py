@@ -16,7 +16,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from u2net_client.web.errors import HTTPError
+from u2net_client.web.errors import HTTPError, PayloadTooLarge
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -110,11 +110,13 @@ class Fetcher:
             raise HTTPError(400, f"fetching {url!r} answered HTTP {response.status_code}")
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self._max_bytes:
-            raise HTTPError(413, f"the image at {url!r} is {declared} bytes, over the limit of {self._max_bytes} bytes")
+            raise PayloadTooLarge(
+                f"the image at {url!r} is {declared} bytes, over the limit of {self._max_bytes} bytes"
+            )
         chunks, size = [], 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > self._max_bytes:
-                raise HTTPError(413, f"the image at {url!r} is over the limit of {self._max_bytes} bytes")
+                raise PayloadTooLarge(f"the image at {url!r} is over the limit of {self._max_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)

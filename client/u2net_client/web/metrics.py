@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from u2net_client.web.errors import HTTPError, response
+from u2net_client.web.errors import PayloadTooLarge, response
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -87,10 +87,10 @@ class BodyLimit:
             if not message.get("more_body", False):
                 return
 
-    def _too_large(self, size: int | None) -> HTTPError:
+    def _too_large(self, size: int | None) -> PayloadTooLarge:
         got = f"{size} bytes" if size is not None else "more"
-        return HTTPError(413, f"request body is {got}, over the limit of {self.limit} bytes "
-                         "(the image may be up to max_request_size, 32 MiB by default)")  # fmt: skip
+        return PayloadTooLarge(f"request body is {got}, over the limit of {self.limit} bytes "
+                               "(the image may be up to max_request_size, 32 MiB by default)")  # fmt: skip
 
     def _capped(self, receive: Receive) -> Receive:
         seen = 0

@@ -79,27 +79,42 @@ def find_key_file(given: str | None, environ: dict[str, str] | None = None) -> P
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m u2net_client.web", description="u2serve's web page and HTTP APIs")
+    p = argparse.ArgumentParser(
+        prog="python -m u2net_client.web",
+        description=(
+            "u2serve's web page and HTTP APIs: the page at /, rembg's /api/remove, /v1 (described at /docs), "
+            "/healthz, /readyz and /metrics. A client of TorchServe over gRPC: it loads no model. It accepts "
+            "TorchServe's inference key (X-Api-Key or Authorization: Bearer; the page takes ?token= once)."
+        ),
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}, as rembg's)")
     p.add_argument("--target", default=DEFAULT_TARGET, help="TorchServe gRPC inference host:port")
     p.add_argument("--management-target", default=DEFAULT_MANAGEMENT_TARGET, help="gRPC management host:port")
     p.add_argument("--key-file", help=f"TorchServe's key_file.json (default ${KEY_FILE_ENV}, else var/key_file.json)")
-    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument(
+        "--models", nargs="+", default=list(MODELS), help=f"the models offered (default: {' '.join(MODELS)})"
+    )
     p.add_argument(
         "--rembg-default-model",
         default=REMBG_DEFAULT_MODEL,
         help=f"model of /api/remove without model=, the page's default ({REMBG_DEFAULT_MODEL})",
     )
-    p.add_argument("--max-body-bytes", type=int, default=MAX_SEND_BYTES)
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    p.add_argument("--max-in-flight", type=int, default=64)
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
+        "--max-body-bytes", type=int, default=MAX_SEND_BYTES, help="larger request bodies get 413 (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images get 413 (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-in-flight", type=int, default=64, help="images in flight beyond this get 503 (default %(default)s)"
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per image, else 504 (default %(default)s)")
     p.add_argument(
         "--allow-url-host", action="append", default=[], metavar="HOST",
         help="let GET /api/remove?url= fetch from HOST (or *.domain); repeat; off by default",
     )  # fmt: skip
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="uvicorn's log level (default %(default)s)")
     return p
 
 
