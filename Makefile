@@ -95,8 +95,10 @@ triton: archives $(STUB_ENV)
 
 # The browser tests drive Debian's chromium and check the page with axe-core (npm, into build/axe/); as root
 # (CI) this installs what is missing, elsewhere it says what to run and the tests fail saying why.
+# PYTEST_ARGS narrows the run (.ci/run: -m server, after make test-fast ran the rest first).
+PYTEST_ARGS ?=
 test: archives $(STUB_ENV) browser
-	$(PY) -m pytest --durations=25
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 browser:
 	@tools/install-browser.sh
