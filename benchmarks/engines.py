@@ -174,6 +174,12 @@ def _openvino(precision: str) -> Callable[[Setup], Run]:
     return build
 
 
+def _mnn_batch(s: Setup) -> Run:
+    # MNN's module on a whole batch in one call; the served engine runs image by image (MnnEngine says why).
+    served = E.MnnEngine(E.export(E.MNN, s.model, s.work, s.name, s.size), torch.device("cpu"), s.threads)
+    return lambda x: torch.from_numpy(E.mnn_forward(served.module, x.contiguous().numpy()))
+
+
 def _xnnpack(s: Setup) -> Run:
     # optimize_for_mobile rewrites the frozen graph's convs into XNNPACK's prepacked ops (x86 included).
     from torch.utils.mobile_optimizer import optimize_for_mobile
@@ -215,6 +221,8 @@ BUILDERS: dict[str, Callable[[Setup], Run]] = {
     E.OPENVINO: _served(E.OPENVINO),
     "openvino-streams": _served(E.OPENVINO, one_per_thread=True),
     "openvino-bf16": _openvino("bf16"),
+    E.MNN: _served(E.MNN),
+    "mnn-batch": _mnn_batch,
     "xnnpack": _xnnpack,
     "onnxruntime": _served(E.ONNXRUNTIME),
     "onnxruntime-streams": _served(E.ONNXRUNTIME, one_per_thread=True),

@@ -51,9 +51,9 @@ DEFAULTS = {
     # 2-core CPU: one worker using both cores; batching costs little per image and lets a burst of
     # requests share one pass; 20 ms of waiting is small next to ~200 ms per U2NETP image.
     # bf16 with fp32 islands runs U2NETP 1.1-1.3x faster than onnxruntime on a CPU with native bf16, within
-    # the accuracy gate; OpenVINO fp32 (1.3-1.7x our onnxruntime session on an AVX2-only CPU) where the
-    # weights have no validated plan or the worker's CPU has no native bf16; onnxruntime where OpenVINO
-    # cannot be imported (benchmarks/engines.py; README "Engines").
+    # the accuracy gate. Where the weights have no validated plan or the worker's CPU has no native bf16, the
+    # fastest fp32 engine there: MNN's Winograd on an AVX2-only CPU, OpenVINO on one with AVX-512 (the worker
+    # picks, handler.engine); onnxruntime where neither can be imported (benchmarks/engines.py; README "Engines").
     "cpu": ServingDefaults(
         batch_size=8, max_batch_delay_ms=20, workers=1, response_timeout_s=300, engine=TORCHSCRIPT_BF16, threads=0
     ),

@@ -7,8 +7,10 @@ Why onnxruntime: on a 2-core AVX-512 CPU it runs U2NETP 1.6-2.2x faster than fro
 the same accuracy (benchmarks/engines.py measures it). Why torchscript-bf16: on a CPU with native bf16
 it runs U2NETP 1.1-1.3x faster than onnxruntime, within the serving accuracy gate (handler/precision.py).
 Why openvino: on a CPU without native bf16 (AVX2 only) its fp32 runs U2NETP 1.2-1.5x faster than our
-onnxruntime session at the same accuracy (OpenVinoEngine). Each engine names the one to fall back to when it
-cannot run: torchscript-bf16 -> openvino -> onnxruntime -> torchscript.
+onnxruntime session at the same accuracy (OpenVinoEngine). Why mnn: its Winograd fp32 gets past OpenVINO's
+direct convolutions on an AVX2-only CPU, at the same accuracy (MnnEngine); its wheel has no AVX-512 kernels,
+and a CPU with AVX-512 runs OpenVINO instead. Each engine names the one to fall back to when it cannot run, or
+runs slower than that one on this CPU: torchscript-bf16 -> mnn -> openvino -> onnxruntime -> torchscript.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import importlib
 import itertools
 import logging
+import subprocess
+import sys
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -230,6 +235,51 @@ class OpenVinoEngine(Engine):
         return torch.from_numpy(np.concatenate(outputs))  # type: ignore[arg-type]
 
 
+class MnnEngine(Engine):
+    """MNN's CPU runtime in fp32 (precision "high") on the `.mnn` file converted from the ONNX file, image by image.
+
+    Why: MNN runs U²-Net's 3×3 stride-1 convolutions as Winograd convolutions, fewer multiplications for the
+    same fp32 result, so on an AVX2-only CPU it gets past the direct-convolution rate OpenVINO's fp32 runs
+    at, with the same masks: on a 2-core AMD EPYC Zen 3, U2NETP and U2NET ~1.8x OpenVINO's rate. Its wheel
+    has AVX2 kernels and no AVX-512 ones: on the 2-core Xeon (AVX-512, AMX) it ran below OpenVINO on both
+    models (benchmarks/engines.py), so such a CPU skips it (the kind's hardware check).
+    A batch is run image by image: one call on a batch of 8 held 5× the memory of 8 calls (U2NETP ~970
+    against ~190 MiB, U2NET ~1.9 against ~1.1 GiB, past its worker's bound) for little speed (none on
+    U2NETP, ~10 % on U2NET at batch 4), and the one shape (1, 3, S, S) is planned once. The Python binding
+    holds the GIL through a forward, so streams could not run side by side: this engine runs one stream on
+    all of its threads whatever `streams` asks. MNN/__init__ imports no MNN.tools, whose converter wrapper
+    pulls in a logging SDK that reports usage; nothing here imports it (tests/test_engine.py checks).
+    """
+
+    name = "mnn"
+
+    def __init__(self, path: Path, device: torch.device, threads: int = 0, streams: int = 1) -> None:
+        import MNN.nn
+
+        self.device = device
+        width = side_by_side(threads, 1)[0]
+        if streams > 1:
+            log.info("engine mnn runs one image after the other on %d threads (%d streams asked)", width, streams)
+        runtime = MNN.nn.create_runtime_manager(({"backend": "CPU", "precision": "high", "numThread": width},))
+        self.module = MNN.nn.load_module_from_file(
+            str(path), [ONNX_INPUT], [ONNX_OUTPUT], runtime_manager=runtime, shape_mutable=True
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        images = x.detach().contiguous().numpy()
+        ran = [mnn_forward(self.module, images[i : i + 1]) for i in range(len(images))]
+        return torch.from_numpy(ran[0] if len(ran) == 1 else np.concatenate(ran))
+
+
+def mnn_forward(module: Any, batch: np.ndarray) -> np.ndarray:
+    """An MNN module's d0 of an (N, 3, S, S) float32 batch, as an (N, 1, S, S) array of its own."""
+    import MNN.expr as F
+
+    out = F.convert(module.forward(F.const(batch, list(batch.shape), F.NCHW)), F.NCHW)
+    # read() is a view of the module's output buffer, which its next forward overwrites.
+    return np.array(out.read(), copy=True)
+
+
 def _ort_session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
@@ -279,6 +329,24 @@ def export_onnx(model: nn.Module, path: Path, size: int) -> None:
         )
 
 
+# The converter is MNN's own C++ (the wheel's `_tools`), called as its console script would be but without
+# MNN.tools, whose Python wrapper imports a logging SDK that sends usage data. A child process: a converter
+# that aborts on a bad graph fails the export, not the build's process; it also keeps its chatter apart.
+_MNN_CONVERT = "import sys, _tools; sys.exit(0 if _tools.mnnconvert(sys.argv) else 1)"
+
+
+def export_mnn(model: nn.Module, path: Path, size: int) -> None:
+    """MNN's file of `model`'s d0 head: the ONNX export (export_onnx), converted by MNN's converter in fp32."""
+    path.unlink(missing_ok=True)  # the converter reports success even when it wrote nothing
+    with tempfile.TemporaryDirectory(prefix="u2serve-mnn-") as tmp:
+        onnx = Path(tmp) / "d0.onnx"
+        export_onnx(model, onnx, size)
+        cmd = [sys.executable, "-c", _MNN_CONVERT, "-f", "ONNX", "--modelFile", str(onnx), "--MNNModel", str(path)]
+        done = subprocess.run([*cmd, "--bizCode", "u2serve"], capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not path.is_file() or path.stat().st_size == 0:
+        raise EngineError(f"MNN's converter wrote no {path.name} (exit {done.returncode}): {done.stdout[-2000:]}")
+
+
 def export_torchscript_bf16(model: nn.Module, path: Path, size: int) -> None:
     """Frozen mixed-precision TorchScript (bf16 with the variant's fp32 islands) of `model`'s d0 head."""
     if not isinstance(model, U2Net):
@@ -301,6 +369,17 @@ def _load_torchscript_bf16(path: Path, device: torch.device, threads: int, strea
 
 def _native_bf16() -> str | None:
     return None if precision.native_bf16() else "this CPU has no native bf16 (AVX512_BF16 or AMX)"
+
+
+def avx512() -> bool:
+    """Whether this CPU runs AVX-512 (torch's kernel choice: ATEN_CPU_CAPABILITY can lower it)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def _avx2_only() -> str | None:
+    # MNN's wheel has AVX2 kernels only, while OpenVINO's fp32 uses AVX-512 where there is some: there
+    # OpenVINO outruns MNN's Winograd (benchmarks/engines.py), so MNN serves AVX2-only CPUs.
+    return "this CPU has AVX-512, where OpenVINO's fp32 outruns MNN's AVX2 kernels" if avx512() else None
 
 
 @dataclass(frozen=True)
@@ -334,6 +413,7 @@ TORCHSCRIPT = "torchscript"
 ONNXRUNTIME = "onnxruntime"
 TORCHSCRIPT_BF16 = "torchscript-bf16"
 OPENVINO = "openvino"
+MNN = "mnn"
 
 ENGINES: dict[str, EngineKind] = {
     TORCHSCRIPT: EngineKind(TORCHSCRIPT, ".pt", export_torchscript, _load_torchscript, frozenset({"cpu", "cuda"})),
@@ -347,10 +427,14 @@ ENGINES: dict[str, EngineKind] = {
         OPENVINO, ".onnx", export_onnx, OpenVinoEngine, frozenset({"cpu"}), runtime="openvino",
         fallback=ONNXRUNTIME,
     ),
+    # Converted from the ONNX file at build time; the fastest fp32 engine on an AVX2-only CPU.
+    MNN: EngineKind(
+        MNN, ".mnn", export_mnn, MnnEngine, frozenset({"cpu"}), runtime="MNN", fallback=OPENVINO, hardware=_avx2_only,
+    ),
     # Emulated bf16 (a CPU without AVX512_BF16 or AMX) is slower than fp32: such a worker falls back.
     TORCHSCRIPT_BF16: EngineKind(
         TORCHSCRIPT_BF16, ".bf16.pt", export_torchscript_bf16, _load_torchscript_bf16, frozenset({"cpu"}),
-        fallback=OPENVINO, hardware=_native_bf16,
+        fallback=MNN, hardware=_native_bf16,
     ),
 }  # fmt: skip
 

@@ -64,7 +64,8 @@ CPU_NETWORK_BACKEND = "u2serve_torchscript"
 # The segment model's tensors: handler/oip.py's names, as on TorchServe's Open Inference Protocol.
 IMAGE_INPUT, REQUEST_INPUT, RESPONSE_OUTPUT = "image", "u2serve", "u2serve"
 # Engine files in a network's version folder are named `model<suffix>` (handler.engine.file_name):
-# model.pt, libtorch's own file name, is the TorchScript; the CPU stand-in also finds model.bf16.pt, model.onnx.
+# model.pt, libtorch's own file name, is the TorchScript; the CPU stand-in also finds model.bf16.pt, model.mnn,
+# model.onnx.
 ENGINE_STEM = "model"
 
 

@@ -61,9 +61,9 @@ def test_archive_carries_handler_package_config_and_weights_origin(archive):
 # The worker has torch, pillow and numpy, TorchServe's own `ts`, and the installed u2serve package (its
 # image pipeline and generated protobuf classes, with the protobuf runtime): nothing more.
 ALLOWED = {"torch", "PIL", "numpy", "ts", "handler", "u2net_client", "google", "__future__"}
-# Imported inside functions only, where the code can do without them: onnx for building,
-# onnxruntime and openvino for the optional engines. test_handler.py runs an archive with all three blocked.
-OPTIONAL = {"onnx", "onnxruntime", "openvino"}
+# Imported inside functions only, where the code can do without them: onnx for building, onnxruntime,
+# openvino and MNN for the optional engines. test_handler.py runs an archive with all four blocked.
+OPTIONAL = {"onnx", "onnxruntime", "openvino", "MNN"}
 
 
 def _imports(tree: ast.AST) -> set[str]:
@@ -99,7 +99,7 @@ def test_cpu_archive_serves_bf16_and_carries_its_fallbacks(archive):
     with zipfile.ZipFile(archive) as mar:
         names = set(mar.namelist())
         config = yaml.safe_load(mar.read("model-config.yaml"))
-    assert {"u2netp.bf16.pt", "u2netp.onnx", "u2netp.pt", "handler/precision.py"} <= names
+    assert {"u2netp.bf16.pt", "u2netp.mnn", "u2netp.onnx", "u2netp.pt", "handler/precision.py"} <= names
     assert config["handler"]["engine"] == "torchscript-bf16" == build.DEFAULTS["cpu"].engine
 
 
@@ -108,8 +108,9 @@ def test_bf16_only_for_the_weights_its_plan_was_validated_with():
     retrained = weights.Loaded(bundled.model, "my_u2netp.pth (sha256 0123)")
     u2net = random_weights("u2net", 0)
     assert build.choose_engine("torchscript-bf16", bundled) == "torchscript-bf16"
-    assert build.choose_engine("torchscript-bf16", retrained) == "openvino"
-    assert build.choose_engine("torchscript-bf16", u2net) == "openvino"
+    # bf16's fallback, the fp32 engines' chain: MNN, or OpenVINO where the CPU has AVX-512 (handler.engine)
+    assert build.choose_engine("torchscript-bf16", retrained) == "mnn"
+    assert build.choose_engine("torchscript-bf16", u2net) == "mnn"
     assert build.choose_engine("torchscript", u2net) == "torchscript"  # CUDA defaults pass through
     # --engine: forcing bf16 on other u2netp weights is allowed, on a variant without a plan it is not.
     assert build.choose_engine("onnxruntime", retrained, forced="torchscript-bf16") == "torchscript-bf16"

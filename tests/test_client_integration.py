@@ -206,12 +206,14 @@ def test_register_and_unregister_say_how_to_enable_them(client):
 
 
 def test_describe_names_the_engine_each_worker_loaded(client):
-    from handler import precision
+    from handler import engine, precision
 
     # The CPU archives ask for bf16 where a plan exists (U2NETP with the authors' weights); a worker
-    # whose CPU lacks native bf16 falls back to OpenVINO, and describe says which one runs.
-    assert client.describe("u2netp").engine == ("torchscript-bf16" if precision.native_bf16() else "openvino")
-    assert client.describe("u2net").engine == "openvino"
+    # whose CPU lacks native bf16 falls back to the fp32 engine, MNN, or OpenVINO on a CPU with AVX-512, and
+    # describe says which one runs.
+    fp32 = engine.OPENVINO if engine.avx512() else engine.MNN
+    assert client.describe("u2netp").engine == (engine.TORCHSCRIPT_BF16 if precision.native_bf16() else fp32)
+    assert client.describe("u2net").engine == fp32
 
 
 def test_scale_up_and_down(client):
@@ -264,7 +266,9 @@ def test_command_line_ping_models_and_failures(server, photos, tmp_path):
     assert header.split() == ["MODEL", "VERSION", "WORKERS", "BATCH", "DEVICE", "ENGINE", "WEIGHTS"]
     u2net_row = next(r for r in rows if r.startswith("u2net "))
     column = header.index("ENGINE")
-    assert u2net_row[column:].split()[0] == "openvino"
+    from handler import engine
+
+    assert u2net_row[column:].split()[0] == (engine.OPENVINO if engine.avx512() else engine.MNN)
     wrong = tmp_path / "keys.json"
     wrong.write_text('{"inference": {"key": "x"}, "management": {"key": "y"}}')
     run = cli_run(server, "models", key_file=wrong)

@@ -1,11 +1,16 @@
-"""Engines: each one's d0 equals eager PyTorch's; the fallback to TorchScript; the engine benchmark's smoke run."""
+"""Engines: each one's d0 equals eager PyTorch's; the fallback to TorchScript; MNN without a network; the engine
+benchmark's smoke run."""
 
 from __future__ import annotations
 
+import ast
+import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -56,11 +61,19 @@ def archive(
 
 
 FP32_ENGINES = sorted(set(E.ENGINES) - {E.TORCHSCRIPT_BF16})
+# The engines whose streams run images side by side; MNN's binding holds the GIL through a forward.
+STREAMED = sorted(set(FP32_ENGINES) - {E.MNN})
 needs_native_bf16 = pytest.mark.skipif(not precision.native_bf16(), reason="this CPU has no native bf16")
 
 
+@pytest.fixture
+def avx2_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This CPU taken for one without AVX-512, where MNN serves: an AVX-512 CPU skips it for OpenVINO."""
+    monkeypatch.setattr(E, "avx512", lambda: False)
+
+
 @pytest.mark.parametrize("engine", FP32_ENGINES)
-def test_engine_output_equals_eager(engine: str, archive: tuple[U2Net, Path, str, int]) -> None:
+def test_engine_output_equals_eager(engine: str, archive: tuple[U2Net, Path, str, int], avx2_only: None) -> None:
     model, directory, name, size = archive
     loaded = E.load(engine, directory, name, CPU, threads=2)
     assert loaded.name == engine
@@ -80,6 +93,7 @@ def test_bf16_engine_stays_close_to_eager_fp32_and_runs_any_batch(archive: tuple
     model, directory, name, size = archive
     if name not in precision.PLANS:  # no plan, so no bf16 file: the worker serves the next engine
         assert not (directory / f"{name}.bf16.pt").exists()
+        # MNN next, but a CPU with native bf16 has AVX-512, where OpenVINO serves fp32
         assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.OPENVINO
         return
     loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU, threads=2)
@@ -100,7 +114,7 @@ def test_bf16_engine_stays_close_to_eager_fp32_and_runs_any_batch(archive: tuple
     assert sided.stream_count == 2 and float((sided(x) - got).abs().max()) < 1e-6
 
 
-@pytest.mark.parametrize("engine", FP32_ENGINES)
+@pytest.mark.parametrize("engine", STREAMED)
 def test_fp32_engines_run_side_by_side_when_asked(engine: str, archive: tuple[U2Net, Path, str, int]) -> None:
     _, directory, name, size = archive
     one, two = (E.load(engine, directory, name, CPU, threads=2, streams=n) for n in (1, 2))
@@ -154,30 +168,42 @@ def test_streams_is_a_handler_setting_of_at_least_one() -> None:
         HandlerSettings.from_yaml({"streams": 0})
 
 
-def test_streams_are_at_most_one_per_thread(archive: tuple[U2Net, Path, str, int]) -> None:
+def test_streams_are_at_most_one_per_thread(archive: tuple[U2Net, Path, str, int], avx2_only: None) -> None:
     _, directory, name, _ = archive
     assert {e: E.load(e, directory, name, CPU, threads=1, streams=2).stream_count for e in FP32_ENGINES} == {
         e: 1 for e in FP32_ENGINES
     }
 
 
-def test_bf16_falls_back_to_openvino_without_native_bf16(
+def test_bf16_falls_back_to_mnn_on_an_avx2_cpu_and_to_openvino_on_an_avx512_one(
     archive: tuple[U2Net, Path, str, int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, directory, name, _ = archive
     monkeypatch.setattr(precision, "native_bf16", lambda: False)
+    monkeypatch.setattr(E, "avx512", lambda: False)
     with caplog.at_level(logging.WARNING, logger="handler.engine"):
         loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU)
-    assert loaded.name == E.OPENVINO
+    assert loaded.name == E.MNN
     assert "engine torchscript-bf16 cannot run (this CPU has no native bf16" in caplog.text
+    monkeypatch.setattr(E, "avx512", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="handler.engine"):
+        assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.OPENVINO
+    assert "engine mnn cannot run (this CPU has AVX-512, where OpenVINO's fp32 outruns MNN" in caplog.text
 
 
-def test_bf16_falls_back_through_openvino_and_onnxruntime_to_torchscript(
-    archive: tuple[U2Net, Path, str, int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_bf16_falls_back_through_mnn_openvino_and_onnxruntime_to_torchscript(
+    archive: tuple[U2Net, Path, str, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    avx2_only: None,
 ) -> None:
     _, directory, name, _ = archive
     monkeypatch.setattr(precision, "native_bf16", lambda: False)
     # A None entry in sys.modules makes the import raise ImportError.
+    monkeypatch.setitem(sys.modules, "MNN", None)
+    with caplog.at_level(logging.WARNING, logger="handler.engine"):
+        assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.OPENVINO
+    assert "MNN cannot be imported" in caplog.text
     monkeypatch.setitem(sys.modules, "openvino", None)
     with caplog.at_level(logging.WARNING, logger="handler.engine"):
         assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.ONNXRUNTIME
@@ -190,7 +216,8 @@ def test_bf16_falls_back_through_openvino_and_onnxruntime_to_torchscript(
 
 
 def test_engine_chains_end_in_torchscript() -> None:
-    assert E.chain(E.TORCHSCRIPT_BF16) == [E.TORCHSCRIPT_BF16, E.OPENVINO, E.ONNXRUNTIME, E.TORCHSCRIPT]
+    assert E.chain(E.TORCHSCRIPT_BF16) == [E.TORCHSCRIPT_BF16, E.MNN, E.OPENVINO, E.ONNXRUNTIME, E.TORCHSCRIPT]
+    assert E.chain(E.MNN) == [E.MNN, E.OPENVINO, E.ONNXRUNTIME, E.TORCHSCRIPT]
     assert E.chain(E.OPENVINO) == [E.OPENVINO, E.ONNXRUNTIME, E.TORCHSCRIPT]
     assert E.chain("onnxruntime") == ["onnxruntime", E.TORCHSCRIPT]
     assert E.chain(E.TORCHSCRIPT) == [E.TORCHSCRIPT]
@@ -232,11 +259,119 @@ def test_onnxruntime_is_cpu_only() -> None:
 
 def test_unknown_engine_and_missing_file_are_errors(tmp_path: Path) -> None:
     with pytest.raises(
-        E.EngineError, match=r"unknown engine 'tensorrt'; known: onnxruntime, openvino, torchscript, torchscript-bf16"
+        E.EngineError,
+        match=r"unknown engine 'tensorrt'; known: mnn, onnxruntime, openvino, torchscript,"
+        r" torchscript-bf16",
     ):
         E.load("tensorrt", tmp_path, "u2netp", CPU)
     with pytest.raises(E.EngineError, match=r"u2netp\.pt not found; rebuild the archive"):
         E.load(E.TORCHSCRIPT, tmp_path, "u2netp", CPU)
+
+
+def _mnn(directory: Path, name: str, threads: int = 2, streams: int = 1) -> E.Engine:
+    # The engine itself, on any CPU: E.load would skip it for OpenVINO on an AVX-512 CPU (its hardware check).
+    return E.ENGINES[E.MNN].load(directory / E.file_name(E.MNN, name), CPU, threads, streams)
+
+
+def test_mnn_runs_batches_of_1_3_and_8_as_eager_does(archive: tuple[U2Net, Path, str, int]) -> None:
+    model, directory, name, size = archive
+    loaded = _mnn(directory, name)
+    assert isinstance(loaded, E.MnnEngine) and loaded.name == E.MNN and loaded.stream_count == 1
+    x = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = U2NetD0(model).eval()(x)
+    outputs = {n: loaded(x[:n]) for n in (1, 3, 8)}
+    for n, got in outputs.items():
+        assert got.shape == (n, 1, size, size) and got.dtype == torch.float32
+        assert float((got - want[:n]).abs().max()) <= 1e-4
+    # Image by image: an image's d0 is the same alone or in any batch (no output buffer is shared).
+    assert torch.equal(outputs[1][0], outputs[8][0]) and torch.equal(outputs[3], outputs[8][:3])
+    assert not [m for m in sys.modules if m.startswith(("MNN.tools", "aliyun"))]
+
+
+def test_mnn_runs_one_stream_whatever_is_asked(archive: tuple[U2Net, Path, str, int]) -> None:
+    _, directory, name, size = archive
+    two = _mnn(directory, name, streams=2)
+    assert two.stream_count == 1
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(2))
+    assert float((two(x) - _mnn(directory, name)(x)).abs().max()) < 1e-5
+
+
+def test_falls_back_to_openvino_when_mnn_cannot_be_imported(
+    archive: tuple[U2Net, Path, str, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    avx2_only: None,
+) -> None:
+    _, directory, name, _ = archive
+    monkeypatch.setitem(sys.modules, "MNN", None)  # absent, or a wheel whose import fails
+    with caplog.at_level(logging.WARNING, logger="handler.engine"):
+        assert E.load(E.MNN, directory, name, CPU).name == E.OPENVINO
+    assert "engine mnn cannot run (MNN cannot be imported in this Python" in caplog.text
+
+
+def test_mnn_export_fails_loudly_when_the_converter_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(E, "export_onnx", lambda _model, path, _size: path.write_bytes(b"not an ONNX graph"))
+    (tmp_path / "u2netp.mnn").write_bytes(b"stale")
+    with pytest.raises(E.EngineError, match=r"MNN's converter wrote no u2netp\.mnn"):
+        E.export(E.MNN, weights.random_weights("u2netp", 0).model, tmp_path, "u2netp", 64)
+    assert not (tmp_path / "u2netp.mnn").exists()
+
+
+# Converts, loads and runs MNN in a process of its own with every socket connection refused; prints what tried
+# to connect and which of MNN's telemetry modules (MNN.tools, its logging SDK aliyun) got imported.
+NO_NETWORK = textwrap.dedent(
+    """
+    import json, socket, sys
+    from pathlib import Path
+    tried = []
+
+    def refuse(sock, address, *args):
+        tried.append(repr(address))
+        raise OSError("no network here")
+
+    socket.socket.connect = socket.socket.connect_ex = refuse
+    import torch
+    from handler import engine as E, weights
+
+    path = E.export(E.MNN, weights.random_weights("u2netp", 0).model, Path(sys.argv[1]), "u2netp", 64)
+    out = E.MnnEngine(path, torch.device("cpu"), threads=2)(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 1, 64, 64) and bool(torch.isfinite(out).all())
+    telemetry = sorted(m for m in sys.modules if m.startswith(("MNN.tools", "aliyun")))
+    print(json.dumps({"tried": tried, "telemetry": telemetry}))
+    """
+)
+
+
+def _offline(cmd: list[str]) -> list[str]:
+    # A network namespace of its own (root, or unprivileged user namespaces) has no route anywhere; where
+    # unshare is refused, the socket guard in the script is what keeps it offline.
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "-n", "true"], capture_output=True, check=False).returncode == 0:
+        return [unshare, "-n", *cmd]
+    return cmd
+
+
+def test_mnn_converts_loads_and_runs_without_a_network(tmp_path: Path) -> None:
+    cmd = _offline([sys.executable, "-c", NO_NETWORK, str(tmp_path)])
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"tried": [], "telemetry": []}
+    assert (tmp_path / "u2netp.mnn").stat().st_size > 0
+
+
+def test_nothing_served_imports_mnn_tools_or_its_logging_sdk() -> None:
+    # MNN.tools (the converter's Python wrapper) imports aliyun's logging SDK, pip-installs it when missing and
+    # reports usage; the converter is called through the wheel's C++ `_tools` instead (handler.engine).
+    for source in sorted((ROOT / "handler").glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            bad = [n for n in names if n.startswith(("MNN.tools", "aliyun"))]
+            assert not bad, f"{source.name}:{node.lineno} imports {bad}"
 
 
 def test_engine_benchmark_smoke_run_prints_its_table(tmp_path: Path) -> None:

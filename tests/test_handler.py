@@ -1,6 +1,6 @@
 """The TorchServe handler through a real `ts.context.Context`, without a server.
 
-The archive is unpacked and run in a subprocess whose imports of onnx, onnxruntime, openvino and rembg fail:
+The archive is unpacked and run in a subprocess whose imports of onnx, onnxruntime, openvino, MNN and rembg fail:
 the handler needs torch, TorchServe and the installed u2serve package (its image pipeline and
 generated protobuf classes), nothing else.
 """
@@ -22,7 +22,8 @@ from u2net_client._generated import u2serve_pb2
 RUNNER = textwrap.dedent(
     """
     import json, sys
-    for blocked in ("onnx", "onnxruntime", "openvino", "rembg"):
+    OPTIONAL = ("onnx", "onnxruntime", "openvino", "MNN", "rembg")
+    for blocked in OPTIONAL:
         sys.modules[blocked] = None  # any import of these now raises ImportError
     model_dir, requests_file = sys.argv[1], sys.argv[2]
     sys.path.insert(0, model_dir)
@@ -51,8 +52,7 @@ RUNNER = textwrap.dedent(
         "status": [p._status_code for p in context.request_processor],
         "content_types": [p.get_response_headers().get("content-type") for p in context.request_processor],
         "metrics": context.metrics.seen,
-        "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("onnx", "onnxruntime", "openvino", "rembg")
-                          and sys.modules[m] is not None),
+        "modules": sorted(m for m in sys.modules if m.split(".")[0] in OPTIONAL and sys.modules[m] is not None),
     }
     print(json.dumps(out))
     """

