@@ -6,6 +6,10 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 READY  := $(VENV)/.ready
 MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
+# The installed package's modules the handler runs (handler/settings.py CORE_MODULES): an archive records them,
+# and a worker with other ones refuses to start, so a change to them rebuilds the archives.
+CORE_SRC := $(addprefix client/u2net_client/,imaging.py compose.py refine.py options.py _errors.py _types.py) \
+	protos/u2serve.proto
 STUB_ENV := .venv-triton/u2serve-stub-env.txt
 
 .PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test docker-image triton triton-repo loadtest bench bench-render bench-video gpu-check gpu-wheels docs docs-serve readme
@@ -67,7 +71,7 @@ build/%.weights: FORCE
 	@v="$${U2SERVE_$(shell echo $* | tr a-z A-Z)_WEIGHTS:-}"; \
 	  [ -f $@ ] && [ "$$(cat $@)" = "$$v" ] || echo "$$v" > $@
 
-model_store/%.mar: build/%.weights $(HANDLER_SRC) $(READY)
+model_store/%.mar: build/%.weights $(HANDLER_SRC) $(CORE_SRC) $(READY)
 	$(PY) -m handler.build $* --out model_store
 
 archives: $(MARS)

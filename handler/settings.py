@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,33 @@ class SettingsError(ValueError):
     """A handler setting in model-config.yaml or the archive that cannot work."""
 
 
+# The modules of the installed u2serve package the handler runs (the pixel pipeline, options, errors and the
+# wire format): the archive carries the handler's code but not these, so it records which ones it was built
+# with, and a worker with others refuses to start instead of serving with a pipeline nobody tested with it.
+CORE_MODULES = ("imaging", "compose", "refine", "options", "_errors", "_types", "_generated/u2serve_pb2")
+
+
+def core_version() -> str:
+    """The installed core: the u2serve distribution's version and a digest of CORE_MODULES' source."""
+    import u2net_client
+
+    root = Path(u2net_client.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in CORE_MODULES:
+        digest.update(name.encode() + b"\0" + (root / f"{name}.py").read_bytes())
+    try:
+        version = importlib.metadata.version("u2serve")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return f"{version}+{digest.hexdigest()[:12]}"
+
+
 @dataclass(frozen=True)
 class ArchiveInfo:
     variant: Variant
     weights: str  # origin of the weights, shown to clients
     device_traced: str  # device the TorchScript was traced on
+    core: str = field(default_factory=core_version)  # the core the archive was built (and tested) with
 
     @classmethod
     def read(cls, model_dir: Path) -> ArchiveInfo:
@@ -55,13 +79,26 @@ class ArchiveInfo:
         try:
             raw = json.loads(path.read_text())
             variant = VARIANTS[raw["variant"]]
-            return cls(variant, str(raw["weights"]), str(raw.get("device_traced", "cpu")))
+            core = str(raw.get("core", "none recorded"))
+            return cls(variant, str(raw["weights"]), str(raw.get("device_traced", "cpu")), core)
         except (OSError, ValueError, KeyError) as exc:
             raise SettingsError(f"{path}: unreadable archive info ({exc}); rebuild the archive") from exc
 
     def write(self, model_dir: Path) -> None:
-        info = {"variant": self.variant.name, "weights": self.weights, "device_traced": self.device_traced}
+        info = {"variant": self.variant.name, "weights": self.weights, "device_traced": self.device_traced,
+                "core": self.core}  # fmt: skip
         (model_dir / ARCHIVE_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+    def check_core(self, installed: str | None = None) -> None:
+        """Raises SettingsError, naming both versions and how to rebuild, when the installed core is not the
+        one this archive was built with."""
+        installed = installed or core_version()
+        if installed != self.core:
+            raise SettingsError(
+                f"this archive was built with u2serve core {self.core}, but the worker's Python has {installed}: "
+                "rebuild the archive with the installed package (make archives, or python -m handler.build), "
+                "or install the u2serve the archive was built with"
+            )
 
 
 @dataclass(frozen=True)

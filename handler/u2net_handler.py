@@ -18,7 +18,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from handler import codec, engine
 from handler.codec import Pending
 from handler.pipeline import BatchStats, Segmenter
-from handler.settings import ArchiveInfo, HandlerSettings, limit_malloc_arenas, worker_threads
+from handler.settings import ArchiveInfo, HandlerSettings, SettingsError, limit_malloc_arenas, worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,11 @@ class U2NetHandler:
         gpu_id = props.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
         self.info = ArchiveInfo.read(model_dir)
+        try:
+            self.info.check_core()
+        except SettingsError as exc:
+            log.error("%s: %s", context.manifest["model"]["modelName"], exc)  # the worker log says why it stopped
+            raise
         config = context.model_yaml_config or {}
         self.settings = HandlerSettings.from_yaml(config.get("handler"))
         threads = worker_threads(self.settings.threads, int(config.get("maxWorkers", 1)))
