@@ -37,7 +37,7 @@ BUILD_ONLY = {"build.py", "triton.py", "sources.py"}
 
 @dataclass(frozen=True)
 class ServingDefaults:
-    """TorchServe settings per device kind; why each value, see README "Batching defaults"."""
+    """TorchServe settings per device kind; why each value, see docs/configuration.md#batching-defaults."""
 
     batch_size: int
     max_batch_delay_ms: int
@@ -49,11 +49,12 @@ class ServingDefaults:
 
 DEFAULTS = {
     # 2-core CPU: one worker using both cores; batching costs little per image and lets a burst of
-    # requests share one pass; 20 ms of waiting is small next to ~200 ms per U2NETP image.
-    # bf16 with fp32 islands runs U2NETP 1.1-1.3x faster than onnxruntime on a CPU with native bf16, within
-    # the accuracy gate. Where the weights have no validated plan or the worker's CPU has no native bf16, the
+    # requests share one pass; 20 ms of waiting is small next to a U2NETP image's inference.
+    # bf16 with fp32 islands runs U2NETP faster than onnxruntime on a CPU with native bf16, within the
+    # accuracy gate. Where the weights have no validated plan or the worker's CPU has no native bf16, the
     # fastest fp32 engine there: MNN's Winograd on an AVX2-only CPU, OpenVINO on one with AVX-512 (the worker
-    # picks, handler.engine); onnxruntime where neither can be imported (benchmarks/engines.py; README "Engines").
+    # picks, handler.engine); onnxruntime where neither can be imported (benchmarks/engines.py's study;
+    # docs/engines.md).
     "cpu": ServingDefaults(
         batch_size=8, max_batch_delay_ms=20, workers=1, response_timeout_s=300, engine=TORCHSCRIPT_BF16, threads=0
     ),
@@ -67,7 +68,7 @@ DEFAULTS = {
 def model_config(device_kind: str, engine_name: str | None = None) -> str:
     d = DEFAULTS[device_kind]
     return (
-        f'# Written by handler/build.py for {device_kind}; see README "Batching defaults".\n'
+        f"# Written by handler/build.py for {device_kind}; see docs/configuration.md#batching-defaults.\n"
         f"minWorkers: {d.workers}\n"
         f"maxWorkers: {d.workers}\n"
         f"batchSize: {d.batch_size}\n"

@@ -3,14 +3,15 @@
 The build step exports each engine's file into the archive (`export`); the worker loads the one its
 settings name (`load`), or the first engine of its fallback chain that can run in this worker. Every
 archive carries the TorchScript file, the chain's last resort.
-Why onnxruntime: on a 2-core AVX-512 CPU it runs U2NETP 1.6-2.2x faster than frozen TorchScript at
-the same accuracy (benchmarks/engines.py measures it). Why torchscript-bf16: on a CPU with native bf16
-it runs U2NETP 1.1-1.3x faster than onnxruntime, within the serving accuracy gate (handler/precision.py).
-Why openvino: on a CPU without native bf16 (AVX2 only) its fp32 runs U2NETP 1.2-1.5x faster than our
-onnxruntime session at the same accuracy (OpenVinoEngine). Why mnn: its Winograd fp32 gets past OpenVINO's
-direct convolutions on an AVX2-only CPU, at the same accuracy (MnnEngine); its wheel has no AVX-512 kernels,
-and a CPU with AVX-512 runs OpenVINO instead. Each engine names the one to fall back to when it cannot run, or
-runs slower than that one on this CPU: torchscript-bf16 -> mnn -> openvino -> onnxruntime -> torchscript.
+Why onnxruntime: on an AVX-512 CPU it runs U2NETP faster than frozen TorchScript at the same accuracy.
+Why torchscript-bf16: on a CPU with native bf16 it runs U2NETP faster than onnxruntime, within the serving
+accuracy gate (handler/precision.py). Why openvino: on a CPU without native bf16 (AVX2 only) its fp32 runs
+U2NETP faster than our onnxruntime session at the same accuracy (OpenVinoEngine). Why mnn: its Winograd fp32
+gets past OpenVINO's direct convolutions on an AVX2-only CPU, at the same accuracy (MnnEngine); its wheel has
+no AVX-512 kernels, and a CPU with AVX-512 runs OpenVINO instead. Each engine names the one to fall back to
+when it cannot run, or runs slower than that one on this CPU: torchscript-bf16 -> mnn -> openvino ->
+onnxruntime -> torchscript. benchmarks/engines.py's study measures each of these comparisons; its records
+render in BENCHMARKS.md and docs/engines.md.
 """
 
 from __future__ import annotations
@@ -68,13 +69,12 @@ class Streams:
     a batch's images `count` at a time side by side, the threads shared among them (handler.streams).
 
     U2NETP's convolutions at 320x320 keep two threads only partly busy: on a 2-core CPU (Intel Xeon, AMX)
-    two single-threaded bf16 runs side by side served 5.2-5.5 img/s where one two-threaded run after the
-    other served 3.6-4.8, and the served cutout with 4 callers rose from 2.7-3.3 to 3.8-4.2 img/s. The
-    price is memory: each image side by side holds its activations at once, about 160 MiB more peak for
-    bf16 U2NETP (fp32 islands at full resolution), which broke the worker's 800 MiB bound once the worker
-    had also loaded pymatting's numba (839 MiB in `make test`, 666 on a fresh worker). So one stream is
-    the default and the choice is the operator's. A batch that does not divide into the streams runs its
-    last images on all threads.
+    two single-threaded bf16 runs side by side served more images per second than one two-threaded run
+    after the other, and so did the served cutout with 4 callers. The price is memory: each image side by
+    side holds its activations at once (bf16 U2NETP's fp32 islands run at full resolution), which took the
+    worker past its 800 MiB bound once it had also loaded pymatting's numba, though not on a fresh worker
+    (tests/test_memory.py holds the default's worker to that bound). So one stream is the default and the
+    choice is the operator's. A batch that does not divide into the streams runs its last images on all threads.
 
     Args:
         threads: The runtime's threads (0: torch's count); 1 runs every image on the caller's thread.
@@ -116,9 +116,10 @@ def _torch_threads(threads: int) -> None:
 class TorchScriptEngine(Engine):
     """Frozen TorchScript: a batch at once on a GPU, image by image on the CPU (see Streams).
 
-    On the CPU a batch of 8 U2NETP images at once held 1.6 GB of activations (tests/test_memory.py); image by
-    image the worker stays under its 800 MiB bound, and TorchServe's batching still shares the per-request
-    overhead. On a GPU the batch is what fills the device.
+    On the CPU a batch of 8 U2NETP images run at once holds all their activations together, far past the
+    worker's 800 MiB bound; image by image the worker stays under it (tests/test_memory.py holds it there),
+    and TorchServe's batching still shares the per-request overhead. On a GPU the batch is what fills the
+    device.
     """
 
     name = "torchscript"
@@ -149,9 +150,9 @@ class TorchScriptEngine(Engine):
 class TorchScriptBF16Engine(TorchScriptEngine):
     """The mixed-precision TorchScript (handler/precision.py), one image at a time (a CPU engine).
 
-    In bf16, U2NETP ran slower per image at batch 4 than at batch 1 on a 2-core CPU (eager, 4.9 against
-    5.3 img/s in benchmarks/engines.py), so a batch is run image by image (Streams); TorchServe's
-    batching still shares the per-request overhead.
+    In bf16, U2NETP ran slower per image at batch 4 than at batch 1 on a 2-core CPU (eager, in
+    benchmarks/engines.py's study), so a batch is run image by image (Streams); TorchServe's batching
+    still shares the per-request overhead.
     """
 
     name = "torchscript-bf16"
@@ -161,13 +162,14 @@ class OnnxRuntimeEngine(Engine):
     """onnxruntime's CPU session, one image at a time, without its memory arena.
 
     With its defaults (a growing arena, a memory pattern per input shape) a U2NETP worker fed batches of
-    1 to 8 held 5 GB of resident memory after a few dozen requests and kept growing; a batch of 8 alone
-    needs about 1.9 GB of activations. One image at a time with the arena off, the session's own memory
-    peaked at about 0.4 GB in the same run, at the same speed on a 2-core CPU (benchmarks/engines.py
-    measures it). The memory pattern stays on: every call has the one shape (1, 3, S, S). With streams
-    (see Streams) a second session on the streams' share of the threads runs images side by side
-    (session.run is thread-safe): on the 2-core Xeon 2.4-2.9 against 2.3 img/s, peaking at 958 MiB on a
-    batch of the 8 largest reference images.
+    1 to 8 grew past its memory bound within a few dozen requests and kept growing; a batch of 8 alone
+    holds all eight images' activations at once. One image at a time with the arena off, the session's own
+    memory peaked at a fraction of that in the same run, at the same speed on a 2-core CPU
+    (benchmarks/engines.py's study measures the speed, tests/test_memory.py the worker's peak). The memory
+    pattern stays on: every call has the one shape (1, 3, S, S). With streams (see Streams) a second
+    session on the streams' share of the threads runs images side by side (session.run is thread-safe):
+    on the 2-core Xeon more images per second than one session, for a higher peak on a batch of the 8
+    largest reference images.
     """
 
     name = "onnxruntime"
@@ -188,14 +190,14 @@ class OpenVinoEngine(Engine):
     """OpenVINO's CPU plugin in fp32 on the ONNX file, image by image (or over its streams).
 
     Why: on a CPU without native bf16 (a 2-core AMD EPYC Zen 3, AVX2 and FMA only) it runs U2NETP at the
-    same accuracy as onnxruntime, faster: 2.1-2.4 img/s on one stream of 2 threads (the model reshaped to
-    a static batch of 1), against 1.0-1.6 for our onnxruntime session without its arena and 1.6-2.2 for
-    rembg's session (benchmarks/engines.py and `make bench` measure it). Its streams are OpenVINO's own
+    same accuracy as onnxruntime, faster: on one stream of 2 threads (the model reshaped to a static batch
+    of 1) it outran both our onnxruntime session without its arena and rembg's session
+    (benchmarks/engines.py's study and `make bench` measure it). Its streams are OpenVINO's own
     (NUM_STREAMS, one infer request each, memory planned once per request), the threads shared among
     them as with Streams; one is the default (handler.streams). Two gave no more throughput on that CPU
-    (2.4 img/s on batches of 4), ran a lone image on one thread (1.4-1.6 img/s), and cost ~115 MiB more:
-    the served worker peaked at 837-912 MiB once it had served matting (numba's compiled solvers stay
-    resident), over the 800 MiB bound. The precision is pinned to f32: on a CPU with AVX512_BF16 the plugin
+    (on batches of 4), ran a lone image on one thread only, slower, and held more memory: once it had
+    served matting (numba's compiled solvers stay resident) the served worker peaked over the 800 MiB
+    bound (tests/test_memory.py). The precision is pinned to f32: on a CPU with AVX512_BF16 the plugin
     would pick bf16 by itself, which fails the accuracy gate for U2NETP (handler/precision.py).
     """
 
@@ -211,8 +213,8 @@ class OpenVinoEngine(Engine):
         core = ov.Core()
         network = core.read_model(str(path))
         # One image per request, so a static batch of 1: the plugin then plans each request's activations
-        # once, 110-115 MiB for U2NETP at 320x320 against ~185 MiB with the file's dynamic batch axis, and
-        # one stream runs as fast as two did with the dynamic shape.
+        # once, less memory than with the file's dynamic batch axis, and one stream runs as fast as two did
+        # with the dynamic shape.
         network.reshape([1, *network.input(0).get_partial_shape()[1:].to_shape()])
         self.compiled = core.compile_model(network, "CPU", config)
         self.stream_count = int(self.compiled.get_property("NUM_STREAMS"))
@@ -240,15 +242,15 @@ class MnnEngine(Engine):
 
     Why: MNN runs U²-Net's 3×3 stride-1 convolutions as Winograd convolutions, fewer multiplications for the
     same fp32 result, so on an AVX2-only CPU it gets past the direct-convolution rate OpenVINO's fp32 runs
-    at, with the same masks: on a 2-core AMD EPYC Zen 3, U2NETP and U2NET ~1.8x OpenVINO's rate. Its wheel
-    has AVX2 kernels and no AVX-512 ones: on the 2-core Xeon (AVX-512, AMX) it ran below OpenVINO on both
-    models (benchmarks/engines.py), so such a CPU skips it (the kind's hardware check).
-    A batch is run image by image: one call on a batch of 8 held 5× the memory of 8 calls (U2NETP ~970
-    against ~190 MiB, U2NET ~1.9 against ~1.1 GiB, past its worker's bound) for little speed (none on
-    U2NETP, ~10 % on U2NET at batch 4), and the one shape (1, 3, S, S) is planned once. The Python binding
-    holds the GIL through a forward, so streams could not run side by side: this engine runs one stream on
-    all of its threads whatever `streams` asks. MNN/__init__ imports no MNN.tools, whose converter wrapper
-    pulls in a logging SDK that reports usage; nothing here imports it (tests/test_engine.py checks).
+    at, with the same masks: on a 2-core AMD EPYC Zen 3 it outran OpenVINO on U2NETP and U2NET alike. Its
+    wheel has AVX2 kernels and no AVX-512 ones: on the 2-core Xeon (AVX-512, AMX) it ran below OpenVINO on
+    both models (benchmarks/engines.py's study measures both), so such a CPU skips it (the kind's hardware
+    check). A batch is run image by image: one call on a batch of 8 held several times the memory of 8
+    calls (U2NET's past its worker's bound) for little speed (none on U2NETP, a little on U2NET at batch 4),
+    and the one shape (1, 3, S, S) is planned once. The Python binding holds the GIL through a forward, so
+    streams could not run side by side: this engine runs one stream on all of its threads whatever
+    `streams` asks. MNN/__init__ imports no MNN.tools, whose converter wrapper pulls in a logging SDK that
+    reports usage; nothing here imports it (tests/test_engine.py checks).
     """
 
     name = "mnn"

@@ -1,16 +1,17 @@
 """bf16 with fp32 islands: U²-Net faster than any fp32 engine, on CPUs that run bf16 natively.
 
-fp32 U2NETP already runs at ~90 % of this CPU's fp32 matrix-multiply rate (BENCHMARKS.md "engines"); oneDNN
-runs a bf16 convolution at about twice that rate on a CPU with AVX512_BF16 or AMX. Rounding every
-activation to bf16 moves the published U2NETP masks' edges, though: MAE 0.008 where the serving gate is
-0.001. A sweep keeping one module at a time in fp32 found the error entering at stage2d's last
-convolution (the decoder block feeding full-resolution stage1d); in real bf16 the two convolutions
-feeding it must stay fp32 as well, so that its input is never rounded. Those three plus the fusing 1×1
-conv and the sigmoid in fp32 (one bf16 step near 1.0 is a level of the 8-bit mask) pass the gate: MAE
-0.00077 mean, 0.0018 worst on the authors' 18 images. Against fp32's masks on those images and 108
-altered copies (flipped, rotated, cropped, halved, darkened, grey) the mean stays 0.00077 (worst
-0.0038, a crop), while bf16 everywhere is 14× further off: the islands fix a structural weakness,
-they are not fitted to the 18 images.
+fp32 U2NETP already runs near this CPU's fp32 matrix-multiply rate (the GFLOP/s column of
+benchmarks/engines.py's study, in BENCHMARKS.md); oneDNN runs a bf16 convolution at about twice that rate
+on a CPU with AVX512_BF16 or AMX. Rounding every activation to bf16 moves the published U2NETP masks'
+edges, though, well past the serving gate. A sweep keeping one module at a time in fp32 found the error
+entering at stage2d's last convolution (the decoder block feeding full-resolution stage1d); in real bf16
+the two convolutions feeding it must stay fp32 as well, so that its input is never rounded. Those three
+plus the fusing 1×1 conv and the sigmoid in fp32 (one bf16 step near 1.0 is a level of the 8-bit mask)
+pass the gate, mean and worst, on the authors' 18 images. Against fp32's masks on those images and 108
+altered copies (flipped, rotated, cropped, halved, darkened, grey) the mean error stays as small (the
+worst image a crop), while bf16 everywhere is far further off: the islands fix a structural weakness,
+they are not fitted to the 18 images. tests/test_precision.py measures these errors against the gate and
+bf16 everywhere, and tests/test_fidelity.py every engine's masks from the built archives.
 
 A plan is data, validated for particular weights: PLANS names the weights it was checked with, and
 handler/build.py applies it to those weights only unless told otherwise.

@@ -20,10 +20,10 @@ from u2net_client import imaging
 # Written by handler/build.py into every archive: which variant, where its weights came from.
 ARCHIVE_INFO = "u2serve.json"
 
-# 25 MP: a 6000x4000 photo fits. A request's peak memory is about 12 bytes per pixel (RGB, mask,
-# RGBA output, PNG buffer), so ~300 MB; a full batch of 8 such images stays under 3 GB.
+# 25 MP: a 6000x4000 photo fits. A request's buffers (RGB, mask, RGBA output, PNG buffer) come to about
+# 12 bytes per pixel, so ~300 MB at the limit; a full batch of 8 such images stays under 3 GB.
 DEFAULT_MAX_PIXELS = imaging.DEFAULT_MAX_PIXELS
-# zlib level 1: 2.5-2.7x faster to encode than Pillow's default 6 for 12-16% larger files.
+# zlib level 1: much faster to encode than Pillow's default 6, for somewhat larger files.
 DEFAULT_PNG_COMPRESSION = imaging.DEFAULT_PNG_COMPRESSION
 
 
@@ -32,11 +32,11 @@ log = logging.getLogger(__name__)
 # glibc's malloc arenas for a worker process (mallopt M_ARENA_MAX). Each thread that allocates may get an
 # arena of its own (up to 8 per core), and the freed activations, pixel buffers and PNGs left in each grow
 # the resident set: a U2NETP bf16 worker serving the 8 largest reference images as one batch with two
-# engine streams (handler.streams: 2) and the pixel threads peaked at 840 MiB with glibc's default and at
-# 666-710 MiB with 2 (2 cores); with one stream, the default, at 533 MiB. One arena holds less again: an
-# OpenVINO worker (2-core Zen 3) that had run a 6 MP matting peaked at 714-744 MiB on those batches of 8
-# against 734-780 with 2 arenas, at the same speed (8 callers, 36 cutouts: 3.52 against 3.54 img/s, runs
-# alternating; a lone 6 MP cutout 556-560 ms of server time either way).
+# engine streams (handler.streams: 2) and the pixel threads peaked lower with 2 arenas (2 cores) than with
+# glibc's default, and lower again with one stream, the default. One arena holds less again: an OpenVINO
+# worker (2-core Zen 3) that had run a 6 MP matting peaked lower on those batches of 8 than with 2 arenas,
+# at the same speed (8 callers in runs alternating between the two, and a lone 6 MP cutout's server time).
+# tests/test_memory.py measures the served worker's peak.
 MALLOC_ARENAS = 1
 _M_ARENA_MAX = -8  # glibc's <malloc.h>
 
@@ -110,8 +110,8 @@ class HandlerSettings:
     threads: int = 0  # intra-op threads per worker; 0: the worker's share of the cores
     engine: str = "torchscript"  # a handler.engine.ENGINES key
     # Images of a CPU batch run side by side, sharing the threads (handler.engine.Streams): faster, and
-    # ~160 MiB more peak memory per extra image with bf16 U2NETP (~115 with OpenVINO); 1 runs them one
-    # after the other.
+    # more peak memory for each extra image, whose activations are held at once; 1 runs them one after
+    # the other.
     streams: int = 1
 
     @classmethod

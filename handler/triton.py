@@ -104,7 +104,8 @@ class TritonSettings:
             raise ValueError(f"serving={serving!r}; accepted: gpu, cpu")
         d = DEFAULTS["cpu"]
         # The network waits no more: TorchServe waits once per batch, here the segment model's batcher does
-        # (a 20 ms second wait measured on every v2 batch); requests queued while it runs still form a batch.
+        # (a second wait, as long as the first, showed on every v2 batch); requests queued while it runs
+        # still form a batch.
         return cls(
             d.batch_size, d.max_batch_delay_ms * 1000, 1, "KIND_CPU", d.threads, engine=d.engine,
             network_queue_delay_us=0,
@@ -184,7 +185,7 @@ def config_pbtxt(name: str, settings: TritonSettings, weights_origin: str) -> st
     params = {"INFERENCE_MODE": "true"} if gpu else {"engine": settings.engine, "threads": str(settings.threads)}
     delay_note = (
         "# The delay TorchServe's archives use for this device (handler/build.py DEFAULTS, "
-        'README "Batching defaults");\n'
+        "docs/configuration.md#batching-defaults);\n"
         "# a call from the segment model is a whole batch already."
         if settings.network_queue_delay_us is None
         else "# The segment model's batcher waited already (TorchServe waits once per batch); a call from it is a\n"

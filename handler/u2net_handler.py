@@ -29,9 +29,10 @@ class U2NetHandler:
     TorchServe needs only `initialize(context)` and `handle(data, context)` of a handler class. This one does
     not derive from TorchServe's BaseHandler: importing that module imports `openvino.torch` (OpenVINO's
     torch.compile backend, with torch._dynamo) and onnxruntime wherever they are installed, whether the
-    handler uses them or not: 155 MiB more resident memory in every worker (measured: a bare worker with
-    torch 220 MiB, with base_handler imported 373 MiB). Of BaseHandler's `handle`, this keeps what it used:
-    the describe request, preprocess -> inference -> postprocess, and the HandlerTime metric.
+    handler uses them or not: memory every worker would hold for nothing (a bare worker with torch against
+    one with base_handler imported; tests/test_memory.py bounds the worker's peak). Of BaseHandler's
+    `handle`, this keeps what it used: the describe request, preprocess -> inference -> postprocess, and
+    the HandlerTime metric.
     """
 
     context: Any = None

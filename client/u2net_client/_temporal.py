@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 # Mean absolute change (0..1) of the downsampled grey frame above which a frame starts a new scene.
-# A still subject with sensor noise changes by ~0.01-0.04, a subject moving across a background by
-# ~0.02-0.06; a cut between two shots by 0.15 and more. A false cut costs one unsmoothed frame.
+# A still subject with sensor noise, or a subject moving across a background, changes it by well under
+# this; a cut between two shots by well over it (tests/test_video.py: noise is no cut, a new shot is).
+# A false cut costs one unsmoothed frame.
 SCENE_CUT = 0.10
 # Side of the grey thumbnail the scene-cut test compares (averaging removes most per-pixel noise).
 _THUMB = 40

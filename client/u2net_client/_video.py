@@ -49,7 +49,7 @@ class OutputFormat:
         alpha_pix_fmt: The pixel format that carries alpha; None when the format cannot.
         opaque_pix_fmt: The pixel format over a background.
         audio_encoder: What audio the container cannot hold as it is gets re-encoded to.
-        plays_in: Where the result plays, for messages and the README.
+        plays_in: Where the result plays, in words (docs/video.md's "Outputs" table gives the details).
     """
 
     name: str

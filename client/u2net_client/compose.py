@@ -30,10 +30,10 @@ BLUR_FRACTION = 0.01
 # at least BLUR_MIN_SIDE pixels on the copy's shorter side.
 BLUR_MIN_RADIUS = 6
 BLUR_MIN_SIDE = 64
-# WebP's effort (method 0 fastest .. 6 smallest; in lossless mode quality is effort too). Measured on a
-# 6 MP RGBA cutout: lossless method 0 encodes in ~45 % of the PNG level-1 time for a 35 % smaller file,
-# method 1 takes 5-6x longer for 17 % less; lossy method 0 is ~4x faster than Pillow's default 4 for
-# files ~30 % larger.
+# WebP's effort (method 0 fastest .. 6 smallest; in lossless mode quality is effort too). On a 6 MP RGBA
+# cutout, lossless method 0 encoded faster than PNG at level 1, to a smaller file; method 1 took several
+# times longer for a little less; lossy method 0 was much faster than Pillow's default 4, for larger files
+# (benchmarks/options.py times the WebP outputs against the PNG cutout).
 WEBP_METHOD = 0
 _FIT_RESAMPLE = Image.Resampling.BILINEAR
 
@@ -61,9 +61,9 @@ def gaussian_blur(rgb: np.ndarray, radius: float) -> np.ndarray:
     A radius under 2 * BLUR_MIN_RADIUS blurs the image as it is. A wider one blurs a copy shrunk by k
     (box-averaged; k the largest power of two leaving a radius of at least BLUR_MIN_RADIUS and a shorter
     side of at least BLUR_MIN_SIDE) with radius / k, then scales it back bilinearly: a blur that wide has
-    no detail that the upscale loses. On a 6 MP photo with the default radius 30 it takes ~60 ms instead
-    of ~630 ms, within a mean 0.5 and at most 15 levels of the full-resolution blur (tests/test_compose.py
-    holds it to that).
+    no detail that the upscale loses. On a 6 MP photo with the default radius that is many times faster
+    than the full-resolution blur, and within a mean 0.5 and at most 15 levels of it (tests/test_compose.py
+    holds it to that; benchmarks/options.py times the blur path).
     """
     im = Image.fromarray(rgb)
     k = 1
@@ -72,7 +72,7 @@ def gaussian_blur(rgb: np.ndarray, radius: float) -> np.ndarray:
     if k == 1:
         return np.asarray(im.filter(ImageFilter.GaussianBlur(radius)))
     small = im.reduce(k).filter(ImageFilter.GaussianBlur(radius / k))
-    if imaging._cv2 is not None:  # OpenCV's bilinear upscale: ~4x faster than Pillow's, the same sampling grid
+    if imaging._cv2 is not None:  # OpenCV's bilinear upscale: faster than Pillow's, the same sampling grid
         return imaging._cv2.resize(np.asarray(small), im.size, interpolation=imaging._cv2.INTER_LINEAR)
     return np.asarray(small.resize(im.size, Image.Resampling.BILINEAR))
 
@@ -85,7 +85,7 @@ def effect_layer(rgb: np.ndarray, effect: str, radius: float | None = None) -> n
         return gaussian_blur(rgb, default_blur_radius(rgb.shape[1], rgb.shape[0]) if radius is None else radius)
     if effect == "greyscale":
         grey = np.asarray(Image.fromarray(rgb).convert("L"))
-        if imaging._cv2 is not None and grey.size:  # the three copies ~5x faster than Pillow's convert("RGB")
+        if imaging._cv2 is not None and grey.size:  # the three copies: faster than Pillow's convert("RGB")
             return imaging._cv2.cvtColor(grey, imaging._cv2.COLOR_GRAY2RGB)
         return np.dstack((grey, grey, grey))
     raise U2NetError(grpc.StatusCode.INTERNAL, f"unknown effect {effect!r} passed Options' check")
@@ -156,9 +156,9 @@ def _upscale(rgb: np.ndarray, box: tuple[float, float, float, float], size: tupl
     (Pillow's bilinear filter then widens with the scale, against aliasing) or without OpenCV.
 
     Pixel centres map as Pillow's resize(size, box=box) maps them and the edge pixels repeat outwards as in
-    its filter, so the two agree but for OpenCV's coordinates, rounded to 1/32 pixel: within 6 levels,
-    0.1-0.4 on average, on the reference photos (tests/test_compose.py). ~6x faster: a 1280x720 photo
-    covering 3000x2000 in ~10 ms instead of ~65.
+    its filter, so the two agree but for OpenCV's coordinates, rounded to 1/32 pixel: within 6 levels and
+    0.4 on average on the reference photos (the bounds tests/test_compose.py holds it to), and several
+    times faster (benchmarks/options.py times the background-image paths).
     """
     left, top, width, height = box
     if imaging._cv2 is None or width > size[0] or height > size[1] or not rgb.size:

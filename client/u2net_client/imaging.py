@@ -454,9 +454,9 @@ def cutout(
         effective = multiply_alpha(mask, alpha)
     if background is None:
         # Fully transparent pixels become (0, 0, 0, 0), as in rembg's cutout: their colour is invisible,
-        # and the zero runs halve the PNG and make encoding it ~1.6x faster (3000x2000 photo: 530 -> 330 ms).
-        # OpenCV (when installed, and the image is not empty): one masked copy and one widening, ~10x faster
-        # than numpy's (6 MP: 260 -> 25 ms).
+        # and the zero runs shrink the PNG and make encoding it faster.
+        # OpenCV (when installed, and the image is not empty): one masked copy and one widening, much faster
+        # than numpy's.
         if _cv2 is not None and effective.size:
             out = _cv2.cvtColor(_cv2.bitwise_and(rgb, rgb, mask=effective), _cv2.COLOR_RGB2RGBA)
             out[..., 3] = effective
@@ -468,7 +468,7 @@ def cutout(
 
 
 # blend's OpenCV path works through the image this many rows at a time: its 16-bit temporaries then stay in the
-# CPU's caches instead of going through memory (6 MP: ~40 -> ~23 ms, one thread or two).
+# CPU's caches instead of going through memory (faster on a 6 MP image, on one thread or two).
 BLEND_ROWS = 64
 
 
@@ -477,7 +477,7 @@ def blend(front: np.ndarray, alpha: np.ndarray, behind: np.ndarray) -> np.ndarra
 
     That rounds the exact blend to the nearest integer (a multiple of 1/255 is never a tie). OpenCV's
     saturating 16-bit products and its rounding 1/255 scale give the same bytes for every (front, a,
-    behind) (tests/test_imaging.py checks all 2^24) about 3x faster than numpy's uint16 arithmetic.
+    behind) (tests/test_imaging.py checks all 2^24), faster than numpy's uint16 arithmetic.
     """
     if _cv2 is None or not alpha.size:  # OpenCV refuses empty arrays
         a = alpha.astype(np.uint16)[..., None]
@@ -500,7 +500,7 @@ def blend(front: np.ndarray, alpha: np.ndarray, behind: np.ndarray) -> np.ndarra
 
 
 def solid(height: int, width: int, colour: Sequence[int]) -> np.ndarray:
-    """An HxWx3 uint8 image of one colour (one row filled, then copied down: ~30x faster than np.full's
+    """An HxWx3 uint8 image of one colour (one row filled, then copied down: much faster than np.full's
     per-pixel broadcast of a 3-vector)."""
     out = np.empty((height, width, 3), np.uint8)
     out.reshape(height, width * 3)[:] = np.tile(np.asarray(colour, np.uint8), width)
@@ -552,17 +552,17 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     """Encodes an 8-bit array as PNG: HxW as grayscale, HxWx3 as RGB, HxWx4 as RGBA.
 
     At the fast levels (1 to FAST_PNG_LEVEL, the default 1 among them) every row is filtered with Paeth
-    and deflated with zlib's RLE strategy. Measured at level 1 on a 6 MP photo's
-    outputs (RGBA cutout, over a colour, a background image or an effect) and its mask, against libpng's
-    default (a filter chosen per row by trying all five, zlib's default strategy): 0.65-0.8x the time, and
-    files 3-20 % smaller (the greyscale effect's 10 % larger). With OpenCV installed (the server's extra)
-    libpng writes it, about 1.3x faster than Pillow; a client-only install uses Pillow (RLE, its own
-    filter choice). Either way the pixels are the same: PNG is lossless.
+    and deflated with zlib's RLE strategy. At level 1, on a 6 MP photo's outputs (RGBA cutout, over a
+    colour, a background image or an effect) and its mask, that took less time than libpng's default (a
+    filter chosen per row by trying all five, zlib's default strategy) and wrote smaller files, all but
+    the greyscale effect's. With OpenCV installed (the server's extra) libpng writes it, faster than
+    Pillow; a client-only install uses Pillow (RLE, its own filter choice). Either way the pixels are the
+    same: PNG is lossless. benchmarks/options.py times each output's compose and encode.
 
     Args:
         array: uint8 array.
-        compress_level: zlib level 0..9. The default 1 was chosen by measurement: it encodes about
-            2.5x faster than PIL's default 6 for files 12-16% larger.
+        compress_level: zlib level 0..9. The default 1 was chosen by measurement: it encodes much faster
+            than PIL's default 6 for somewhat larger files.
 
     Returns:
         The PNG file's bytes.
@@ -575,7 +575,7 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     layout = array.shape[2:] if array.ndim == 3 else () if array.ndim == 2 else None
     if array.dtype != np.uint8 or layout not in _PNG_LAYOUTS:
         raise _internal(f"PNG output needs an HxW, HxWx3 or HxWx4 uint8 array, got {array.dtype} {array.shape}")
-    if _cv2 is not None:  # the server's extra has OpenCV: libpng's writer, ~1.3x faster than Pillow's
+    if _cv2 is not None:  # the server's extra has OpenCV: libpng's writer, faster than Pillow's
         if array.ndim == 3:
             array = _cv2.cvtColor(array, _cv2.COLOR_RGB2BGR if array.shape[2] == 3 else _cv2.COLOR_RGBA2BGRA)
         params = [_cv2.IMWRITE_PNG_COMPRESSION, compress_level, *_cv2_png_params(compress_level)]
