@@ -83,8 +83,9 @@ class TritonSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     png_compression: int = DEFAULT_PNG_COMPRESSION
     engine: str = TORCHSCRIPT
-    # The network's own batcher delay; None: max_queue_delay_us. The segment model's batcher has waited already.
-    network_queue_delay_us: int | None = None
+    # The network's own batcher delay; None: max_queue_delay_us. 0 by default on every device: the segment model's
+    # batcher has waited already, and TorchServe waits once per batch too.
+    network_queue_delay_us: int | None = 0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or min(self.max_queue_delay_us, self.network_delay_us) < 0 or self.instances < 1:
@@ -103,13 +104,10 @@ class TritonSettings:
         if serving != "cpu":
             raise ValueError(f"serving={serving!r}; accepted: gpu, cpu")
         d = DEFAULTS["cpu"]
-        # The network waits no more: TorchServe waits once per batch, here the segment model's batcher does
-        # (a second wait, as long as the first, showed on every v2 batch); requests queued while it runs
-        # still form a batch.
-        return cls(
-            d.batch_size, d.max_batch_delay_ms * 1000, 1, "KIND_CPU", d.threads, engine=d.engine,
-            network_queue_delay_us=0,
-        )  # fmt: skip
+        # The network waits no more (the default): TorchServe waits once per batch, here the segment model's
+        # batcher does (a second wait, as long as the first, showed on every v2 batch); requests queued while
+        # it runs still form a batch.
+        return cls(d.batch_size, d.max_batch_delay_ms * 1000, 1, "KIND_CPU", d.threads, engine=d.engine)
 
     @property
     def network_delay_us(self) -> int:
