@@ -24,10 +24,10 @@ from u2net_client import _management as mgmt
 from u2net_client._auth import Credentials, find_key_file
 from u2net_client._concurrency import aordered_map, ordered_map
 from u2net_client._errors import from_rpc_error
-from u2net_client._generated import inference_pb2, u2serve_pb2
-from u2net_client._image import image_bytes
 from u2net_client._request import CUTOUT, MASK, build_request, parse_response
 from u2net_client.options import Options, parse_color
+from u2serve.core._generated import inference_pb2, u2serve_pb2
+from u2serve.core.image import image_bytes
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 LIMIT = 32 * 1024 * 1024

@@ -22,10 +22,11 @@ import pytest
 from PIL import Image
 
 from tests import videoclips as vc
-from u2net_client import AsyncU2NetClient, U2NetClient, U2NetError, imaging
-from u2net_client._temporal import Flicker, MaskSmoother, is_scene_cut, thumbnail
-from u2net_client._video import FORMATS, check_options, output_format, video_options
+from u2net_client import AsyncU2NetClient, U2NetClient, U2NetError
 from u2net_client.options import Options
+from u2serve.apps.temporal import Flicker, MaskSmoother, is_scene_cut, thumbnail
+from u2serve.apps.video import FORMATS, check_options, output_format, video_options
+from u2serve.core import imaging
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 10
@@ -377,7 +378,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_nothing(server, client, subject, tmp_pa
 
 def test_backgrounds_options_pass_through_to_the_full_resolution_compose(tmp_path, reference_dir):
     """background_image, effect and refine reach compose.compose per frame (masks faked: no server)."""
-    from u2net_client._video import VideoJob, run
+    from u2serve.apps.video import VideoJob, run
 
     subject = Image.open(reference_dir / "images" / "bike.jpg")
     src = tmp_path / "in.mp4"
