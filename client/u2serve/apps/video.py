@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, "int | None"], None]
 """Called after each frame written with (frames done, frames expected or None when unknown)."""
-Ordered = Callable[[Callable[["Frame"], Any], Iterator["Frame"]], Iterator[Any]]
+Ordered = Callable[[Callable[["Frame"], Any], Iterator["Frame"]], Generator[Any, None, None]]
 """A client's `map` with its concurrency: a function over frames, results (or errors) in input order."""
 
 
