@@ -8,7 +8,7 @@ MARS   := model_store/u2netp.mar model_store/u2net.mar
 HANDLER_SRC := $(wildcard handler/*.py)
 # The installed package's modules the handler runs (handler/settings.py CORE_MODULES): an archive records them,
 # and a worker with other ones refuses to start, so a change to them rebuilds the archives.
-CORE_SRC := $(addprefix client/u2net_client/,imaging.py compose.py refine.py options.py _errors.py _types.py) \
+CORE_SRC := $(wildcard client/u2serve/core/*.py) client/u2serve/__init__.py \
 	protos/u2serve.proto
 STUB_ENV := .venv-triton/u2serve-stub-env.txt
 
@@ -194,7 +194,7 @@ docker-image: archives protos
 	$(PY) tools/docker_test.py --build-only
 
 clean:
-	rm -rf build $(MARS) client/u2net_client/_generated triton_repo .venv-triton
+	rm -rf build $(MARS) client/u2serve/core/_generated triton_repo .venv-triton
 
 FORCE:
 .PRECIOUS: build/%.weights

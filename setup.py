@@ -1,7 +1,7 @@
 """Build hook: the package's gRPC stubs are generated from protos/ by protoc while it is built.
 
 Everything else about the package is in pyproject.toml. In an editable install the stubs are written
-into the source package (client/u2net_client/_generated, ignored by git); in a wheel, into the build.
+into the source package (client/u2serve/core/_generated, ignored by git); in a wheel, into the build.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-GENERATED = Path("u2net_client") / "_generated"
+GENERATED = Path("u2serve") / "core" / "_generated"
 
 
 def _generator():  # type: ignore[no-untyped-def]
@@ -25,7 +25,7 @@ def _generator():  # type: ignore[no-untyped-def]
 
 
 class BuildPyWithStubs(build_py):
-    """build_py, then protoc over protos/*.proto into u2net_client/_generated."""
+    """build_py, then protoc over protos/*.proto into u2serve/core/_generated."""
 
     def run(self) -> None:
         super().run()

@@ -35,7 +35,7 @@ from handler import engine as E
 from handler import precision, sources, weights
 from handler.model import VARIANTS, U2Net, U2NetD0
 from handler.pipeline import masks_from_d0, model_input
-from u2net_client import imaging
+from u2serve.core import imaging
 
 log = logging.getLogger(__name__)
 

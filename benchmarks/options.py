@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 import tools
-from u2net_client import compose, imaging
-from u2net_client.options import Options
+from u2serve.core import compose, imaging
+from u2serve.core.options import Options
 
 DEFAULT_REFERENCE = tools.REFERENCE_DIR
 PHOTO = "images/bike.jpg"  # 3000x2000, under DEFAULT_REFERENCE

@@ -4,7 +4,7 @@
   TorchServe one at a time; the server time is what the handler itself timed (SegmentResponse.timings_ms:
   decode, preprocess, inference, postprocess with compose, encode), against today's RGBA PNG cutout of
   the photo in the same round.
-- web (issue 12): the web gateway (tools/web.py, `python -m u2net_client.web`) in front of the same
+- web (issue 12): the web gateway (tools/web.py, `python -m u2serve.web`) in front of the same
   TorchServe, rembg's `POST /api/remove` (cutout, and `om=true` for the mask) from --web-callers HTTP
   callers over one connection pool, against the SDK's gRPC cells with as many callers.
 - triton (issue 15): a real tritonserver (tools/triton.py) started here on free ports, serving the
@@ -206,7 +206,7 @@ def gateway(client: U2NetClient, key_file: Path | None, model: str) -> Iterator[
     It accepts TorchServe's inference key from `key_file` (None: $U2SERVE_KEY_FILE, else var/key_file.json).
     """
     from tools.web import Web, start
-    from u2net_client.web.settings import find_key_file
+    from u2serve.web.settings import find_key_file
 
     found = find_key_file(str(key_file) if key_file else None)
     with tempfile.TemporaryDirectory(prefix="u2serve-bench-web-") as home:

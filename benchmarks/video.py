@@ -31,9 +31,10 @@ from PIL import Image
 import tools
 from benchmarks import peer
 from benchmarks import results as R
-from u2net_client import U2NetClient, imaging
-from u2net_client._temporal import Flicker, is_scene_cut, thumbnail
-from u2net_client._video import ENCODER_OPTIONS
+from u2net_client import U2NetClient
+from u2serve.apps.temporal import Flicker, is_scene_cut, thumbnail
+from u2serve.apps.video import ENCODER_OPTIONS
+from u2serve.core import imaging
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = tools.REFERENCE_DIR / "images"

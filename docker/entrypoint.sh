@@ -24,7 +24,7 @@ until [[ -s "${U2SERVE_KEY_FILE}" ]]; do
     fi
     sleep 0.2
 done
-python -m u2net_client.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" --key-file "${U2SERVE_KEY_FILE}" &
+python -m u2serve.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" --key-file "${U2SERVE_KEY_FILE}" &
 gateway=$!
 
 wait -n  # either one (bash 4.3+: the GPU base image is Ubuntu)

@@ -5,8 +5,8 @@
 # 24.10 is Triton 2.51, the release nvidia-pytriton 0.7.0 bundles (what the tests run on a CPU).
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
-# The segment backend imports the handler package and the SDK package it shares the pipeline and the
-# protocol with (u2net_client: imaging, options, the generated stubs, built by the package's build hook).
+# The segment backend imports the handler package and the u2serve package whose core it shares (the pipeline
+# and the protocol: imaging, options, the generated stubs, built by the package's build hook).
 # The Python backend of 24.10 exchanges tensors with numpy 1.x; torch for the pipeline's tensor steps
 # (CPU wheels: the network runs in libtorch, not in Python).
 WORKDIR /opt/u2serve-src

@@ -25,7 +25,7 @@ from handler import engine, precision, sources, weights
 from handler.engine import TORCHSCRIPT, TORCHSCRIPT_BF16, trace
 from handler.model import VARIANTS
 from handler.settings import ArchiveInfo
-from u2net_client import imaging
+from u2serve.core import imaging
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from handler.errors import U2ServeError, from_sdk
+from handler.errors import http_status
 from handler.pipeline import Batch, Outcome, SegmentRequest, Task
-from u2net_client._errors import U2NetError
-from u2net_client._generated import u2serve_pb2
-from u2net_client.options import Options
+from u2serve.core._generated import u2serve_pb2
+from u2serve.core.errors import CoreError, invalid
+from u2serve.core.options import Options
 
 PROTO_KEY = "u2serve"
 RAW_KEYS = ("body", "data")
@@ -70,16 +70,16 @@ class Codec(abc.ABC):
 
     name: str
 
-    def request(self) -> SegmentRequest | U2ServeError:
+    def request(self) -> SegmentRequest | CoreError:
         """The row's request, or the error it earned (checked here, once)."""
         try:
             return self.parse()
-        except U2ServeError as exc:
+        except CoreError as exc:
             return exc
 
     @abc.abstractmethod
     def parse(self) -> SegmentRequest:
-        """Raises U2ServeError for a row that is not a valid request."""
+        """Raises CoreError for a row that is not a valid request."""
 
     @abc.abstractmethod
     def reply(self, outcome: Outcome, served: Served, batch_size: int) -> Reply:
@@ -115,19 +115,16 @@ def parse_segment_request(data: bytes, image: bytes | None = None) -> SegmentReq
     try:
         msg = u2serve_pb2.SegmentRequest.FromString(data)
     except DecodeError as exc:
-        raise U2ServeError(
+        raise invalid(
             f"the {PROTO_KEY!r} input is not a serialised u2serve.v1.SegmentRequest ({exc}); "
             "build it with the u2net_client SDK or protoc's classes for protos/u2serve.proto"
         ) from exc
     try:
         task = Task(msg.task or Task.CUTOUT)
     except ValueError:
-        raise U2ServeError(f"unknown task {msg.task}; accepted: 1 (MASK) or 2 (CUTOUT)") from None
-    try:
-        options = Options.from_proto(msg.options)
-        options.check_task(task == Task.MASK)
-    except U2NetError as exc:
-        raise from_sdk(exc) from exc
+        raise invalid(f"unknown task {msg.task}; accepted: 1 (MASK) or 2 (CUTOUT)") from None
+    options = Options.from_proto(msg.options)
+    options.check_task(task == Task.MASK)
     return SegmentRequest(task, msg.image if image is None else image, options)
 
 
@@ -183,7 +180,7 @@ class V2Codec(Codec):
         tensors = {t.get("name"): t for t in self.body["inputs"] if isinstance(t, Mapping)}
         unknown = sorted(str(n) for n in tensors if n not in (V2_IMAGE_INPUT, V2_REQUEST_INPUT))
         if unknown or not tensors:
-            raise U2ServeError(
+            raise invalid(
                 f"v2 inputs {unknown or 'none'}; accepted: {V2_IMAGE_INPUT!r} (BYTES [1], the image file) "
                 f"and optionally {V2_REQUEST_INPUT!r} (BYTES [1], a serialised u2serve.v1.SegmentRequest)"
             )
@@ -218,7 +215,7 @@ def from_v2_inputs(segment: bytes | None, image: bytes | None) -> SegmentRequest
 def _one_bytes(name: str, tensor: Mapping[str, Any]) -> bytes:
     data = tensor.get("data")
     if tensor.get("datatype") != "BYTES" or not isinstance(data, list) or len(data) != 1:
-        raise U2ServeError(
+        raise invalid(
             f"v2 input {name!r} must be one BYTES element (shape [1], in contents.bytes_contents; "
             f"TorchServe ignores raw_input_contents), got {tensor.get('datatype')} with "
             f"{len(data) if isinstance(data, list) else 0} elements"
@@ -226,7 +223,7 @@ def _one_bytes(name: str, tensor: Mapping[str, Any]) -> bytes:
     try:
         return base64.b64decode(str(data[0]), validate=True)
     except binascii.Error as exc:
-        raise U2ServeError(f"v2 input {name!r} is not base64 as TorchServe forwards BYTES: {exc}") from exc
+        raise invalid(f"v2 input {name!r} is not base64 as TorchServe forwards BYTES: {exc}") from exc
 
 
 # ---- raw (REST) ----------------------------------------------------------------------------------
@@ -243,7 +240,7 @@ class RawCodec(Codec):
         key = next((k for k in RAW_KEYS if k in self.row), None)
         if key is None:
             names = ", ".join(sorted(self.row)) or "none"
-            raise U2ServeError(
+            raise invalid(
                 f"no image in the request (inputs: {names}); send the image bytes as the body, "
                 f"or a u2serve.v1.SegmentRequest under the input {PROTO_KEY!r}"
             )
@@ -252,18 +249,16 @@ class RawCodec(Codec):
         params = {k: _as_text(v) for k, v in fields.items()}
         task_name = params.get("task", "cutout").lower()
         if task_name not in _TASK_NAMES:
-            raise U2ServeError(f"unknown task {task_name!r}; accepted: mask, cutout")
-        try:
-            options = Options.from_fields(params, _background_file(background))
-            options.check_task(_TASK_NAMES[task_name] == Task.MASK)
-        except U2NetError as exc:
-            raise from_sdk(exc) from exc
+            raise invalid(f"unknown task {task_name!r}; accepted: mask, cutout")
+        options = Options.from_fields(params, _background_file(background))
+        options.check_task(_TASK_NAMES[task_name] == Task.MASK)
         return SegmentRequest(_TASK_NAMES[task_name], _as_bytes(self.row[key]), options)
 
     def reply(self, outcome: Outcome, served: Served, batch_size: int) -> Reply:
         if (error := outcome.error) is not None:
-            body = json.dumps({"code": error.code.http_status, "type": error.code.name, "message": error.message})
-            return Reply(body.encode(), error.code.http_status, "application/json")
+            status = http_status(error.code)
+            body = json.dumps({"code": status, "type": error.code.name, "message": error.message})
+            return Reply(body.encode(), status, "application/json")
         return Reply(outcome.image, None, outcome.media_type)
 
 
@@ -272,7 +267,7 @@ def _background_file(value: object) -> bytes | None:
         return None
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
-    raise U2ServeError(
+    raise invalid(
         f"{BACKGROUND_FIELD} must be a file: send it as a multipart form field "
         f"(curl -F data=@photo.jpg -F {BACKGROUND_FIELD}=@beach.jpg), not as a header or text"
     )
@@ -293,7 +288,7 @@ def _as_bytes(value: object) -> bytes:
     if isinstance(value, str):
         return value.encode()
     # TorchServe hands JSON bodies over already parsed; that is not an image.
-    raise U2ServeError("the request body is JSON, not an image; send the image file's bytes")
+    raise invalid("the request body is JSON, not an image; send the image file's bytes")
 
 
 def _as_text(value: object) -> str:

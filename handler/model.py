@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from u2net_client import imaging
+from u2serve.core import imaging
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Free of TorchServe and of any protocol: `Segmenter.run` takes requests (or the error each row already
 got) and returns one `Outcome` per request, in order. A bad image fails its own request only. The
-pixel work is u2net_client.imaging's, the one pipeline the SDK's tensor path runs too; what is left
+pixel work is u2serve.core.imaging's, the one pipeline the SDK's tensor path runs too; what is left
 here is torch's: the batch on the device, through the model.
 """
 
@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from handler.errors import Code, U2ServeError, from_sdk
 from handler.model import Variant
-from u2net_client import compose, imaging
-from u2net_client._errors import U2NetError
-from u2net_client._types import Box
-from u2net_client.options import Options
+from u2serve.core import compose, imaging
+from u2serve.core.errors import Code, CoreError
+from u2serve.core.options import Options
+from u2serve.core.types import Box
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,8 @@ def masks_from_d0(d0: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[np
     return imaging.masks_from_output(d0.to(torch.float32).cpu().numpy(), sizes)
 
 
-def internal_error(exc: BaseException) -> U2ServeError:
-    return U2ServeError(f"internal error while serving the request: {type(exc).__name__}: {exc}", Code.INTERNAL)
+def internal_error(exc: BaseException) -> CoreError:
+    return CoreError(Code.INTERNAL, f"internal error while serving the request: {type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -67,7 +66,7 @@ class Outcome:
     """What one request produced: an encoded image with its metadata, or an error."""
 
     request: SegmentRequest | None
-    error: U2ServeError | None = None
+    error: CoreError | None = None
     image: bytes = b""
     media_type: str = "image/png"
     width: int = 0
@@ -98,11 +97,11 @@ class Batch:
 @contextmanager
 def _own_failure(out: Outcome, stage: str) -> Iterator[None]:
     """A failure of one request in `stage` becomes that request's error, its batch-mates unaffected: the
-    SDK's code for a U2NetError (the caller's fault or ours, as it says), INTERNAL for anything else."""
+    core's code for a CoreError (the caller's fault or ours, as it says), INTERNAL for anything else."""
     try:
         yield
-    except U2NetError as exc:
-        out.error = from_sdk(exc)
+    except CoreError as exc:
+        out.error = exc
     except Exception as exc:  # a decoder or compose bug must fail this request only
         log.exception("%s failed unexpectedly", stage)
         out.error = internal_error(exc)
@@ -147,13 +146,13 @@ class Segmenter:
             return [fn(*args) for args in zip(*items, strict=True)]
         return list(self._pool.map(fn, *items))
 
-    def run(self, items: Sequence[SegmentRequest | U2ServeError]) -> tuple[list[Outcome], BatchStats]:
+    def run(self, items: Sequence[SegmentRequest | CoreError]) -> tuple[list[Outcome], BatchStats]:
         """All three stages over one batch; one Outcome per item, in order."""
         return self.compose(self.infer(self.decode(items)))
 
-    def decode(self, items: Sequence[SegmentRequest | U2ServeError]) -> Batch:
+    def decode(self, items: Sequence[SegmentRequest | CoreError]) -> Batch:
         """Stage 1: decode each image; a bad one becomes its request's error."""
-        batch = Batch([Outcome(None, error=i) if isinstance(i, U2ServeError) else Outcome(i) for i in items])
+        batch = Batch([Outcome(None, error=i) if isinstance(i, CoreError) else Outcome(i) for i in items])
         pending = [out for out in batch.outcomes if out.request is not None]
         decoded = self._each(self._decode, pending)
         batch.decoded = [(out, *images) for out, images in zip(pending, decoded, strict=True) if images is not None]
@@ -187,9 +186,9 @@ class Segmenter:
             batch.masks = self._masks([image for _, image, _ in batch.decoded], batch.timings_ms)
         except Exception as exc:
             log.exception("the model failed on a batch of %d", len(batch.decoded))
-            error = from_sdk(exc) if isinstance(exc, U2NetError) else internal_error(exc)
+            error = exc if isinstance(exc, CoreError) else internal_error(exc)
             for out, _, _ in batch.decoded:
-                out.error = U2ServeError(error.message, Code.INTERNAL)
+                out.error = CoreError(Code.INTERNAL, error.message)
             batch.decoded = []
         return batch
 

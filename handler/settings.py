@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import u2serve.core
 from handler.engine import EngineError, kind
 from handler.model import VARIANTS, Variant
-from u2net_client import imaging
+from u2serve.core import imaging
 
 # Written by handler/build.py into every archive: which variant, where its weights came from.
 ARCHIVE_INFO = "u2serve.json"
@@ -45,20 +46,25 @@ class SettingsError(ValueError):
     """A handler setting in model-config.yaml or the archive that cannot work."""
 
 
-# The modules of the installed u2serve package the handler runs (the pixel pipeline, options, errors and the
-# wire format): the archive carries the handler's code but not these, so it records which ones it was built
-# with, and a worker with others refuses to start instead of serving with a pipeline nobody tested with it.
-CORE_MODULES = ("imaging", "compose", "refine", "options", "_errors", "_types", "_generated/u2serve_pb2")
+# The installed u2serve.core the handler runs (the pixel pipeline, options, errors and the wire format): the
+# archive carries the handler's code but not these, so it records which ones it was built with, and a worker
+# with others refuses to start instead of serving with a pipeline nobody tested with it. Every module of the
+# package, and of the generated ones the message the handler reads and writes.
+WIRE_MODULE = "_generated/u2serve_pb2.py"
+
+
+def core_modules() -> list[Path]:
+    """The source files of the installed u2serve.core that `core_version` digests, in a fixed order."""
+    root = Path(u2serve.core.__file__).resolve().parent
+    return [*sorted(root.glob("*.py")), root / WIRE_MODULE]
 
 
 def core_version() -> str:
-    """The installed core: the u2serve distribution's version and a digest of CORE_MODULES' source."""
-    import u2net_client
-
-    root = Path(u2net_client.__file__).resolve().parent
+    """The installed core: the u2serve distribution's version and a digest of `core_modules`' source."""
+    root = Path(u2serve.core.__file__).resolve().parent
     digest = hashlib.sha256()
-    for name in CORE_MODULES:
-        digest.update(name.encode() + b"\0" + (root / f"{name}.py").read_bytes())
+    for path in core_modules():
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     try:
         version = importlib.metadata.version("u2serve")
     except importlib.metadata.PackageNotFoundError:

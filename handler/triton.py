@@ -14,7 +14,7 @@ writes, per model,
   engine the TorchServe handler runs: `1/` also holds the archive's other engine files (`model.bf16.pt`,
   `model.onnx`), the config names the archive's `engine` and `threads` settings, and the stand-in loads
   them with handler.engine's fallback chain (`load_network`), as the handler does. The SDK's
-  protocol="triton" sends its tensors here and does the rest itself (u2net_client.imaging).
+  protocol="triton" sends its tensors here and does the rest itself (u2serve.core.imaging).
 
 The backends go into Triton's backend directory (tools/triton.py). Never archived; the CPU stand-in
 imports `load_network`, both backends `instance_threads` from here.

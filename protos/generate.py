@@ -1,6 +1,6 @@
 """Generate the Python gRPC stubs from the .proto files beside this script (run by the package build).
 
-    python protos/generate.py --out client/u2net_client/_generated
+    python protos/generate.py --out client/u2serve/core/_generated
 
 setup.py calls `generate` while the wheel (or an editable install) is built, so the stubs always come
 from protoc (grpcio-tools, a build requirement) and never live in the source tree by hand.

@@ -119,7 +119,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
 
 @pytest.fixture(scope="session")
 def web(server):
-    """The web gateway (`python -m u2net_client.web`) on a free port in front of the session's TorchServe."""
+    """The web gateway (`python -m u2serve.web`) on a free port in front of the session's TorchServe."""
     import socket
 
     from tools.web import Web, start

@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from u2net_client._generated import inference_pb2, inference_pb2_grpc, u2serve_pb2
+from u2serve.core._generated import inference_pb2, inference_pb2_grpc, u2serve_pb2
 
 MAX_MESSAGE = 64 * 1024 * 1024
 MASK = u2serve_pb2.MASK

@@ -22,7 +22,8 @@ from PIL import Image, ImageFilter
 from tests import servekit as sk
 from tests.test_client_integration import aclient, cli_run
 from tests.test_compose import colour_bleed, edge_band, rembg_post_process
-from u2net_client import U2NetClient, U2NetError, compose, imaging, refine
+from u2net_client import U2NetClient, U2NetError
+from u2serve.core import compose, imaging, refine
 
 INVALID_ARGUMENT = 3
 # The bound of refine="matting" on a 6 MP photo, server time, on the loaded 2-core development machine; the

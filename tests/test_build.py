@@ -59,8 +59,8 @@ def test_archive_carries_handler_package_config_and_weights_origin(archive):
 
 
 # The worker has torch, pillow and numpy, TorchServe's own `ts`, and the installed u2serve package (its
-# image pipeline and generated protobuf classes, with the protobuf runtime): nothing more.
-ALLOWED = {"torch", "PIL", "numpy", "ts", "handler", "u2net_client", "google", "__future__"}
+# core: the image pipeline and generated protobuf classes, with the protobuf runtime): nothing more.
+ALLOWED = {"torch", "PIL", "numpy", "ts", "handler", "u2serve", "google", "__future__"}
 # Imported inside functions only, where the code can do without them: onnx for building, onnxruntime,
 # openvino and MNN for the optional engines. test_handler.py runs an archive with all four blocked.
 OPTIONAL = {"onnx", "onnxruntime", "openvino", "MNN"}

@@ -24,10 +24,11 @@ from u2net_client import _management as mgmt
 from u2net_client._auth import Credentials, find_key_file
 from u2net_client._concurrency import aordered_map, ordered_map
 from u2net_client._errors import from_rpc_error
-from u2net_client._generated import inference_pb2, u2serve_pb2
-from u2net_client._image import image_bytes
 from u2net_client._request import CUTOUT, MASK, build_request, parse_response
 from u2net_client.options import Options, parse_color
+from u2serve.core._generated import inference_pb2, u2serve_pb2
+from u2serve.core.errors import Code, CoreError
+from u2serve.core.image import image_bytes
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 LIMIT = 32 * 1024 * 1024
@@ -376,10 +377,10 @@ def test_pil_images_are_encoded_losslessly_with_their_exif():
 
 
 def test_unreadable_or_unsupported_inputs_are_invalid(tmp_path):
-    with pytest.raises(U2NetError, match=r"cannot read image file .*missing.jpg") as info:
+    with pytest.raises(CoreError, match=r"cannot read image file .*missing.jpg") as info:
         image_bytes(tmp_path / "missing.jpg")
-    assert info.value.code == INVALID
-    with pytest.raises(U2NetError, match="image of type int; accepted: bytes, a path"):
+    assert info.value.code == Code.INVALID_ARGUMENT
+    with pytest.raises(CoreError, match="image of type int; accepted: bytes, a path"):
         image_bytes(42)  # type: ignore[arg-type]
 
 

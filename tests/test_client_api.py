@@ -30,7 +30,7 @@ from u2net_client import (
     U2NetClient,
     U2NetError,
 )
-from u2net_client._generated import inference_pb2, inference_pb2_grpc, u2serve_pb2
+from u2serve.core._generated import inference_pb2, inference_pb2_grpc, u2serve_pb2
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 BACKGROUND_OPTIONS = {"background", "background_image", "background_fit", "effect", "blur_radius"}
@@ -136,7 +136,7 @@ def test_option_keywords_are_the_fields_of_options():
 
 @pytest.mark.parametrize("client_type", [U2NetClient, AsyncU2NetClient])
 def test_run_time_signatures_spell_out_each_option_keyword(client_type):
-    # help(), inspect and the web gateway's form (u2net_client.web.fields) read the options from here
+    # help(), inspect and the web gateway's form (u2serve.web.fields) read the options from here
     for name, keywords in [("mask", MaskKeywords), ("mask_many", MaskKeywords), ("cutout", CutoutKeywords),
                            ("cutout_many", CutoutKeywords), ("video", CutoutKeywords)]:  # fmt: skip
         parameters = inspect.signature(getattr(client_type, name)).parameters

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from handler import codec
-from handler.errors import Code, U2ServeError
 from handler.model import VARIANTS
 from handler.pipeline import Outcome, Segmenter, SegmentRequest, Task
-from u2net_client import Options
-from u2net_client._generated import u2serve_pb2
+from u2serve.core._generated import u2serve_pb2
+from u2serve.core.errors import Code, CoreError
+from u2serve.core.options import Options
 
 SERVED = codec.Served("u2netp", "1.0", "random (seed 0)")
 
@@ -34,7 +34,7 @@ def _png(width: int = 40, height: int = 30) -> bytes:
 def test_any_bytes_as_a_segment_request_only_raise_invalid_argument(data):
     try:
         request = codec.for_row({"u2serve": data}).parse()
-    except U2ServeError as exc:
+    except CoreError as exc:
         assert exc.code == Code.INVALID_ARGUMENT and exc.message
         return
     assert request.task in (Task.MASK, Task.CUTOUT)
@@ -42,13 +42,13 @@ def test_any_bytes_as_a_segment_request_only_raise_invalid_argument(data):
 
 def test_unknown_task_number_is_refused_with_the_accepted_ones():
     data = u2serve_pb2.SegmentRequest(task=7, image=b"x").SerializeToString()
-    with pytest.raises(U2ServeError, match=r"unknown task 7; accepted: 1 \(MASK\) or 2 \(CUTOUT\)"):
+    with pytest.raises(CoreError, match=r"unknown task 7; accepted: 1 \(MASK\) or 2 \(CUTOUT\)"):
         codec.for_row({"u2serve": data}).parse()
 
 
 def test_option_values_are_checked_where_they_enter_with_the_sdks_messages():
     data = u2serve_pb2.SegmentRequest(image=b"x", options=u2serve_pb2.Options(threshold=1.5)).SerializeToString()
-    with pytest.raises(U2ServeError, match=r"threshold=1.5; accepted: a number from 0.0 to 1.0") as info:
+    with pytest.raises(CoreError, match=r"threshold=1.5; accepted: a number from 0.0 to 1.0") as info:
         codec.for_row({"u2serve": data}).parse()
     assert info.value.code == Code.INVALID_ARGUMENT
 
@@ -60,12 +60,12 @@ def test_raw_fields_and_headers_become_the_same_options():
     assert request.options == Options(
         background=(255, 0, 0), threshold=0.25, crop=True, crop_margin=3, png_compression=9
     )
-    with pytest.raises(U2ServeError, match=r"compression='x' is not an integer"):
+    with pytest.raises(CoreError, match=r"compression='x' is not an integer"):
         codec.for_row({"body": b"img", "compression": "x"}).parse()
 
 
 def test_raw_errors_carry_their_http_status():
-    failed = Outcome(None, error=U2ServeError("bad image"))
+    failed = Outcome(None, error=CoreError(Code.INVALID_ARGUMENT, "bad image"))
     reply = codec.for_row({"body": b""}).reply(failed, SERVED, 1)
     assert (reply.http_status, reply.content_type) == (400, "application/json")
     assert json.loads(reply.body) == {"code": 400, "type": "INVALID_ARGUMENT", "message": "bad image"}
@@ -123,7 +123,7 @@ def test_a_batch_on_several_threads_answers_as_on_one_in_order_with_its_own_erro
         SegmentRequest(Task.CUTOUT, photo(64, 48)),
         SegmentRequest(Task.CUTOUT, b"not an image"),
         SegmentRequest(Task.MASK, photo(33, 70)),
-        U2ServeError("refused by the codec", Code.INVALID_ARGUMENT),
+        CoreError(Code.INVALID_ARGUMENT, "refused by the codec"),
         SegmentRequest(Task.CUTOUT, photo(50, 50), Options(background_image=photo(20, 10), effect="greyscale")),
         SegmentRequest(Task.CUTOUT, photo(40, 40), Options(background_image=b"broken")),
         SegmentRequest(Task.CUTOUT, photo(90, 30), Options(background=(1, 2, 3), output_format="jpeg")),

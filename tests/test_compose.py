@@ -6,18 +6,17 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter, ImageOps
 
 from handler import codec
-from handler.errors import U2ServeError
-from u2net_client import U2NetError, compose, imaging, refine
-from u2net_client._generated import u2serve_pb2
-from u2net_client.options import Options
+from u2serve.core import compose, imaging, refine
+from u2serve.core._generated import u2serve_pb2
+from u2serve.core.errors import Code, CoreError
+from u2serve.core.options import Options
 
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
+INVALID = Code.INVALID_ARGUMENT
 
 
 def png(array: np.ndarray) -> bytes:
@@ -80,7 +79,7 @@ def expected_blend(front: np.ndarray, alpha: np.ndarray, behind: np.ndarray) -> 
     ],
 )
 def test_bad_options_and_nonsense_combinations_are_invalid_argument(options, pattern):
-    with pytest.raises(U2NetError, match=pattern) as info:
+    with pytest.raises(CoreError, match=pattern) as info:
         Options(**options)
     assert info.value.code == INVALID
 
@@ -99,7 +98,7 @@ def test_bad_options_and_nonsense_combinations_are_invalid_argument(options, pat
     ],
 )
 def test_combinations_that_depend_on_the_task(options, mask, pattern):
-    with pytest.raises(U2NetError, match=pattern) as info:
+    with pytest.raises(CoreError, match=pattern) as info:
         Options(**options).check_task(mask)
     assert info.value.code == INVALID
 
@@ -149,7 +148,7 @@ def test_background_image_from_a_path_or_a_pil_image(tmp_path: Path):
 
 def test_rest_rows_carry_the_background_image_as_a_file_and_refuse_it_as_a_header():
     row = {"data": b"img", "background_image": bytearray(b"beach"), "effect": b"", "format": b"jpeg"}
-    with pytest.raises(U2ServeError, match="cannot hold alpha"):
+    with pytest.raises(CoreError, match="cannot hold alpha"):
         codec.for_row({"data": b"img", "format": b"jpeg"}).parse()
     request = codec.for_row(row).parse()
     assert request.options.background_bytes == b"beach" and request.options.format == "jpeg"
@@ -294,7 +293,7 @@ def test_transparent_input_and_transparent_background_image():
     fitted = covered((60, 40))
     assert np.array_equal(out, fitted)
     see_through = decoded(BEACH, np.zeros(BEACH.shape[:2], np.uint8))
-    with pytest.raises(U2NetError, match="background image has transparency") as info:
+    with pytest.raises(CoreError, match="background image has transparency") as info:
         compose.check_background(see_through, Options(background_image=b"x", output_format="jpeg"))
     assert info.value.code == INVALID
     out, _ = compose.compose(decoded(rgb), ramp_mask(), False, Options(background_image=b"x"), see_through)
@@ -318,7 +317,7 @@ def test_formats_decode_to_the_expected_size_and_mode():
         assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (60, 40))
         assert im.info.get("progression") is None
     assert len(small) < len(compose.encode(rgb, Options(output_format="jpeg")))
-    with pytest.raises(U2NetError, match="cannot hold alpha") as info:
+    with pytest.raises(CoreError, match="cannot hold alpha") as info:
         compose.encode(rgba, Options(output_format="jpeg", background=(0, 0, 0)))
     assert info.value.code == INVALID
     assert Options(output_format="webp").media_type == "image/webp" and Options().media_type == "image/png"

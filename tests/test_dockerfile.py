@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tools.torchserve import Ports, render_config
-from u2net_client.web.settings import DEFAULT_PORT as WEB_PORT
+from u2serve.web.settings import DEFAULT_PORT as WEB_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -109,8 +109,7 @@ def test_image_runs_tokened_torchserve_as_a_numeric_non_root_user(tmp_path):
     assert env()["U2SERVE_CONFIG"] == "/opt/u2serve/container.properties"
     # The gateway reads TorchServe's key file, on all interfaces so the published port reaches it.
     assert (
-        'python -m u2net_client.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" --key-file "${U2SERVE_KEY_FILE}"'
-        in script
+        'python -m u2serve.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" --key-file "${U2SERVE_KEY_FILE}"' in script
     )
     assert subprocess.run(["bash", "-n", str(ENTRYPOINT_SCRIPT)], capture_output=True).returncode == 0
     assert any(w == "HEALTHCHECK" and "healthcheck.py" in a for w, a in steps)

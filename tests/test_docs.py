@@ -119,13 +119,13 @@ def check_parser(parse: Callable[[list[str]], object], words: list[str]) -> str 
 
 
 def check_u2net_client(words: list[str]) -> str | None:
-    from u2net_client import cli
+    from u2serve.apps import cli
 
     return check_parser(cli.build_parser().parse_args, words[1:])
 
 
 def check_web(words: list[str]) -> str | None:
-    from u2net_client.web import settings
+    from u2serve.web import settings
 
     return check_parser(settings.parser().parse_args, words)
 
@@ -152,7 +152,7 @@ def check_command(words: list[str]) -> str | None:
         return check_make(words)
     if program == "u2net-client":
         return check_u2net_client(words)
-    if program in ("python", "python3") and words[1:3] == ["-m", "u2net_client.web"]:
+    if program in ("python", "python3") and words[1:3] == ["-m", "u2serve.web"]:
         return check_web(words[3:])
     if program in ("python", "python3") and len(words) > 1 and (words[1] == "-m" or words[1].endswith(".py")):
         return check_script(words[1:])

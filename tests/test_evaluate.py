@@ -20,8 +20,8 @@ import py_sod_metrics as sod
 import pytest
 from PIL import Image
 
-from u2net_client.cli import main
-from u2net_client.evaluation import (
+from u2serve.apps.cli import main
+from u2serve.apps.evaluation import (
     LABELS,
     PLOT_SIZE,
     MetricAccumulator,
@@ -356,14 +356,14 @@ def test_the_paper_figures_ship_with_the_package():
     import tomllib
 
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert any(fnmatch("evaluation/paper_figures.json", p) for p in patterns["u2net_client"]), patterns
-    assert (ROOT / "client/u2net_client/evaluation/paper_figures.json").is_file()
+    assert any(fnmatch("evaluation/paper_figures.json", p) for p in patterns["u2serve.apps"]), patterns
+    assert (ROOT / "client/u2serve/apps/evaluation/paper_figures.json").is_file()
 
 
 def test_the_docs_sample_is_the_report_of_its_record() -> None:
     """docs/evaluation/ holds a real run's report: its markdown renders from its JSON, and each served model
     scores as the authors' published maps of the same model do (the serving error, not a typed figure)."""
-    from u2net_client.evaluation._report import render_markdown
+    from u2serve.apps.evaluation._report import render_markdown
 
     folder = ROOT / "docs" / "evaluation"
     data = json.loads((folder / "metrics.json").read_text())

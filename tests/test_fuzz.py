@@ -1,5 +1,5 @@
 """Fuzzing the decoding path in-process: random bytes and mutated real images through decode_image and
-the full Segmenter never raise anything but an INVALID_ARGUMENT U2ServeError, and never end INTERNAL.
+the full Segmenter never raise anything but an INVALID_ARGUMENT CoreError, and never end INTERNAL.
 
 CI runs a few hundred examples; `@pytest.mark.long` (--run-long, `make soak`) runs thousands.
 """
@@ -10,7 +10,6 @@ import dataclasses
 import io
 import warnings
 
-import grpc
 import numpy as np
 import pytest
 import torch
@@ -18,13 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from handler.errors import Code
 from handler.model import VARIANTS, U2NetD0
 from handler.pipeline import Segmenter, SegmentRequest, Task
 from handler.weights import random_weights
 from tests import servekit as sk
-from u2net_client import Options, U2NetError
-from u2net_client.imaging import decode_image
+from u2serve.core.errors import Code, CoreError
+from u2serve.core.imaging import decode_image
+from u2serve.core.options import Options
 
 # Runs the networks (or builds a package): the "server" lane, not the pure one (tests/conftest.py).
 pytestmark = pytest.mark.server
@@ -81,13 +80,13 @@ def segmenter() -> Segmenter:
 
 
 def check_decode(data: bytes) -> None:
-    """decode_image gives a well-formed image or an INVALID_ARGUMENT U2NetError; nothing else escapes."""
+    """decode_image gives a well-formed image or an INVALID_ARGUMENT CoreError; nothing else escapes."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL warns about the corrupt files we feed it on purpose
         try:
             image = decode_image(data, MAX_PIXELS)
-        except U2NetError as exc:
-            assert exc.code == grpc.StatusCode.INVALID_ARGUMENT, exc
+        except CoreError as exc:
+            assert exc.code == Code.INVALID_ARGUMENT, exc
             assert exc.message
             return
     height, width = image.rgb.shape[:2]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import servekit as sk
-from u2net_client._generated import u2serve_pb2
+from u2serve.core._generated import u2serve_pb2
 
 RUNNER = textwrap.dedent(
     """

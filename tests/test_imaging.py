@@ -8,14 +8,13 @@ import struct
 import zlib
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFile
 
-from u2net_client import U2NetError
-from u2net_client import imaging as T
+from u2serve.core import imaging as T
+from u2serve.core.errors import Code, CoreError
 
 MAX_PIXELS = 40_000_000
 MEAN = (0.485, 0.456, 0.406)
@@ -38,12 +37,12 @@ def _pattern(width: int = 48, height: int = 32) -> np.ndarray:
     return rgb
 
 
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
-INTERNAL = grpc.StatusCode.INTERNAL
+INVALID = Code.INVALID_ARGUMENT
+INTERNAL = Code.INTERNAL
 
 
 def _invalid(match: str):
-    return pytest.raises(U2NetError, match=match)
+    return pytest.raises(CoreError, match=match)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -161,13 +160,13 @@ def test_declared_giant_png_is_refused_without_decoding(side: int) -> None:
 
 @pytest.mark.parametrize("side", [100, 10_000, 50_000])
 def test_over_the_limit_is_its_own_type_from_header_probe_and_pil_guard(side: int) -> None:
-    # A gateway answers TooManyPixels with 413 by its type; every other bad image stays a plain U2NetError.
+    # A gateway answers TooManyPixels with 413 by its type; every other bad image stays a plain CoreError.
     data = _png_declaring(side, side)
     for check in (T.decode_image, T.probe_image):
         with pytest.raises(T.TooManyPixels, match="over the limit") as err:
             check(data, 5000)
-        assert err.value.code == INVALID and isinstance(err.value, U2NetError)
-    with pytest.raises(U2NetError) as broken:
+        assert err.value.code == INVALID and isinstance(err.value, CoreError)
+    with pytest.raises(CoreError) as broken:
         T.probe_image(data[:20], 5000)
     assert not isinstance(broken.value, T.TooManyPixels)
 
@@ -348,7 +347,7 @@ def _mutate(data: bytes, seed: int) -> bytes:
 def _decode_or_refuse(data: bytes) -> None:
     try:
         decoded = T.decode_image(data, 4_000_000)
-    except U2NetError as exc:
+    except CoreError as exc:
         assert exc.code == INVALID
     else:
         assert decoded.rgb.ndim == 3 and decoded.rgb.shape[2] == 3

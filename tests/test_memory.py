@@ -22,7 +22,7 @@ import pytest
 from handler import precision
 from handler.engine import MNN, ONNXRUNTIME, OPENVINO, TORCHSCRIPT, TORCHSCRIPT_BF16, avx512
 from u2net_client import U2NetClient
-from u2net_client._generated import u2serve_pb2
+from u2serve.core._generated import u2serve_pb2
 
 LIMIT_MIB = {"u2netp": 800, "u2net": 1536}
 MODELS = sorted(LIMIT_MIB)

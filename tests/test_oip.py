@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from handler import codec
-from handler.errors import U2ServeError
 from handler.pipeline import Outcome, Task
 from u2net_client import AsyncU2NetClient, U2NetClient, U2NetError
-from u2net_client._generated import u2serve_pb2
+from u2serve.core._generated import u2serve_pb2
+from u2serve.core.errors import Code, CoreError
 
 # ---- what the handler receives: TorchServe's ModelInfer as parsed JSON under "body" ---------------
 
@@ -54,19 +54,19 @@ def test_v2_row_with_the_image_alone_is_a_cutout():
     ],
 )
 def test_bad_v2_rows_say_what_is_accepted(body, message):
-    with pytest.raises(U2ServeError, match=message):
+    with pytest.raises(CoreError, match=message):
         codec.for_row({"body": body}).parse()
 
 
 def test_other_json_bodies_keep_their_error():
-    with pytest.raises(U2ServeError, match="the request body is JSON"):
+    with pytest.raises(CoreError, match="the request body is JSON"):
         codec.for_row({"body": {"image": "x"}}).parse()
     assert isinstance(codec.for_row({"body": {"image": "x"}}), codec.RawCodec)
 
 
 def test_v2_reply_envelope_carries_the_segment_response():
     row_codec = codec.for_row(v2_row(image=b"x"))
-    failed = Outcome(None, error=U2ServeError("bad"))
+    failed = Outcome(None, error=CoreError(Code.INVALID_ARGUMENT, "bad"))
     reply = json.loads(row_codec.reply(failed, codec.Served("u2netp", "1.0", "w"), 1).body)
     assert (reply["id"], reply["model_name"], reply["model_version"]) == ("req-1", "u2netp", "1.0")
     (output,) = reply["outputs"]

@@ -55,7 +55,7 @@ def _fresh_clone(dest: Path) -> Path:
     if not (ROOT / ".git").exists():
         pytest.fail(f"{ROOT} is not a git checkout: the packaging test builds from a fresh clone of it")
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(dest)], check=True, timeout=120)
-    assert not (dest / "client" / "u2net_client" / "_generated").exists(), "generated stubs are in git"
+    assert not (dest / "client" / "u2serve" / "core" / "_generated").exists(), "generated stubs are in git"
     return dest
 
 
@@ -90,30 +90,38 @@ def test_sdist_carries_the_protos_and_no_generated_code(dist):
     assert not [n for n in names if "_generated" in n], "generated stubs belong in the wheel only"
 
 
-def test_wheel_holds_the_sdk_its_stubs_and_types(wheel):
+def test_wheel_holds_the_layers_the_stubs_and_types(wheel):
     names = set(wheel.namelist())
     for required in (
+        "u2serve/__init__.py",
+        "u2serve/core/options.py",
+        "u2serve/core/errors.py",
+        "u2serve/core/_generated/__init__.py",
+        "u2serve/core/_generated/inference_pb2.py",
+        "u2serve/core/_generated/inference_pb2_grpc.py",
+        "u2serve/core/_generated/management_pb2_grpc.py",
+        "u2serve/core/_generated/u2serve_pb2.py",
+        "u2serve/core/_generated/u2serve_pb2.pyi",
+        "u2serve/apps/cli.py",
+        "u2serve/apps/evaluation/paper_figures.json",
+        "u2serve/web/__main__.py",
+        "u2serve/web/static/index.html",
         "u2net_client/__init__.py",
         "u2net_client/cli.py",
         "u2net_client/aio.py",
         "u2net_client/py.typed",
-        "u2net_client/_generated/__init__.py",
-        "u2net_client/_generated/inference_pb2.py",
-        "u2net_client/_generated/inference_pb2_grpc.py",
-        "u2net_client/_generated/management_pb2_grpc.py",
-        "u2net_client/_generated/u2serve_pb2.py",
-        "u2net_client/_generated/u2serve_pb2.pyi",
     ):
         assert required in names, f"{required} missing from the wheel"
     top = {name.split("/")[0] for name in names}
-    assert top == {"u2net_client", next(t for t in top if t.endswith(".dist-info"))}, f"unexpected packages: {top}"
+    expected = {"u2serve", "u2net_client", next(t for t in top if t.endswith(".dist-info"))}
+    assert top == expected, f"unexpected packages: {top}"
 
 
 def test_wheel_declares_the_console_script_and_client_only_requirements(wheel):
     info = next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
     entry_points = wheel.read(info).decode()
     assert re.search(r"(?m)^\[console_scripts\]\s*$", entry_points)
-    assert re.search(r"(?m)^u2net-client\s*=\s*u2net_client\.cli:main\s*$", entry_points)
+    assert re.search(r"(?m)^u2net-client\s*=\s*u2serve\.apps\.cli:main\s*$", entry_points)
     metadata = wheel.read(info.replace("entry_points.txt", "METADATA")).decode()
     unconditional = [
         line.split(":", 1)[1].strip()

@@ -26,8 +26,8 @@ from PIL import Image
 
 from tools.torchserve import Ports, Server, start
 from u2net_client import AsyncU2NetClient, RetryPolicy, U2NetClient, U2NetError
-from u2net_client._generated import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
-from u2net_client.cli import main as cli_main
+from u2serve.apps.cli import main as cli_main
+from u2serve.core._generated import inference_pb2, inference_pb2_grpc, management_pb2, management_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 REFUSED_TOKEN = "Token Authorization failed"

@@ -28,13 +28,14 @@ from google.protobuf import json_format, text_format
 from PIL import Image
 
 from handler import engine, precision, triton
-from handler.errors import Code
 from handler.model import VARIANTS
 from handler.pipeline import Segmenter, SegmentRequest, Task
 from handler.settings import HandlerSettings, worker_threads
 from tests import servekit as sk
-from u2net_client import AsyncU2NetClient, Options, U2NetClient, U2NetError, _v2, imaging
-from u2net_client._generated import open_inference_grpc_pb2 as pb
+from u2net_client import AsyncU2NetClient, Options, U2NetClient, U2NetError, _v2
+from u2serve.core import imaging
+from u2serve.core._generated import open_inference_grpc_pb2 as pb
+from u2serve.core.errors import Code
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2", reason="pip install --no-deps tritonclient==2.73.0 python-rapidjson"

@@ -35,8 +35,8 @@ from handler.pipeline import Segmenter, SegmentRequest, Task
 from handler.settings import HandlerSettings
 from handler.triton import loaded_engine
 from u2net_client import AsyncU2NetClient, RetryPolicy, U2NetClient, U2NetError
-from u2net_client._generated import triton_repository_pb2, u2serve_pb2
 from u2net_client.options import Options
+from u2serve.core._generated import triton_repository_pb2, u2serve_pb2
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc", reason="make test installs tritonclient (--no-deps)")
 
@@ -356,7 +356,7 @@ def test_v2_falls_back_to_torchserves_service_name_and_shape():
     from concurrent import futures
 
     from u2net_client import _v2
-    from u2net_client._generated import open_inference_grpc_pb2 as pb
+    from u2serve.core._generated import open_inference_grpc_pb2 as pb
 
     seen = []
 

@@ -22,10 +22,12 @@ import pytest
 from PIL import Image
 
 from tests import videoclips as vc
-from u2net_client import AsyncU2NetClient, U2NetClient, U2NetError, imaging
-from u2net_client._temporal import Flicker, MaskSmoother, is_scene_cut, thumbnail
-from u2net_client._video import FORMATS, check_options, output_format, video_options
+from u2net_client import AsyncU2NetClient, U2NetClient, U2NetError
 from u2net_client.options import Options
+from u2serve.apps.temporal import Flicker, MaskSmoother, is_scene_cut, thumbnail
+from u2serve.apps.video import FORMATS, check_options, output_format, video_options
+from u2serve.core import imaging
+from u2serve.core.errors import CoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 10
@@ -43,17 +45,17 @@ def mae(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_output_format_from_extension_or_name_and_refusals():
     assert output_format("a/b.WEBM").name == "webm" and output_format("x.bin", "mov").name == "mov"
-    with pytest.raises(U2NetError, match=r"unknown video format; accepted: \.webm, \.mov, \.mp4"):
+    with pytest.raises(CoreError, match=r"unknown video format; accepted: \.webm, \.mov, \.mp4"):
         output_format("clip.avi")
-    with pytest.raises(U2NetError, match=r"\.mp4 cannot carry transparency: give a background"):
+    with pytest.raises(CoreError, match=r"\.mp4 cannot carry transparency: give a background"):
         check_options(Options(), FORMATS["mp4"])
-    with pytest.raises(U2NetError, match="crop changes the size"):
+    with pytest.raises(CoreError, match="crop changes the size"):
         check_options(Options(crop=True), FORMATS["webm"])
     check_options(Options(background="#00ff00"), FORMATS["mp4"])
     assert video_options(None, "#00ff00", 0.5) == Options(background=(0, 255, 0), threshold=0.5)
     given = Options(background="#102030")
     assert video_options(given, None, None) is given
-    with pytest.raises(U2NetError, match="not both"):
+    with pytest.raises(CoreError, match="not both"):
         video_options(given, None, 0.5)
 
 
@@ -377,7 +379,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_nothing(server, client, subject, tmp_pa
 
 def test_backgrounds_options_pass_through_to_the_full_resolution_compose(tmp_path, reference_dir):
     """background_image, effect and refine reach compose.compose per frame (masks faked: no server)."""
-    from u2net_client._video import VideoJob, run
+    from u2serve.apps.video import VideoJob, run
 
     subject = Image.open(reference_dir / "images" / "bike.jpg")
     src = tmp_path / "in.mp4"
@@ -396,7 +398,9 @@ def test_backgrounds_options_pass_through_to_the_full_resolution_compose(tmp_pat
         "blur": Options(effect="blur"),
         "refined": Options(background="#0000ff", refine="postprocess"),
     }.items():
-        summary = run(VideoJob(src, tmp_path / f"{name}.mp4", options), Fake, 2, None)
+        summary = run(
+            VideoJob(src, tmp_path / f"{name}.mp4", options), Fake, lambda fn, frames: (fn(f) for f in frames), None
+        )
         assert summary.frames == 3 and not summary.transparent
         corner = vc.decode(tmp_path / f"{name}.mp4")[0][2, 2]
         if name == "image":

@@ -18,11 +18,11 @@ pytest.importorskip("fastapi", reason="the web extra: pip install -e '.[web]' (m
 from fastapi.testclient import TestClient
 
 from u2net_client import CutoutResult, MaskResult, U2NetError
-from u2net_client.web import Settings, create_app, fields, rembg
-from u2net_client.web.errors import HTTPError
-from u2net_client.web.fetch import Fetcher, public_address
+from u2serve.web import Settings, create_app, fields, rembg
+from u2serve.web.errors import HTTPError
+from u2serve.web.fetch import Fetcher, public_address
 
-STATIC = Path(__file__).resolve().parents[1] / "client/u2net_client/web/static"
+STATIC = Path(__file__).resolve().parents[1] / "client/u2serve/web/static"
 
 
 def png(size: tuple[int, int] = (8, 6), mode: str = "RGB") -> bytes:
@@ -172,7 +172,7 @@ def test_sdk_errors_become_json_statuses(app, fake, code, status, retry_after):
 
 
 def test_limits_are_413_by_their_type_not_their_message(app, fake):
-    from u2net_client.imaging import TooManyPixels
+    from u2serve.core.imaging import TooManyPixels
 
     fake.fail = TooManyPixels(grpc.StatusCode.INVALID_ARGUMENT, "image is 9x9 = 81 pixels, over the limit of 80")
     r = app.post("/v1/models/u2netp/mask", files={"file": ("a.png", png())}, headers=KEY)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from u2net_client import U2NetClient
-from u2net_client.web.fields import sdk_supports
+from u2serve.web.fields import sdk_supports
 
 pytest.importorskip("fastapi", reason="the web extra: pip install -e '.[web]' (make test installs it)")
 

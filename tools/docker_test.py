@@ -33,8 +33,8 @@ from tools import reference_dir
 from tools.container import Engine, EngineError, find_engine, limit_ulimits, local_base, pip_build
 from tools.torchserve import Ports, Server, ServerError, start
 from u2net_client import U2NetClient, U2NetError
-from u2net_client.web.settings import DEFAULT_PORT as WEB_PORT_IN_IMAGE
-from u2net_client.web.settings import REMBG_DEFAULT_MODEL as REMBG_MODEL
+from u2serve.web.settings import DEFAULT_PORT as WEB_PORT_IN_IMAGE
+from u2serve.web.settings import REMBG_DEFAULT_MODEL as REMBG_MODEL
 
 log = logging.getLogger("docker_test")
 

@@ -18,7 +18,7 @@ repository (data/u2net-reference/), which travels as it is. The device reaches n
 travel too, and U2SERVE_CACHE=$PWD/.gpu-carry/cache points the build at them (handler/sources.py checks their md5):
 `weights/u2netp.onnx` fits in a call; `u2net.onnx` is larger than what one call may carry, so it travels as `split
 -b 60M` parts, one per call while the machine stays warm, joined there with `cat`. A first call carries .whl/java
-and installs it; the last carries .whl/py, client/u2net_client/_generated and .gpu-carry and runs the check:
+and installs it; the last carries .whl/py, client/u2serve/core/_generated and .gpu-carry and runs the check:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/java/*.whl
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/py/*.whl \\

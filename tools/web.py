@@ -3,7 +3,7 @@
     python tools/web.py start --home var [--host 127.0.0.1] [--port 7000] [--target 127.0.0.1:7070 ...]
     python tools/web.py stop --home var
 
-It runs `python -m u2net_client.web` in the background with TorchServe's key file from the home
+It runs `python -m u2serve.web` in the background with TorchServe's key file from the home
 folder, writes its pid to <home>/web.pid and its log to <home>/logs/web.log, waits until /healthz
 answers, and prints the page's address with the key (`http://127.0.0.1:7000/?token=...`).
 """
@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as `python tools/web.py`: its siblings are 
     sys.path.insert(0, str(ROOT))
 from tools.process import ProcessError, ServerHandle, ServerProcess  # noqa: E402
 
-MODULE = "u2net_client.web"
+MODULE = "u2serve.web"
 
 
 class WebError(ProcessError):

@@ -10,17 +10,16 @@
 
 from u2net_client._auth import DEFAULT_KEY_FILE, KEY_FILE_ENV
 from u2net_client._errors import U2NetError
-from u2net_client._image import ImageInput
 from u2net_client._retry import RetryPolicy
 from u2net_client._sync import U2NetClient
 from u2net_client._types import Box, CutoutResult, MaskResult, ModelInfo, WorkerInfo
 from u2net_client._v2 import ModelMetadata, TensorSpec
-from u2net_client._video import FORMATS as VIDEO_FORMATS
-from u2net_client._video import VideoResult
 from u2net_client.aio import AsyncU2NetClient
 from u2net_client.options import Color, CutoutKeywords, MaskKeywords, Options
-
-__version__ = "0.1.0"
+from u2serve import __version__
+from u2serve.apps.video import FORMATS as VIDEO_FORMATS
+from u2serve.apps.video import VideoResult
+from u2serve.core.image import ImageInput
 
 __all__ = [
     "DEFAULT_KEY_FILE",

@@ -2,6 +2,6 @@
 
 import sys
 
-from u2net_client.cli import main
+from u2serve.apps.cli import main
 
 sys.exit(main())

@@ -30,16 +30,16 @@ from u2net_client._base import (
     channel_security,
     healthy,
 )
-from u2net_client._errors import U2NetError
-from u2net_client._generated import inference_pb2_grpc, management_pb2, management_pb2_grpc
-from u2net_client._generated import open_inference_grpc_pb2 as v2pb
-from u2net_client._image import ImageInput
+from u2net_client._errors import U2NetError, sdk_errors
 from u2net_client._protocol import Protocol
 from u2net_client._request import CUTOUT, MASK, ResultT
 from u2net_client._retry import ErrorMapper, RetryPolicy
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
 from u2net_client._v2 import ModelMetadata, V2Stub, metadata_from
 from u2net_client.options import CutoutKeywords, MaskKeywords, Options
+from u2serve.core._generated import inference_pb2_grpc, management_pb2, management_pb2_grpc
+from u2serve.core._generated import open_inference_grpc_pb2 as v2pb
+from u2serve.core.image import ImageInput
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,10 +76,11 @@ class Done(Generic[T]):
 def resume(steps: Steps[T], outcome: Any) -> Rpc | Done[T]:
     """Hands `steps` the outcome of its last RPC (the reply, or the U2NetError it failed with; None to
     start) and says what comes next: another RPC, or the call's result."""
-    try:
-        return steps.throw(outcome) if isinstance(outcome, U2NetError) else steps.send(outcome)
-    except StopIteration as done:
-        return Done(done.value)
+    with sdk_errors():  # the steps run the core (options, the tensor path's pixels): its errors leave as ours
+        try:
+            return steps.throw(outcome) if isinstance(outcome, U2NetError) else steps.send(outcome)
+        except StopIteration as done:
+            return Done(done.value)
 
 
 def check_keywords(method: str, keywords: Mapping[str, object], accepted: frozenset[str]) -> None:
@@ -130,8 +131,9 @@ class SegmentTask(Generic[ResultT]):
             U2NetError: INVALID_ARGUMENT for options= and keywords at once, or a bad option.
         """
         check_keywords(method, keywords, self.keywords)
-        options = Options.from_call(given, keywords)
-        options.check_task(self.code == MASK)
+        with sdk_errors():
+            options = Options.from_call(given, keywords)
+            options.check_task(self.code == MASK)
         return options
 
 
@@ -147,7 +149,8 @@ def options_of_video(given: Options | None, keywords: Mapping[str, object]) -> O
         U2NetError: INVALID_ARGUMENT for options= and keywords at once, or a bad option.
     """
     check_keywords("video", keywords, CUTOUT_TASK.keywords)
-    return Options.from_call(given, keywords)
+    with sdk_errors():
+        return Options.from_call(given, keywords)
 
 
 class Calls:

@@ -1,10 +1,18 @@
-"""The SDK's one exception type, and the mapping from gRPC failures onto it."""
+"""The SDK's one exception type, and the mapping from gRPC failures and the core's errors onto it."""
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import grpc
+
+from u2serve.core.errors import CoreError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # TorchServe appends the Java exception's class on a line of its own: "Model not found: x\norg.pytorch...".
 _JAVA_CLASS = re.compile(r"\n(?:org|java)\.[\w.$]+\s*$")
@@ -18,8 +26,11 @@ _MODEL_API_DISABLED = "Model API disabled"
 _TRITON_RESTRICTED = "This protocol is restricted"
 
 
-class U2NetError(Exception):
+class U2NetError(CoreError):
     """Any failure of a u2serve call: transport, server, or the request itself.
+
+    A subclass of the core's `u2serve.core.errors.CoreError`, so `except CoreError` catches both; its
+    code is gRPC's own type.
 
     Attributes:
         code: The gRPC status code: INVALID_ARGUMENT for bad input (never worth a retry),
@@ -28,16 +39,47 @@ class U2NetError(Exception):
         message: What went wrong, in words.
     """
 
+    code: grpc.StatusCode  # type: ignore[assignment]  # the same numbers as the core's Code, gRPC's type
+
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
+        Exception.__init__(self, f"{code.name}: {message}")
         self.code = code
         self.message = message
+
+    @classmethod
+    def from_core(cls, error: CoreError) -> U2NetError:
+        """The SDK's error for one the core raised (options, the pixel pipeline): the same code and message."""
+        if isinstance(error, U2NetError):
+            return error
+        return cls(status_code(int(error.code)), error.message)
 
     def __repr__(self) -> str:
         return f"U2NetError({self.code.name}, {self.message!r})"
 
-    def __reduce__(self) -> tuple[type[U2NetError], tuple[grpc.StatusCode, str]]:
+    def __reduce__(self) -> tuple[type[U2NetError], tuple[grpc.StatusCode, str]]:  # type: ignore[override]
         return (type(self), (self.code, self.message))
+
+
+@contextmanager
+def sdk_errors() -> Iterator[None]:
+    """The SDK's boundary: a core error raised inside leaves as a U2NetError with its code and message."""
+    try:
+        yield
+    except U2NetError:
+        raise
+    except CoreError as exc:
+        raise U2NetError.from_core(exc) from exc
+
+
+def raises_sdk_errors(fn: F) -> F:
+    """`sdk_errors` around every call of `fn` (an SDK entry point that runs core code)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with sdk_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def status_code(number: int) -> grpc.StatusCode:

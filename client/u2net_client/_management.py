@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 
 from u2net_client._errors import U2NetError
-from u2net_client._generated import management_pb2
 from u2net_client._types import ModelInfo, WorkerInfo
+from u2serve.core._generated import management_pb2
 
 # ListModels answers nothing at all for limit=0; TorchServe caps a page at 100.
 PAGE_SIZE = 100

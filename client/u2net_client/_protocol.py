@@ -6,7 +6,7 @@ how its reply becomes a typed result. The sync and asyncio clients only carry th
   or to TorchServe with `ts_open_inference_protocol=true`; the server does everything and answers a
   SegmentResponse.
 - "triton": KServe v2 on Triton to the network model of `python -m handler.triton` (`<model>_network`); the
-  client decodes, preprocesses and postprocesses with u2net_client.imaging (the server's own pipeline code),
+  client decodes, preprocesses and postprocesses with u2serve.core.imaging (the server's own pipeline code),
   the server runs only the network.
 """
 
@@ -19,11 +19,12 @@ from typing import Any, Generic
 
 import grpc
 
-from u2net_client import _v2, compose, imaging
+from u2net_client import _v2
 from u2net_client._errors import U2NetError
-from u2net_client._image import ImageInput, image_bytes
 from u2net_client._request import MASK, ResultT, build_request, parse_response
 from u2net_client.options import Options
+from u2serve.core import compose, imaging
+from u2serve.core.image import ImageInput, image_bytes
 
 PROTOCOLS = ("torchserve", "v2", "triton")
 # The v2 service names to try, in order (u2net_client._v2.V2Stub): Triton's standard one, then TorchServe's.

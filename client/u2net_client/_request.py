@@ -8,9 +8,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from u2net_client._errors import U2NetError, status_code
-from u2net_client._generated import inference_pb2, u2serve_pb2
 from u2net_client._types import Box, CutoutResult, MaskResult
 from u2net_client.options import Options
+from u2serve.core._generated import inference_pb2, u2serve_pb2
 
 ResultT = TypeVar("ResultT", MaskResult, CutoutResult)
 MASK = u2serve_pb2.MASK

@@ -10,18 +10,18 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from u2net_client._concurrency import ordered_map
+from u2net_client._concurrency import check_concurrency, ordered_map
 from u2net_client._core import CUTOUT_TASK, MASK_TASK, ClientBase, Rpc, Steps, option_keywords, options_of_video, resume
-from u2net_client._errors import U2NetError
-from u2net_client._image import ImageInput
+from u2net_client._errors import U2NetError, sdk_errors
 from u2net_client._request import ResultT
 from u2net_client._retry import call
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
 from u2net_client._v2 import ModelMetadata
-from u2net_client._video import DEFAULT_CONCURRENCY, Progress, VideoJob, VideoResult
-from u2net_client._video import run as run_video
-from u2net_client.imaging import DEFAULT_MAX_PIXELS
 from u2net_client.options import CutoutKeywords, MaskKeywords, Options
+from u2serve.apps.video import DEFAULT_CONCURRENCY, Progress, VideoJob, VideoResult
+from u2serve.apps.video import run as run_video
+from u2serve.core.image import ImageInput
+from u2serve.core.imaging import DEFAULT_MAX_PIXELS
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -286,10 +286,15 @@ class U2NetClient(ClientBase):
                 FAILED_PRECONDITION without PyAV; any error of a frame's request.
             TypeError: For a keyword that is no option.
         """
-        job = VideoJob(src, dst, options_of_video(options, keywords), format, smooth, max_pixels)
-        return run_video(
-            job, lambda png: self.mask(png, model, version=version, timeout=timeout), concurrency, progress
-        )
+        check_concurrency(concurrency)
+        with sdk_errors():
+            job = VideoJob(src, dst, options_of_video(options, keywords), format, smooth, max_pixels)
+            return run_video(
+                job,
+                lambda png: self.mask(png, model, version=version, timeout=timeout),
+                lambda fn, frames: self.map(fn, frames, concurrency=concurrency),
+                progress,
+            )
 
     def ping(self, *, timeout: float | None = 5.0) -> bool:
         """Whether the server answers and reports itself healthy; tried once, no retries.

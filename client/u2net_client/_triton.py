@@ -12,9 +12,9 @@ from typing import Any
 
 import grpc
 
-from u2net_client._generated import triton_repository_pb2 as pb
 from u2net_client._types import ModelInfo, WorkerInfo
 from u2net_client._v2 import NETWORK_SUFFIX, TRITON_SERVICE
+from u2serve.core._generated import triton_repository_pb2 as pb
 
 READY = "READY"
 

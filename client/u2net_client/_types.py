@@ -11,19 +11,9 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
+from u2serve.core.types import Box
 
-@dataclass(frozen=True)
-class Box:
-    """The salient object's bounding box, in pixels of the input as displayed."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-
-    def as_ltrb(self) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom), the form PIL's Image.crop takes."""
-        return (self.x, self.y, self.x + self.width, self.y + self.height)
+__all__ = ["Box", "CutoutResult", "MaskResult", "ModelInfo", "WorkerInfo"]
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import grpc
 import numpy as np
 
 from u2net_client._errors import U2NetError
-from u2net_client._generated import inference_pb2, u2serve_pb2
-from u2net_client._generated import open_inference_grpc_pb2 as pb
 from u2net_client.options import Options
+from u2serve.core._generated import inference_pb2, u2serve_pb2
+from u2serve.core._generated import open_inference_grpc_pb2 as pb
 
 TORCHSERVE_SERVICE = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
 TRITON_SERVICE = "inference.GRPCInferenceService"

@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from u2net_client._concurrency import aordered_map
+from u2net_client._concurrency import aordered_map, check_concurrency
 from u2net_client._core import CUTOUT_TASK, MASK_TASK, ClientBase, Rpc, Steps, option_keywords, options_of_video, resume
-from u2net_client._errors import U2NetError
-from u2net_client._image import ImageInput
+from u2net_client._errors import U2NetError, sdk_errors
 from u2net_client._request import ResultT
 from u2net_client._retry import acall
 from u2net_client._types import CutoutResult, MaskResult, ModelInfo
 from u2net_client._v2 import ModelMetadata
-from u2net_client._video import DEFAULT_CONCURRENCY, Progress, VideoJob, VideoResult
-from u2net_client._video import arun as arun_video
-from u2net_client.imaging import DEFAULT_MAX_PIXELS
 from u2net_client.options import CutoutKeywords, MaskKeywords, Options
+from u2serve.apps.video import DEFAULT_CONCURRENCY, Progress, VideoJob, VideoResult
+from u2serve.apps.video import arun as arun_video
+from u2serve.core.image import ImageInput
+from u2serve.core.imaging import DEFAULT_MAX_PIXELS
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -150,10 +150,12 @@ class AsyncU2NetClient(ClientBase):
     ) -> VideoResult:
         """As `U2NetClient.video`, awaited; decoding and encoding run in a worker thread."""
         checked = options_of_video(options, keywords)
-        job = await asyncio.to_thread(VideoJob, src, dst, checked, format, smooth, max_pixels)
-        return await arun_video(
-            job, lambda png: self.mask(png, model, version=version, timeout=timeout), concurrency, progress
-        )
+        check_concurrency(concurrency)
+        with sdk_errors():
+            job = await asyncio.to_thread(VideoJob, src, dst, checked, format, smooth, max_pixels)
+            return await arun_video(
+                job, lambda png: self.mask(png, model, version=version, timeout=timeout), concurrency, progress
+            )
 
     async def ping(self, *, timeout: float | None = 5.0) -> bool:
         """As `U2NetClient.ping`, awaited."""

@@ -29,13 +29,13 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from u2net_client import compose, imaging
 from u2net_client._base import DEFAULT_MANAGEMENT_TARGET, DEFAULT_TARGET, DEFAULT_TIMEOUT
-from u2net_client._errors import U2NetError
-from u2net_client._image import image_bytes
+from u2net_client._errors import U2NetError, raises_sdk_errors
 from u2net_client._sync import U2NetClient
 from u2net_client._types import CutoutResult, MaskResult
 from u2net_client.options import Options
+from u2serve.core import compose, imaging
+from u2serve.core.image import image_bytes
 
 MODELS = ("u2net", "u2netp")
 """The rembg session names u2serve serves."""
@@ -81,6 +81,7 @@ class U2NetSession:
         if self._owns_client:
             self.client.close()
 
+    @raises_sdk_errors
     def predict(self, img: Image.Image) -> list[Image.Image]:
         """The served mask of `img`, as rembg's `session.predict` returns it.
 
@@ -96,6 +97,7 @@ class U2NetSession:
         return [self.client.mask(img, self.model_name).image]
 
 
+@raises_sdk_errors
 def new_session(
     model_name: str = "u2net",
     *,
@@ -153,6 +155,7 @@ def default_session() -> U2NetSession:
         return _default_session
 
 
+@raises_sdk_errors
 def remove(
     data: RemoveInput,
     alpha_matting: bool = False,

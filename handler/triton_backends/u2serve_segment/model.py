@@ -25,11 +25,11 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from handler import codec
-from handler.errors import Code, U2ServeError
 from handler.model import VARIANTS
 from handler.pipeline import Outcome, Segmenter, SegmentRequest
 from handler.settings import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION
 from handler.triton import instance_threads
+from u2serve.core.errors import Code, CoreError, invalid
 
 NETWORK_INPUT, NETWORK_OUTPUT = "INPUT__0", "OUTPUT__0"
 # Triton's error codes by name: the stub binds pb_utils.TritonError only once the model runs, not at import.
@@ -86,10 +86,10 @@ class TritonPythonModel:
         return torch.from_numpy(pb_utils.get_output_tensor_by_name(reply, NETWORK_OUTPUT).as_numpy())
 
 
-def _parse(request: Any) -> SegmentRequest | U2ServeError:
+def _parse(request: Any) -> SegmentRequest | CoreError:
     try:
         return codec.from_v2_inputs(_one(request, codec.V2_REQUEST_INPUT), _one(request, codec.V2_IMAGE_INPUT))
-    except U2ServeError as exc:
+    except CoreError as exc:
         return exc
 
 
@@ -100,5 +100,5 @@ def _one(request: Any, name: str) -> bytes | None:
         return None
     values = tensor.as_numpy().reshape(-1)
     if values.size != 1 or not isinstance(values[0], bytes):
-        raise U2ServeError(f"input {name!r} must hold one BYTES element (shape [1, 1]), got {values.size}")
+        raise invalid(f"input {name!r} must hold one BYTES element (shape [1, 1]), got {values.size}")
     return values[0]

@@ -1,0 +1,1 @@
+"""The applications over the SDK: the `u2net-client` command line, video and evaluation."""

@@ -1,0 +1,1 @@
+"""What the SDK and the server share: options, the pixel pipeline, errors and the wire format; no transport."""

@@ -1,0 +1,138 @@
+"""The gateway's settings: read once (command line or code), checked where they enter."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from u2net_client.connection import (
+    DEFAULT_KEY_FILE,
+    DEFAULT_MANAGEMENT_TARGET,
+    DEFAULT_TARGET,
+    KEY_FILE_ENV,
+    MAX_SEND_BYTES,
+)
+from u2serve.core.imaging import DEFAULT_MAX_PIXELS
+
+DEFAULT_PORT = 7000  # rembg's `rembg s` port, so a rembg user changes only the host
+MODELS = ("u2netp", "u2net")
+REMBG_DEFAULT_MODEL = "u2net"  # rembg's default session
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work; the message says which and what is accepted."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app needs to know, validated on construction.
+
+    Attributes:
+        key_file: TorchServe's key_file.json: its current inference key is the one key the app accepts,
+            and the app's own gRPC calls use its keys. Re-read whenever TorchServe rewrites it.
+        target: TorchServe's gRPC inference API (host:port).
+        management_target: TorchServe's gRPC management API (host:port).
+        models: The models offered, the first being /v1's default.
+        rembg_default_model: The model /api/remove uses without `model=`, and the page's first choice: u2net,
+            rembg's default (the authors' weights); u2netp is the fast one, a field away.
+        max_body_bytes: The largest request body (TorchServe's max_request_size); refused with 413 before reading.
+        max_pixels: The largest width x height (the handler's max_pixels); read from the header, 413 above it.
+        max_in_flight: Requests to TorchServe at once; beyond it the app answers 503 with Retry-After at once.
+        timeout: Seconds each model call may take, retries included; then 504.
+        url_hosts: Hosts GET /api/remove?url= may fetch from ("example.com", "*.example.com"); empty: off.
+        url_max_bytes: The largest image fetched from a URL.
+        url_max_redirects: Redirects followed, each checked as the first URL was.
+    """
+
+    key_file: Path
+    target: str = DEFAULT_TARGET
+    management_target: str = DEFAULT_MANAGEMENT_TARGET
+    models: tuple[str, ...] = MODELS
+    rembg_default_model: str = REMBG_DEFAULT_MODEL
+    max_body_bytes: int = MAX_SEND_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_in_flight: int = 64
+    timeout: float = 60.0
+    url_hosts: tuple[str, ...] = field(default_factory=tuple)
+    url_max_bytes: int = 16 * 1024 * 1024
+    url_max_redirects: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise SettingsError("models is empty; name at least one served model, e.g. u2netp")
+        if self.rembg_default_model not in self.models:
+            raise SettingsError(f"rembg_default_model={self.rembg_default_model!r} is not one of models {self.models}")
+        for name in ("max_body_bytes", "max_pixels", "max_in_flight", "url_max_bytes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name}={getattr(self, name)!r}; accepted: a whole number >= 1")
+        if self.timeout <= 0:
+            raise SettingsError(f"timeout={self.timeout!r}; accepted: seconds > 0")
+
+
+def find_key_file(given: str | None, environ: dict[str, str] | None = None) -> Path:
+    """The key file: given, else $U2SERVE_KEY_FILE, else ./var/key_file.json; it must exist."""
+    env = os.environ if environ is None else environ
+    path = Path(given or env.get(KEY_FILE_ENV) or DEFAULT_KEY_FILE).expanduser()
+    if not path.is_file():
+        raise SettingsError(
+            f"no key file at {path}: the app accepts TorchServe's inference key and needs its key_file.json "
+            f"(--key-file or ${KEY_FILE_ENV}; `make serve` writes var/key_file.json)"
+        )
+    return path.resolve()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m u2serve.web",
+        description=(
+            "u2serve's web page and HTTP APIs: the page at /, rembg's /api/remove, /v1 (described at /docs), "
+            "/healthz, /readyz and /metrics. A client of TorchServe over gRPC: it loads no model. It accepts "
+            "TorchServe's inference key (X-Api-Key or Authorization: Bearer; the page takes ?token= once)."
+        ),
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}, as rembg's)")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="TorchServe gRPC inference host:port")
+    p.add_argument("--management-target", default=DEFAULT_MANAGEMENT_TARGET, help="gRPC management host:port")
+    p.add_argument("--key-file", help=f"TorchServe's key_file.json (default ${KEY_FILE_ENV}, else var/key_file.json)")
+    p.add_argument(
+        "--models", nargs="+", default=list(MODELS), help=f"the models offered (default: {' '.join(MODELS)})"
+    )
+    p.add_argument(
+        "--rembg-default-model",
+        default=REMBG_DEFAULT_MODEL,
+        help=f"model of /api/remove without model=, the page's default ({REMBG_DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=MAX_SEND_BYTES, help="larger request bodies get 413 (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images get 413 (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-in-flight", type=int, default=64, help="images in flight beyond this get 503 (default %(default)s)"
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per image, else 504 (default %(default)s)")
+    p.add_argument(
+        "--allow-url-host", action="append", default=[], metavar="HOST",
+        help="let GET /api/remove?url= fetch from HOST (or *.domain); repeat; off by default",
+    )  # fmt: skip
+    p.add_argument("--log-level", default="info", help="uvicorn's log level (default %(default)s)")
+    return p
+
+
+def from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        key_file=find_key_file(args.key_file),
+        target=args.target,
+        management_target=args.management_target,
+        models=tuple(args.models),
+        rembg_default_model=args.rembg_default_model,
+        max_body_bytes=args.max_body_bytes,
+        max_pixels=args.max_pixels,
+        max_in_flight=args.max_in_flight,
+        timeout=args.timeout,
+        url_hosts=tuple(args.allow_url_host),
+    )
