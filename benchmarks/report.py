@@ -4,7 +4,7 @@
     python -m benchmarks.report render benchmarks/results --write BENCHMARKS.md
     python -m benchmarks.report fill README.md [--check]                 # the README's headline table
 
-The document keeps the latest end-to-end record of each machine kind (CPU with native bf16, AVX2-only CPU,
+The document keeps the latest end-to-end record of each machine kind (CPU with AMX, with AVX-512, AVX2-only,
 GPU) and model (U2NETP, then U2NET: one `make bench` run records both), the latest video record of each kind
 (benchmarks/results/video/), and the latest engine study of each kind and model; older records stay in the
 folder as history. Every figure and verdict comes from benchmarks/verdicts.py.
@@ -29,12 +29,19 @@ from benchmarks import verdicts as V
 from handler import precision
 
 KIND_TITLES = {
-    "cpu-bf16": "CPU with native bf16 (AVX512_BF16 or AMX): U2NETP served with torchscript-bf16",
-    "cpu-avx2": "CPU with AVX2, no native bf16: the worker falls back to OpenVINO fp32",
+    "cpu-bf16": "CPU with AMX (bf16 matrix units): U2NETP served with torchscript-bf16",
+    "cpu-avx512": "CPU with AVX-512, no AMX: served with MNN's Winograd on AMD, OpenVINO fp32 on Intel",
+    "cpu-avx2": "CPU with AVX2 only: served with MNN's Winograd",
     "cpu": "CPU without AVX2",
 }
-KIND_SHORT = {"cpu-bf16": "CPU, native bf16", "cpu-avx2": "CPU, AVX2 only", "cpu": "CPU", "cuda": "GPU"}
-CPU_KINDS = ("cpu-bf16", "cpu-avx2")  # always shown, with "no run" where none is recorded
+KIND_SHORT = {
+    "cpu-bf16": "CPU, AMX",
+    "cpu-avx512": "CPU, AVX-512",
+    "cpu-avx2": "CPU, AVX2 only",
+    "cpu": "CPU",
+    "cuda": "GPU",
+}
+CPU_KINDS = ("cpu-bf16", "cpu-avx512", "cpu-avx2")  # always shown, with "no run" where none is recorded
 MODEL_ORDER = ("u2netp", "u2net")  # a kind's sections in this order (U2NETP was measured first and alone)
 HEADER = """# Benchmarks
 
@@ -43,8 +50,8 @@ benchmarks/results --write BENCHMARKS.md`; do not edit by hand. `make bench` mea
 free ports from `model_store/*.mar`), writes a record per model (U2NETP and U2NET, measured in the same rounds,
 each against rembg with its own session of that model) with the commit, the machine and every sample, and
 renders this file; its last step, `python -m benchmarks.video`, records a video run in
-`benchmarks/results/video/` and renders it again. Each machine kind keeps its latest record of each model: a CPU
-with native bf16 and an AVX2-only CPU serve with different engines. The engine study
+`benchmarks/results/video/` and renders it again. Each machine kind keeps its latest record of each model: CPUs
+with AMX, with AVX-512 alone and with AVX2 only serve with different engines. The engine study
 (`python -m benchmarks.engines --write BENCHMARKS.md`) times every candidate CPU engine and precision and
 checks it against the serving accuracy gate (`handler/precision.py`); OpenVINO rows appear where `openvino`
 is installed. Timings on a shared machine are noisy: every measurement is repeated once per round, in an order

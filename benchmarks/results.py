@@ -4,7 +4,8 @@ One file per run and model, `benchmarks/results/<study>-<kind>-<date>-<model>.js
 U2NET was measured beside U2NETP have no `-<model>`), schema 1:
 
     schema 1; study "end-to-end" (benchmarks/bench.py) or "engines" (benchmarks/engines.py);
-    kind "cpu-bf16" | "cpu-avx2" | "cpu" | "cuda" (device_kind); date (ISO 8601, UTC); commit; dirty; smoke;
+    kind "cpu-bf16" | "cpu-avx512" | "cpu-avx2" | "cpu" | "cuda" (device_kind); date (ISO 8601, UTC); commit; dirty;
+    smoke;
     provenance {"measured": true} or {"converted_from": ..., "note": ...};
     machine {cpu, cores, cpu_flags, native_bf16, gpu, python, versions, load_before, load_after};
     end-to-end: served, settings (models: every model measured in the same rounds, one record each; peer_session:
@@ -40,6 +41,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from handler import cpu
 
 SCHEMA = 1
 END_TO_END = "end-to-end"
@@ -77,9 +80,9 @@ class Machine:
         from handler import precision
 
         return cls(
-            cpu=_cpuinfo_field("model name") or platform.processor() or platform.machine(),
+            cpu=cpu.field("model name") or platform.processor() or platform.machine(),
             cores=os.cpu_count() or 0,
-            cpu_flags=cpu_flags(_cpuinfo_field("flags")),
+            cpu_flags=cpu_flags(cpu.field("flags")),
             native_bf16=precision.native_bf16(),
             gpu=gpu,
             python=platform.python_version(),
@@ -99,26 +102,20 @@ def cpu_flags(flags_line: str | None) -> dict[str, bool] | None:
 def device_kind(machine: Machine) -> str:
     """The kind of machine a record speaks for: BENCHMARKS.md keeps the latest record of each kind.
 
-    "cuda" with a GPU; "cpu-bf16" where bf16 convolutions run natively (the served default engine is
-    torchscript-bf16 there); "cpu-avx2" for an AVX2 CPU without them (the worker falls back to OpenVINO fp32);
-    "cpu" otherwise.
+    The kinds follow the engine chain's hardware rules (handler/engine.py): "cuda" with a GPU; "cpu-bf16" with
+    AMX (U2NETP served with torchscript-bf16); "cpu-avx512" with AVX-512 and no AMX; "cpu-avx2" with AVX2 only;
+    "cpu" otherwise. A record without flags (the oldest) is "cpu-bf16" when its bf16 engine ran natively.
     """
     if machine.gpu:
         return "cuda"
-    flags = machine.cpu_flags or {}
-    if machine.native_bf16 or flags.get("avx512_bf16") or flags.get("amx_bf16"):
+    if machine.cpu_flags is None:
+        return "cpu-bf16" if machine.native_bf16 else "cpu"
+    flags = machine.cpu_flags
+    if flags.get("amx_bf16"):
         return "cpu-bf16"
+    if flags.get("avx512f"):
+        return "cpu-avx512"
     return "cpu-avx2" if flags.get("avx2") else "cpu"
-
-
-def _cpuinfo_field(name: str) -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":", 1)[0].strip() == name:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def package_version(package: str) -> str:

@@ -50,11 +50,10 @@ class ServingDefaults:
 DEFAULTS = {
     # 2-core CPU: one worker using both cores; batching costs little per image and lets a burst of
     # requests share one pass; 20 ms of waiting is small next to a U2NETP image's inference.
-    # bf16 with fp32 islands runs U2NETP faster than onnxruntime on a CPU with native bf16, within the
-    # accuracy gate. Where the weights have no validated plan or the worker's CPU has no native bf16, the
-    # fastest fp32 engine there: MNN's Winograd on an AVX2-only CPU, OpenVINO on one with AVX-512 (the worker
-    # picks, handler.engine); onnxruntime where neither can be imported (benchmarks/engines.py's study;
-    # docs/engines.md).
+    # bf16 with fp32 islands runs U2NETP faster than the fp32 engines on a CPU with AMX, within the accuracy
+    # gate. Where the weights have no validated plan or the worker's CPU has no AMX, the fastest fp32 engine
+    # there: MNN's Winograd, or OpenVINO on an Intel CPU with AVX-512 (the worker picks, handler.engine);
+    # onnxruntime where neither can be imported (benchmarks/engines.py's study; docs/engines.md).
     "cpu": ServingDefaults(
         batch_size=8, max_batch_delay_ms=20, workers=1, response_timeout_s=300, engine=TORCHSCRIPT_BF16, threads=0
     ),

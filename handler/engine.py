@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from handler import precision
+from handler import cpu, precision
 from handler.model import U2Net, U2NetD0
 
 log = logging.getLogger(__name__)
@@ -369,19 +369,20 @@ def _load_torchscript_bf16(path: Path, device: torch.device, threads: int, strea
     return TorchScriptBF16Engine(path, device, threads, streams)
 
 
-def _native_bf16() -> str | None:
-    return None if precision.native_bf16() else "this CPU has no native bf16 (AVX512_BF16 or AMX)"
+def _amx() -> str | None:
+    # bf16 convolutions led every fp32 engine only where AMX runs them; with AVX512_BF16 alone (AMD's Zen 4)
+    # MNN's fp32 Winograd outran them, and emulated bf16 is slower still (benchmarks/results engines-*).
+    if not precision.native_bf16():
+        return "this CPU has no native bf16 (AVX512_BF16 or AMX)"
+    return None if cpu.amx() else "this CPU has no AMX, without which bf16 convolutions trail MNN's fp32 Winograd"
 
 
-def avx512() -> bool:
-    """Whether this CPU runs AVX-512 (torch's kernel choice: ATEN_CPU_CAPABILITY can lower it)."""
-    return torch.backends.cpu.get_cpu_capability() == "AVX512"
-
-
-def _avx2_only() -> str | None:
-    # MNN's wheel has AVX2 kernels only, while OpenVINO's fp32 uses AVX-512 where there is some: there
-    # OpenVINO outruns MNN's Winograd (benchmarks/engines.py), so MNN serves AVX2-only CPUs.
-    return "this CPU has AVX-512, where OpenVINO's fp32 outruns MNN's AVX2 kernels" if avx512() else None
+def _no_intel_avx512() -> str | None:
+    # MNN's wheel has AVX2 kernels only. On an Intel CPU with AVX-512 OpenVINO's fp32 outran MNN's Winograd; on
+    # AVX2-only CPUs and on AMD's AVX-512 (Zen 4, half-width units) MNN led (benchmarks/results engines-*).
+    if cpu.intel_avx512():
+        return "this Intel CPU has AVX-512, where OpenVINO's fp32 outruns MNN's AVX2 kernels"
+    return None
 
 
 @dataclass(frozen=True)
@@ -429,14 +430,15 @@ ENGINES: dict[str, EngineKind] = {
         OPENVINO, ".onnx", export_onnx, OpenVinoEngine, frozenset({"cpu"}), runtime="openvino",
         fallback=ONNXRUNTIME,
     ),
-    # Converted from the ONNX file at build time; the fastest fp32 engine on an AVX2-only CPU.
+    # Converted from the ONNX file at build time; the fastest fp32 engine on AVX2-only and AMD AVX-512 CPUs.
     MNN: EngineKind(
-        MNN, ".mnn", export_mnn, MnnEngine, frozenset({"cpu"}), runtime="MNN", fallback=OPENVINO, hardware=_avx2_only,
+        MNN, ".mnn", export_mnn, MnnEngine, frozenset({"cpu"}), runtime="MNN", fallback=OPENVINO,
+        hardware=_no_intel_avx512,
     ),
-    # Emulated bf16 (a CPU without AVX512_BF16 or AMX) is slower than fp32: such a worker falls back.
+    # bf16 leads where AMX runs it; elsewhere (AVX512_BF16 alone, or emulated) a worker falls back to fp32.
     TORCHSCRIPT_BF16: EngineKind(
         TORCHSCRIPT_BF16, ".bf16.pt", export_torchscript_bf16, _load_torchscript_bf16, frozenset({"cpu"}),
-        fallback=MNN, hardware=_native_bf16,
+        fallback=MNN, hardware=_amx,
     ),
 }  # fmt: skip
 
@@ -481,6 +483,12 @@ def select(name: str, model_dir: Path, model_name: str, device: torch.device) ->
             return candidate
         log.warning("engine %s cannot run (%s); trying %s", candidate, why, after)
     return names[-1]
+
+
+def runnable(name: str, device: torch.device) -> str:
+    """The engine `load` runs from an archive that carries every file of `name`'s chain, on this machine."""
+    names = chain(name)
+    return next((each for each in names[:-1] if ENGINES[each].unavailable(device) is None), names[-1])
 
 
 def load(

@@ -256,14 +256,20 @@ def test_a_record_survives_json_and_readers_ignore_fields_they_do_not_know(tmp_p
         R.from_dict(data, "x.json")
 
 
-def test_the_machine_kind_follows_native_bf16_then_avx2() -> None:
+def test_the_machine_kind_follows_amx_then_avx512_then_avx2() -> None:
     flags = R.cpu_flags("fpu sse avx2 avx512f")
     assert flags == {"avx2": True, "avx512f": True, "avx512_bf16": False, "amx_bf16": False, "amx_tile": False}
-    avx2 = dataclasses.replace(MACHINE, cpu_flags=flags, native_bf16=False)
-    assert R.device_kind(avx2) == "cpu-avx2"
-    assert R.device_kind(dataclasses.replace(avx2, native_bf16=True)) == "cpu-bf16"
-    assert R.device_kind(dataclasses.replace(avx2, cpu_flags=R.cpu_flags("fpu sse4_2"))) == "cpu"
-    assert R.device_kind(dataclasses.replace(avx2, gpu="NVIDIA H200")) == "cuda"
+    avx512 = dataclasses.replace(MACHINE, cpu_flags=flags, native_bf16=False)
+    assert R.device_kind(avx512) == "cpu-avx512"
+    # AVX512_BF16 alone (AMD's Zen 4) is native bf16 but not the bf16 engine's kind: that needs AMX.
+    zen4 = dataclasses.replace(avx512, cpu_flags=R.cpu_flags("avx2 avx512f avx512_bf16"), native_bf16=True)
+    assert R.device_kind(zen4) == "cpu-avx512"
+    assert R.device_kind(dataclasses.replace(zen4, cpu_flags=R.cpu_flags("avx2 avx512f amx_bf16"))) == "cpu-bf16"
+    assert R.device_kind(dataclasses.replace(avx512, cpu_flags=R.cpu_flags("fpu avx2"))) == "cpu-avx2"
+    assert R.device_kind(dataclasses.replace(avx512, cpu_flags=R.cpu_flags("fpu sse4_2"))) == "cpu"
+    assert R.device_kind(dataclasses.replace(avx512, gpu="NVIDIA H200")) == "cuda"
+    # The oldest records have no flags: their kind came from the bf16 engine's own check.
+    assert R.device_kind(dataclasses.replace(avx512, cpu_flags=None, native_bf16=True)) == "cpu-bf16"
     assert R.cpu_flags(None) is None
 
 

@@ -206,14 +206,15 @@ def test_register_and_unregister_say_how_to_enable_them(client):
 
 
 def test_describe_names_the_engine_each_worker_loaded(client):
-    from handler import engine, precision
+    import torch
 
-    # The CPU archives ask for bf16 where a plan exists (U2NETP with the authors' weights); a worker
-    # whose CPU lacks native bf16 falls back to the fp32 engine, MNN, or OpenVINO on a CPU with AVX-512, and
-    # describe says which one runs.
-    fp32 = engine.OPENVINO if engine.avx512() else engine.MNN
-    assert client.describe("u2netp").engine == (engine.TORCHSCRIPT_BF16 if precision.native_bf16() else fp32)
-    assert client.describe("u2net").engine == fp32
+    from handler import engine
+
+    # The CPU archives ask for bf16 where a plan exists (U2NETP with the authors' weights), MNN otherwise; a
+    # worker on a CPU where that one trails falls back along the chain, and describe says which one runs.
+    cpu = torch.device("cpu")
+    assert client.describe("u2netp").engine == engine.runnable(engine.TORCHSCRIPT_BF16, cpu)
+    assert client.describe("u2net").engine == engine.runnable(engine.MNN, cpu)
 
 
 def test_scale_up_and_down(client):
@@ -266,9 +267,11 @@ def test_command_line_ping_models_and_failures(server, photos, tmp_path):
     assert header.split() == ["MODEL", "VERSION", "WORKERS", "BATCH", "DEVICE", "ENGINE", "WEIGHTS"]
     u2net_row = next(r for r in rows if r.startswith("u2net "))
     column = header.index("ENGINE")
+    import torch
+
     from handler import engine
 
-    assert u2net_row[column:].split()[0] == (engine.OPENVINO if engine.avx512() else engine.MNN)
+    assert u2net_row[column:].split()[0] == engine.runnable(engine.MNN, torch.device("cpu"))
     wrong = tmp_path / "keys.json"
     wrong.write_text('{"inference": {"key": "x"}, "management": {"key": "y"}}')
     run = cli_run(server, "models", key_file=wrong)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from handler import cpu, precision, weights
 from handler import engine as E
-from handler import precision, weights
 from handler.model import U2Net, U2NetD0
 from handler.settings import HandlerSettings, SettingsError
 
@@ -68,8 +68,8 @@ needs_native_bf16 = pytest.mark.skipif(not precision.native_bf16(), reason="this
 
 @pytest.fixture
 def avx2_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This CPU taken for one without AVX-512, where MNN serves: an AVX-512 CPU skips it for OpenVINO."""
-    monkeypatch.setattr(E, "avx512", lambda: False)
+    """This CPU taken for one where MNN serves: an Intel CPU with AVX-512 skips it for OpenVINO."""
+    monkeypatch.setattr(cpu, "intel_avx512", lambda: False)
 
 
 @pytest.mark.parametrize("engine", FP32_ENGINES)
@@ -175,20 +175,28 @@ def test_streams_are_at_most_one_per_thread(archive: tuple[U2Net, Path, str, int
     }
 
 
-def test_bf16_falls_back_to_mnn_on_an_avx2_cpu_and_to_openvino_on_an_avx512_one(
+def test_bf16_runs_with_amx_and_falls_back_to_mnn_and_to_openvino_on_intel_avx512(
     archive: tuple[U2Net, Path, str, int], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, directory, name, _ = archive
-    monkeypatch.setattr(precision, "native_bf16", lambda: False)
-    monkeypatch.setattr(E, "avx512", lambda: False)
+    monkeypatch.setattr(precision, "native_bf16", lambda: True)
+    monkeypatch.setattr(cpu, "amx", lambda: True)
+    assert E.runnable(E.TORCHSCRIPT_BF16, CPU) == E.TORCHSCRIPT_BF16  # a Xeon with AMX
+    # AVX512_BF16 without AMX (AMD's Zen 4): native bf16, yet the fp32 engines lead.
+    monkeypatch.setattr(cpu, "amx", lambda: False)
+    monkeypatch.setattr(cpu, "intel_avx512", lambda: False)
     with caplog.at_level(logging.WARNING, logger="handler.engine"):
-        loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU)
-    assert loaded.name == E.MNN
+        assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.MNN
+    assert "engine torchscript-bf16 cannot run (this CPU has no AMX" in caplog.text
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)  # emulated bf16 (an AVX2-only CPU)
+    with caplog.at_level(logging.WARNING, logger="handler.engine"):
+        assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.MNN
     assert "engine torchscript-bf16 cannot run (this CPU has no native bf16" in caplog.text
-    monkeypatch.setattr(E, "avx512", lambda: True)
+    monkeypatch.setattr(cpu, "intel_avx512", lambda: True)
     with caplog.at_level(logging.WARNING, logger="handler.engine"):
         assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.OPENVINO
-    assert "engine mnn cannot run (this CPU has AVX-512, where OpenVINO's fp32 outruns MNN" in caplog.text
+    assert "engine mnn cannot run (this Intel CPU has AVX-512, where OpenVINO's fp32 outruns MNN" in caplog.text
+    assert E.runnable(E.TORCHSCRIPT_BF16, CPU) == E.OPENVINO
 
 
 def test_bf16_falls_back_through_mnn_openvino_and_onnxruntime_to_torchscript(

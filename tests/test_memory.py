@@ -18,9 +18,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from handler import precision
-from handler.engine import MNN, ONNXRUNTIME, OPENVINO, TORCHSCRIPT, TORCHSCRIPT_BF16, avx512
+from handler.engine import MNN, ONNXRUNTIME, OPENVINO, TORCHSCRIPT, TORCHSCRIPT_BF16, runnable
 from u2net_client import U2NetClient
 from u2serve.core._generated import u2serve_pb2
 
@@ -104,12 +105,11 @@ def test_the_served_worker_stays_under_its_bound_in_batches_of_8(
 
 
 def _other_engines() -> list[tuple[str, str]]:
-    # The served test covers the engine this machine picks for each model (U2NET has no bf16 plan: MNN on an
-    # AVX2-only CPU, OpenVINO on an AVX-512 one); these are the ones other CPUs get.
+    # The served test covers the engine this machine picks for each model (U2NET has no bf16 plan, so its
+    # archive starts the chain at MNN); these are the ones other CPUs get.
     cases = []
-    fp32 = OPENVINO if avx512() else MNN
     for model in MODELS:
-        picked = TORCHSCRIPT_BF16 if precision.native_bf16() and model in precision.PLANS else fp32
+        picked = runnable(TORCHSCRIPT_BF16 if model in precision.PLANS else MNN, torch.device("cpu"))
         cases += [(model, e) for e in (MNN, OPENVINO, ONNXRUNTIME, TORCHSCRIPT) if e != picked]
     return cases
 

@@ -27,7 +27,7 @@ import yaml
 from google.protobuf import json_format, text_format
 from PIL import Image
 
-from handler import engine, precision, triton
+from handler import cpu, engine, precision, triton
 from handler.model import VARIANTS
 from handler.pipeline import Segmenter, SegmentRequest, Task
 from handler.settings import HandlerSettings, worker_threads
@@ -109,7 +109,7 @@ def test_cpu_repository_runs_the_network_in_the_stand_in(tmp_path, model_store):
     # describe() names the engine the stand-in loads on this CPU (the TorchServe worker's pick), and the
     # configured one when that is a fallback.
     configured = network.parameters["engine"].string_value
-    runs = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else engine.OPENVINO if engine.avx512() else engine.MNN
+    runs = engine.runnable(engine.TORCHSCRIPT_BF16, torch.device("cpu"))
     also = "" if runs == configured else f"; configured: {configured}"
     stand_in = f"{triton.CPU_NETWORK_BACKEND}, CPU stand-in for libtorch"
     assert segment.parameters["engine"].string_value == f"{runs} ({stand_in}{also})"
@@ -165,15 +165,14 @@ def test_cpu_stand_in_picks_the_engine_the_handler_picks(tmp_path, model_store, 
         return loaded
 
     try:
-        fp32_pick = engine.OPENVINO if engine.avx512() else engine.MNN
-        handlers_pick = engine.TORCHSCRIPT_BF16 if precision.native_bf16() else fp32_pick
-        assert triton.load_network(config, version)[0].name == handlers_pick
+        fp32_pick = engine.runnable(engine.MNN, torch.device("cpu"))
+        assert triton.load_network(config, version)[0].name == engine.runnable(handler.engine, torch.device("cpu"))
         assert load()[1] == threads and load({"threads": "1"})[1] == 1
         with monkeypatch.context() as m:
             m.setattr(precision, "native_bf16", lambda: False)
-            m.setattr(engine, "avx512", lambda: False)  # an AVX2-only CPU: MNN
+            m.setattr(cpu, "intel_avx512", lambda: False)  # an AVX2-only or AMD CPU: MNN
             assert load()[0].name == engine.MNN
-            m.setattr(engine, "avx512", lambda: True)  # AVX-512 without native bf16: OpenVINO
+            m.setattr(cpu, "intel_avx512", lambda: True)  # an Intel CPU with AVX-512, no AMX: OpenVINO
             assert load()[0].name == engine.OPENVINO
         (version / "model.bf16.pt").unlink()
         assert load()[0].name == fp32_pick

@@ -28,8 +28,8 @@ import torch
 import yaml
 from PIL import Image
 
-from handler import engine, precision
-from handler.engine import MNN, OPENVINO, TORCHSCRIPT_BF16, avx512
+from handler import engine
+from handler.engine import MNN, TORCHSCRIPT_BF16, runnable
 from handler.model import VARIANTS
 from handler.pipeline import Segmenter, SegmentRequest, Task
 from handler.settings import HandlerSettings
@@ -41,7 +41,8 @@ from u2serve.core._generated import triton_repository_pb2, u2serve_pb2
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc", reason="make test installs tritonclient (--no-deps)")
 
 MAE_MEAN, MAE_MAX = 0.001, 0.002  # the serving issue's limits vs the published masks
-FP32 = OPENVINO if avx512() else MNN  # the fp32 engine a worker on this CPU runs (handler.engine)
+# The engines a worker on this CPU runs for each archive's configured one (handler.engine's chain).
+FP32, BF16 = runnable(MNN, torch.device("cpu")), runnable(TORCHSCRIPT_BF16, torch.device("cpu"))
 
 
 def client(server, protocol: str, **kwargs) -> U2NetClient:
@@ -214,7 +215,7 @@ def test_models_describe_and_readiness(triton_server):
         assert info.ready_workers == 1 and "stand-in" in info.engine
         # The engine the stand-in loads on this CPU, as TorchServe's describe names its worker's; the archive's
         # configured one beside it when that is a fallback.
-        if precision.native_bf16():
+        if BF16 == TORCHSCRIPT_BF16:
             assert info.engine.startswith(f"{TORCHSCRIPT_BF16} (") and "configured" not in info.engine
         else:
             assert info.engine.startswith(f"{FP32} (") and info.engine.endswith(f"configured: {TORCHSCRIPT_BF16})")
@@ -229,9 +230,8 @@ def test_models_describe_and_readiness(triton_server):
 def test_the_stand_in_runs_the_engine_the_handler_picks(triton_server):
     """The CPU stand-in logs the engine it loaded: on this CPU, the one the TorchServe worker runs
     (tests/test_client_integration.py checks TorchServe's describe with the same rule)."""
-    picked = TORCHSCRIPT_BF16 if precision.native_bf16() else FP32
     log = triton_server.log_file.read_text()
-    assert loaded_engine(log, "u2netp_network") == picked, triton_server.log_tail()
+    assert loaded_engine(log, "u2netp_network") == BF16, triton_server.log_tail()
     assert loaded_engine(log, "u2net_network") == FP32, triton_server.log_tail()
 
 
