@@ -13,7 +13,8 @@ pytest.importorskip("fastapi", reason="the web extra: pip install -e '.[web]' (m
 
 from fastapi.testclient import TestClient
 
-from u2net_client import MaskResult
+from u2net_client import MaskResult, ModelInfo
+from u2net_client._management import describe_request, parse_description
 from u2net_client.web import Settings, create_app
 from u2net_client.web import app as web_app
 from u2net_client.web.settings import CALLER_KEYS_ENV, SettingsError, from_args, parser
@@ -90,3 +91,29 @@ def test_settings_without_any_key_or_with_a_missing_keys_file_are_refused(tmp_pa
         Settings(key_file=None)
     with pytest.raises(SettingsError, match="no caller-keys file at"):
         from_args(parser().parse_args(["--caller-keys", str(tmp_path / "absent")]), {})
+
+
+class DescribingClient(FakeClient):
+    """Records how /readyz describes each model."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, bool]] = []
+
+    async def describe(self, model: str, *, handler: bool = True, timeout: float | None = None) -> ModelInfo:
+        self.asked.append((model, handler))
+        (info,) = parse_description(f'[{{"modelName": "{model}", "workers": [{{"id": "9000", "status": "READY"}}]}}]')
+        return info
+
+
+def test_readyz_asks_torchserves_frontend_alone_never_a_worker(tmp_path):
+    """A describe through the handler waits behind a batch or a model's loading; when the probe's timeout cancels
+    it, TorchServe 0.12 answers into the cancelled stream and loses the worker (seen in make k8s-test)."""
+    keys = tmp_path / "keys"
+    keys.write_text("k\n")
+    fake = DescribingClient()
+    with TestClient(create_app(Settings(key_file=None, caller_keys=keys), lambda _: fake)) as client:
+        answer = client.get("/readyz")
+    assert answer.status_code == 200 and answer.json()["ready"] is True
+    assert sorted(fake.asked) == [("u2net", False), ("u2netp", False)]
+    assert describe_request("u2net", None, handler=False).customized is False
+    assert describe_request("u2net", None).customized is True  # the SDK's describe() still asks the handler
