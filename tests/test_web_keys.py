@@ -57,7 +57,7 @@ def status(client: TestClient, key: str | None) -> int:
 
 def test_a_rotated_secret_is_honoured_without_a_restart_and_the_old_key_refused_after(tmp_path):
     keys = secret_volume(tmp_path, "old-key-aaaa\n", 1)
-    settings = Settings(key_file=None, caller_keys=keys)
+    settings = from_args(parser().parse_args(["--caller-keys", str(keys)]), {})  # as the pod starts it
     with TestClient(create_app(settings, lambda _: FakeClient())) as client:
         assert (status(client, "old-key-aaaa"), status(client, "new-key-bbbb"), status(client, None)) == (200, 403, 401)
         secret_volume(tmp_path, "# overlap: both while callers move\nold-key-aaaa\nnew-key-bbbb\n", 2)
@@ -79,7 +79,7 @@ def test_caller_keys_need_no_torchserve_key_file_and_its_calls_carry_no_key(tmp_
     keys.write_text("k\n")
     environ = {CALLER_KEYS_ENV: str(keys), "U2SERVE_KEY_FILE": str(tmp_path / "never-written.json")}
     settings = from_args(parser().parse_args([]), environ)
-    assert (settings.caller_keys, settings.key_file) == (keys.resolve(), None)
+    assert (settings.caller_keys, settings.key_file) == (keys.absolute(), None)
     made = {}
     monkeypatch.setattr(web_app, "AsyncU2NetClient", lambda *args, **kwargs: made.update(kwargs))
     web_app.sdk_client(settings)

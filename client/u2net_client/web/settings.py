@@ -140,7 +140,8 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
     key_file = find_key_file(args.key_file, env) if caller_keys is None or args.key_file else None
     return Settings(
         key_file=key_file,
-        caller_keys=Path(caller_keys).resolve() if caller_keys else None,
+        # Not resolved: a Secret's file is a link through ..data, which the kubelet swaps at every update.
+        caller_keys=Path(caller_keys).absolute() if caller_keys else None,
         target=args.target,
         management_target=args.management_target,
         models=tuple(args.models),
