@@ -10,8 +10,9 @@ through. Then `podman kube down` and nothing of it left. Each check prints PASS 
 goes to build/k8s-test.json. Exit 1 when a check fails, 2 when podman cannot run here.
 
 What podman does not do as a kubelet does, and what the render does instead (docs/deployment.md):
-the Secret and ConfigMap volumes become host folders in the kubelet's layout (podman 4.3 cannot update a
-played Secret in place), so the rotation is the kubelet's atomic swap made on that folder; podman runs no
+the Secret and ConfigMap volumes become host folders in the kubelet's layout (podman 4.3.1 crashes playing
+a Secret volume, and would not update one in place), so the rotation is the kubelet's atomic swap made on
+that folder; podman runs no
 probe without systemd's timers, so the restart comes from the restartPolicy (the entrypoint exits when
 TorchServe does), not from the livenessProbe.
 """
