@@ -12,7 +12,7 @@ CORE_SRC := $(wildcard client/u2serve/core/*.py) client/u2serve/__init__.py \
 	protos/u2serve.proto
 STUB_ENV := .venv-triton/u2serve-stub-env.txt
 
-.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test docker-image triton triton-repo loadtest bench bench-render bench-video gpu-check gpu-wheels docs docs-serve readme
+.PHONY: all serve stop test browser test-fast soak archives protos lint clean help docker docker-cpu docker-test docker-image k8s-test triton triton-repo loadtest bench bench-render bench-video gpu-check gpu-wheels docs docs-serve readme
 all: archives
 
 help:
@@ -42,6 +42,7 @@ help:
 	@echo "make docker    GPU image (make docker-cpu: the CPU variant)"
 	@echo "make docker-test  build the CPU image from a local Debian base (podman or Docker), run and check it"
 	@echo "make docker-image that build alone (docker-test then finds its layers cached)"
+	@echo "make k8s-test  that image in deploy/k8s's Deployment, run by podman kube play and checked (build/k8s-test.json)"
 
 # One virtual environment with the server, load, eval and dev extras (load brings rembg, the peer the tests
 # and the bench compare with). The authors' weights are not installed: handler/sources.py fetches them.
@@ -192,6 +193,11 @@ docker-test: archives protos
 # The image alone, as docker-test builds it (its base too); .ci/run builds it beside `make test`.
 docker-image: archives protos
 	$(PY) tools/docker_test.py --build-only
+
+# deploy/k8s's Deployment run for real by `podman kube play` (tools/k8s_test.py): the image as docker-test builds
+# it (its layers cached), then readiness, keys, a rotation and a killed TorchServe's recovery through the port.
+k8s-test: protos
+	$(PY) tools/k8s_test.py
 
 clean:
 	rm -rf build $(MARS) client/u2serve/core/_generated triton_repo .venv-triton

@@ -23,8 +23,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks import capacity, sweep
 from benchmarks import results as R
-from benchmarks import sweep
 from benchmarks import verdicts as V
 from handler import precision
 
@@ -610,6 +610,7 @@ SECTIONS: dict[str, Callable[[list[R.Record]], str]] = {
     "headline": render_headline,
     "video": render_video,
     "engines": render_engines,
+    "capacity": capacity.render_capacity,
 }
 _MARKED = re.compile(r"<!-- bench:(?P<name>[\w-]+) -->\n(?:.*?\n)??<!-- /bench:(?P=name) -->", re.DOTALL)
 

@@ -17,14 +17,20 @@ stop() {
 }
 trap 'stop; exit 143' TERM INT
 
-until [[ -s "${U2SERVE_KEY_FILE}" ]]; do
-    if ! kill -0 "${serving}" 2>/dev/null; then
-        wait "${serving}"
-        exit $?
-    fi
-    sleep 0.2
-done
-python -m u2serve.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" --key-file "${U2SERVE_KEY_FILE}" &
+# In Kubernetes (deploy/k8s) the gateway accepts the keys of a mounted Secret ($U2SERVE_CALLER_KEYS) and
+# TorchServe, on the pod's loopback only, runs without token authorization: no key file to wait for.
+keys=()
+if [[ -z "${U2SERVE_CALLER_KEYS:-}" ]]; then
+    until [[ -s "${U2SERVE_KEY_FILE}" ]]; do
+        if ! kill -0 "${serving}" 2>/dev/null; then
+            wait "${serving}"
+            exit $?
+        fi
+        sleep 0.2
+    done
+    keys=(--key-file "${U2SERVE_KEY_FILE}")
+fi
+python -m u2serve.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" "${keys[@]}" &
 gateway=$!
 
 wait -n  # either one (bash 4.3+: the GPU base image is Ubuntu)

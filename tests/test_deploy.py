@@ -9,9 +9,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from test_memory import LIMIT_MIB as WORKER_BOUND_MIB
+
+from benchmarks import results as R
+from u2serve.web.auth import parse_caller_keys
+from u2serve.web.metrics import Metrics
+from u2serve.web.routers import ROUTERS
+from u2serve.web.settings import CALLER_KEYS_ENV, Settings
+from u2serve.web.settings import DEFAULT_PORT as WEB_PORT
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
@@ -19,6 +28,21 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 DOCKERFILE = DEPLOY.parent / "Dockerfile"
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests target
 LABELS = {"app.kubernetes.io/name": "u2serve"}
+# Beside the workers and the frontend's heap: the JVM's own (metaspace, threads, buffers) and the gateway.
+JVM_AND_GATEWAY_MIB = 768
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity).groups()
+    return int(number) * units[unit]
+
+
+def worker_mib(model: str) -> float:
+    """A worker's memory: the memory test's bound, or the bench sweep's recorded peak where that is higher."""
+    records = [r for r in R.read_all([R.RESULTS_DIR]) if isinstance(r, R.EndToEnd) and r.served.model == model]
+    peaks = [x for r in records for point in r.sweep for x in point.worker_rss_mib]
+    return max([WORKER_BOUND_MIB[model], *peaks])
 
 
 def documents(path: Path) -> list[dict]:
@@ -59,72 +83,116 @@ def test_kustomize_builds():
     out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "k8s")], capture_output=True, text=True, check=True)
     built = [d for d in yaml.safe_load_all(out.stdout) if d]
     kinds = sorted(d["kind"] for d in built)
-    assert (
-        kinds
-        == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget"]
-        + ["Service"] * 2
-    )
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+    ]
     assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "u2serve" for d in built)
 
 
-def test_deployment_runs_torchserve_on_a_gpu_with_probes_on_ping(objects):
+def test_the_gateway_is_the_pods_front_door_and_torchserve_listens_on_loopback(objects):
     deployment = objects[("Deployment", "u2serve")]
     assert deployment["spec"]["replicas"] >= 2
     pod = deployment["spec"]["template"]
     assert pod["metadata"]["labels"] == deployment["spec"]["selector"]["matchLabels"] == LABELS
     (container,) = pod["spec"]["containers"]
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        get = container[probe]["httpGet"]
-        assert get["path"] == "/ping" and get["port"] == "http", probe
+    assert ports == {"http": WEB_PORT}  # the gateway's, as the image's entrypoint starts it
+    assert f"U2SERVE_WEB_PORT={WEB_PORT}" in DOCKERFILE.read_text()
+    probes = {probe: container[probe]["httpGet"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert {p["port"] for p in probes.values()} == {"http"}
+    assert [p["path"] for p in probes.values()] == ["/healthz", "/readyz", "/healthz"]
+    routes = {getattr(route, "path", None) for router in ROUTERS for route in router.routes}
+    assert {"/healthz", "/readyz"} <= routes
     # The image's own entrypoint (Dockerfile, docker/entrypoint.sh) runs TorchServe in the foreground on the
-    # mounted config ($U2SERVE_CONFIG).
+    # mounted config ($U2SERVE_CONFIG), then the gateway on the caller keys when $U2SERVE_CALLER_KEYS is set.
     assert "command" not in container and "args" not in container
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", DOCKERFILE.read_text(), re.M).group(1))
     script = (DOCKERFILE.parent / entrypoint[-1].removeprefix("/opt/u2serve/")).read_text()
     assert '--foreground --ncs --ts-config "${U2SERVE_CONFIG}"' in script
+    assert f'"${{{CALLER_KEYS_ENV}:-}}"' in script
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == "config"]
     assert mount["mountPath"] == re.search(r"U2SERVE_CONFIG=(\S+)", DOCKERFILE.read_text()).group(1)
     user = re.findall(r"^USER (\d+):(\d+)$", DOCKERFILE.read_text(), re.M)[-1]
     assert str(pod["spec"]["securityContext"]["runAsUser"]) == user[0]
     config_volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "config")
     config = properties(objects[("ConfigMap", config_volume["configMap"]["name"])]["data"]["config.properties"])
-    assert config["inference_address"] == f"http://0.0.0.0:{ports['http']}"
-    assert config["metrics_address"] == f"http://0.0.0.0:{ports['metrics']}"
-    assert (config["grpc_inference_address"], int(config["grpc_inference_port"])) == ("0.0.0.0", ports["grpc"])
-    assert config["ts_open_inference_protocol"] == "true" and config["enable_model_api"] == "false"
+    for api in ("inference_address", "management_address", "metrics_address"):
+        assert urlsplit(config[api]).hostname == "127.0.0.1", api
+    assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
+    # The gateway's own calls go to TorchServe's defaults on the pod's loopback, without a key.
+    gateway = Settings(key_file=None, caller_keys=Path("keys"))  # as the entrypoint starts it in the pod
+    assert gateway.target == f"127.0.0.1:{config['grpc_inference_port']}"
+    assert gateway.management_target == f"127.0.0.1:{config['grpc_management_port']}"
+    assert config["disable_token_authorization"] == "true" and config["enable_model_api"] == "false"
     assert config["model_store"] in DOCKERFILE.read_text()
-    # Management stays on loopback inside the pod: nothing in the cluster can load or unload models.
-    assert config["management_address"].startswith("http://127.0.0.1:")
 
 
-def test_services_pdb_and_policy_select_the_pods(objects):
-    ports = {
-        p["name"] for p in objects[("Deployment", "u2serve")]["spec"]["template"]["spec"]["containers"][0]["ports"]
-    }
-    for name in ("u2serve", "u2serve-headless"):
-        service = objects[("Service", name)]
-        assert service["spec"]["selector"] == LABELS
-        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
-    assert objects[("Service", "u2serve-headless")]["spec"]["clusterIP"] == "None"
-    assert objects[("PodDisruptionBudget", "u2serve")]["spec"]["selector"]["matchLabels"] == LABELS
-    assert objects[("NetworkPolicy", "u2serve")]["spec"]["podSelector"]["matchLabels"] == LABELS
+def test_callers_keys_come_from_the_secret_mounted_as_a_folder(objects):
+    pod = objects[("Deployment", "u2serve")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    secret = objects[("Secret", volume["secret"]["secretName"])]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    # No subPath: the kubelet updates a Secret volume's files in place only when the folder is mounted.
+    assert "subPath" not in mount and mount["readOnly"] is True
+    (data_key,) = secret["stringData"]
+    assert env[CALLER_KEYS_ENV] == f"{mount['mountPath']}/{data_key}"
+    assert parse_caller_keys(secret["stringData"][data_key]), "the Secret's file has no key line"
 
 
-def test_hpa_scales_the_deployment_on_the_adapters_queue_metric(objects):
+def test_only_the_gateway_port_is_in_a_service_or_open_to_the_network(objects):
+    config = properties(objects[("ConfigMap", "u2serve-config")]["data"]["config.properties"])
+    torchserve = {int(urlsplit(config[a]).port) for a in ("inference_address", "management_address", "metrics_address")}
+    torchserve |= {int(config["grpc_inference_port"]), int(config["grpc_management_port"])}
+    services = [doc for (kind, _), doc in objects.items() if kind == "Service"]
+    assert [s["metadata"]["name"] for s in services] == ["u2serve"]
+    (service,) = services
+    assert service["spec"]["selector"] == LABELS
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(WEB_PORT, "http")]
+    assert not torchserve & {p["port"] for s in services for p in s["spec"]["ports"]}
+    policy = objects[("NetworkPolicy", "u2serve")]
+    assert policy["spec"]["podSelector"]["matchLabels"] == LABELS
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {WEB_PORT}
+    pdb = objects[("PodDisruptionBudget", "u2serve")]
+    assert pdb["spec"]["selector"]["matchLabels"] == LABELS
+    hpa = objects[("HorizontalPodAutoscaler", "u2serve")]
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]  # a drain leaves a pod serving
+
+
+def test_hpa_scales_the_deployment_on_the_gauge_the_gateway_exports(objects):
     hpa = objects[("HorizontalPodAutoscaler", "u2serve")]
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "u2serve")
     assert 1 < hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
+    name = metric["pods"]["metric"]["name"]
+    gauges = {m.name for m in Metrics().registry.collect() if m.type == "gauge"}
+    assert name in gauges, f"{name} is not a gauge of the gateway's /metrics: {sorted(gauges)}"
     adapter = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
-    exposed = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
-    assert metric["pods"]["metric"]["name"] in exposed
-    metrics_yaml = yaml.safe_load((DEPLOY.parent / "metrics.yaml").read_text())
-    counters = {m["name"] for m in metrics_yaml["ts_metrics"]["counter"]}
-    assert {"ts_queue_latency_microseconds", "ts_inference_requests_total"} <= counters
+    rules = {rule["name"]["as"]: rule for rule in adapter["rules"]["custom"]}
+    assert name in rules[name]["seriesQuery"] and name in rules[name]["metricsQuery"]
+
+
+def test_memory_is_sized_from_the_workers_bound_and_the_bench_records(objects):
+    """The container's memory holds each worker at the larger of the bound tests/test_memory.py enforces (batches
+    of 8) and the peak RSS the bench's sweep recorded (up to 16 callers), the frontend's capped heap and the
+    gateway; requests equal limits, so a worker is never the one evicted for another pod's burst."""
+    (container,) = objects[("Deployment", "u2serve")]["spec"]["template"]["spec"]["containers"]
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    assert mebibytes(requests["memory"]) == mebibytes(limits["memory"])
+    config = properties(objects[("ConfigMap", "u2serve-config")]["data"]["config.properties"])
+    heap = mebibytes(re.search(r"-Xmx(\d+[mg])", config["vmargs"]).group(1).upper() + "i")
+    models = config["load_models"].replace(".mar", "").split(",")
+    workers = int(config["default_workers_per_model"]) * sum(worker_mib(m) for m in models)
+    assert mebibytes(limits["memory"]) >= workers + heap + JVM_AND_GATEWAY_MIB
 
 
 def test_kserve_inference_service_speaks_grpc_v2_to_torchserve():

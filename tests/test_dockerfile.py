@@ -107,10 +107,10 @@ def test_image_runs_tokened_torchserve_as_a_numeric_non_root_user(tmp_path):
     assert 'torchserve --start --foreground --ncs --ts-config "${U2SERVE_CONFIG}"' in script
     assert not {"--disable-token-auth", "--enable-model-api"} & set(script.split())
     assert env()["U2SERVE_CONFIG"] == "/opt/u2serve/container.properties"
-    # The gateway reads TorchServe's key file, on all interfaces so the published port reaches it.
-    assert (
-        'python -m u2serve.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" --key-file "${U2SERVE_KEY_FILE}"' in script
-    )
+    # The gateway reads TorchServe's key file (or, in Kubernetes, $U2SERVE_CALLER_KEYS: deploy/k8s), on all
+    # interfaces so the published port reaches it.
+    assert 'python -m u2serve.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" "${keys[@]}"' in script
+    assert 'keys=(--key-file "${U2SERVE_KEY_FILE}")' in script
     assert subprocess.run(["bash", "-n", str(ENTRYPOINT_SCRIPT)], capture_output=True).returncode == 0
     assert any(w == "HEALTHCHECK" and "healthcheck.py" in a for w, a in steps)
     assert any(w == "RUN" and "--host 0.0.0.0" in a and "container.properties" in a for w, a in steps)

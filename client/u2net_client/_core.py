@@ -214,14 +214,17 @@ class Calls:
             names += found
         return names
 
-    def describe(self, model: str, version: str | None, timeout: float | None) -> Steps[ModelInfo]:
+    def describe(
+        self, model: str, version: str | None, timeout: float | None, handler: bool = True
+    ) -> Steps[ModelInfo]:
         if (yield from self._on_triton(timeout)):
             mgmt.describe_request(model, version)  # the same checks
             config = yield Rpc("repository", "ModelConfig", _triton.config_request(model, version), MANAGEMENT, timeout)
             meta = yield from self.model_metadata(model, version, timeout)
             ready = yield from self.model_ready(model, version, timeout)
             return _triton.model_info(config.config, version or (meta.versions or ("",))[-1], ready)
-        reply = yield Rpc("management", "DescribeModel", mgmt.describe_request(model, version), MANAGEMENT, timeout)
+        request = mgmt.describe_request(model, version, handler)
+        reply = yield Rpc("management", "DescribeModel", request, MANAGEMENT, timeout)
         return mgmt.parse_description(reply.msg)[0]
 
     def scale(

@@ -71,10 +71,11 @@ def _model_info(entry: dict[str, Any]) -> ModelInfo:
     )
 
 
-def describe_request(model: str, version: str | None) -> management_pb2.DescribeModelRequest:
+def describe_request(model: str, version: str | None, handler: bool = True) -> management_pb2.DescribeModelRequest:
     _check_model(model)
-    # customized=True asks the handler too (describe_handle): weights origin, variant, device.
-    return management_pb2.DescribeModelRequest(model_name=model, model_version=version or "", customized=True)
+    # customized=True asks the handler too (describe_handle): weights origin, variant, device. That goes through
+    # a worker, behind its batch; without it the frontend answers alone (workers and their states).
+    return management_pb2.DescribeModelRequest(model_name=model, model_version=version or "", customized=handler)
 
 
 def scale_request(

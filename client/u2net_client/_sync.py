@@ -312,13 +312,20 @@ class U2NetClient(ClientBase):
         """
         return self._run(self._calls.models(timeout))
 
-    def describe(self, model: str, version: str | None = None, *, timeout: float | None = None) -> ModelInfo:
+    def describe(
+        self, model: str, version: str | None = None, *, handler: bool = True, timeout: float | None = None
+    ) -> ModelInfo:
         """One model's settings, workers and weights origin.
+
+        Args:
+            handler: Ask the model's handler too (weights, engine, device): TorchServe sends that through a worker,
+                behind its batch. False: TorchServe's frontend answers alone (settings, workers and their states),
+                what a readiness check wants; a worker is never waited on.
 
         Raises:
             U2NetError: NOT_FOUND for an unknown model or version.
         """
-        return self._run(self._calls.describe(model, version, timeout))
+        return self._run(self._calls.describe(model, version, timeout, handler))
 
     def scale(
         self,

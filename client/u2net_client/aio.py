@@ -165,9 +165,11 @@ class AsyncU2NetClient(ClientBase):
         """As `U2NetClient.models`, awaited."""
         return await self._run(self._calls.models(timeout))
 
-    async def describe(self, model: str, version: str | None = None, *, timeout: float | None = None) -> ModelInfo:
+    async def describe(
+        self, model: str, version: str | None = None, *, handler: bool = True, timeout: float | None = None
+    ) -> ModelInfo:
         """As `U2NetClient.describe`, awaited."""
-        return await self._run(self._calls.describe(model, version, timeout))
+        return await self._run(self._calls.describe(model, version, timeout, handler))
 
     async def scale(
         self,

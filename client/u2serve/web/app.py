@@ -28,9 +28,11 @@ ClientFactory = Callable[[Settings], AsyncU2NetClient]
 
 
 def sdk_client(settings: Settings) -> AsyncU2NetClient:
+    # No key file: TorchServe runs without token authorization; empty tokens send no header and look for no file.
+    token = "" if settings.key_file is None else None
     return AsyncU2NetClient(
-        settings.target, settings.management_target, key_file=settings.key_file, timeout=settings.timeout,
-        retry=RETRY, max_send_bytes=settings.max_body_bytes,
+        settings.target, settings.management_target, token=token, management_token=token,
+        key_file=settings.key_file, timeout=settings.timeout, retry=RETRY, max_send_bytes=settings.max_body_bytes,
     )  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""One key per deployment: the app accepts TorchServe's current inference key, however it is sent."""
+"""The keys the app accepts, however they are sent: TorchServe's current inference key (one per deployment),
+or the keys of a caller-keys file (a Kubernetes Secret's file: several during a rotation's overlap)."""
 
 from __future__ import annotations
 
@@ -17,29 +18,45 @@ class KeyUnavailable(Exception):
 
 
 class InferenceKey:
-    """TorchServe's inference key from its key file, re-read whenever the file changes (a rotation)."""
+    """The accepted keys, from a file re-read whenever it changes (a rotation).
 
-    def __init__(self, key_file: Path) -> None:
+    Either TorchServe's key_file.json (its inference key), or with `caller_keys` a file of keys, one a line
+    (blank lines and `#` comments skipped): a mounted Secret, which the kubelet updates in place.
+    """
+
+    def __init__(self, key_file: Path, caller_keys: bool = False) -> None:
         self._path = key_file
-        self._seen: tuple[int, int] | None = None
-        self._key = ""
+        self._caller_keys = caller_keys
+        self._what = "the caller-keys file" if caller_keys else "TorchServe's key file"
+        self._seen: tuple[int, int, int] | None = None
+        self._keys: tuple[str, ...] = ()
 
-    def current(self) -> str:
+    def current(self) -> tuple[str, ...]:
         try:
             stat = self._path.stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
+            # The inode too: the kubelet swaps a Secret's files in whole (a symlink to a new folder).
+            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
             if stamp != self._seen:
-                key = parse_key_file(self._path.read_text()).get("inference", "")
-                self._seen, self._key = stamp, key
+                text = self._path.read_text()
+                keys = parse_caller_keys(text) if self._caller_keys else (parse_key_file(text).get("inference", ""),)
+                self._seen, self._keys = stamp, tuple(k for k in keys if k)
         except (OSError, ValueError) as exc:
-            raise KeyUnavailable(f"cannot read TorchServe's key file {self._path}: {exc}") from exc
-        if not self._key:
-            raise KeyUnavailable(f"TorchServe's key file {self._path} has no inference key")
-        return self._key
+            raise KeyUnavailable(f"cannot read {self._what} {self._path}: {exc}") from exc
+        if not self._keys:
+            raise KeyUnavailable(f"{self._what} {self._path} has no {'key' if self._caller_keys else 'inference key'}")
+        return self._keys
 
     def accepts(self, token: str | None) -> bool:
-        """Whether `token` is the current key, compared in constant time."""
-        return bool(token) and hmac.compare_digest(token.encode(), self.current().encode())  # type: ignore[union-attr]
+        """Whether `token` is one of the current keys, each compared in constant time."""
+        if not token:
+            return False
+        return any([hmac.compare_digest(token.encode(), key.encode()) for key in self.current()])  # all compared
+
+
+def parse_caller_keys(text: str) -> tuple[str, ...]:
+    """The keys of a caller-keys file: one a line, blank lines and `#` comments skipped."""
+    lines = (line.strip() for line in text.splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
 
 
 def presented(conn: HTTPConnection) -> str | None:

@@ -28,7 +28,8 @@ class Gateway:
         self.settings = settings
         self.client = client
         self.metrics = metrics
-        self.key = InferenceKey(settings.key_file)
+        keys = settings.caller_keys or settings.key_file
+        self.key = InferenceKey(keys, caller_keys=settings.caller_keys is not None)  # type: ignore[arg-type]
         self.fetcher = Fetcher(settings.url_hosts, settings.url_max_bytes, settings.url_max_redirects)
         self.in_flight = 0
 
@@ -36,10 +37,10 @@ class Gateway:
         """401 without a token, 403 for another key; KeyUnavailable (503) when the key file cannot be read."""
         if token is None:
             raise HTTPError(401, "no token: send `Authorization: Bearer <key>` or `X-Api-Key: <key>` with "
-                            "TorchServe's inference key, or open the address `make serve` printed")  # fmt: skip
+                            "the inference key, or open the address `make serve` printed")  # fmt: skip
         if not self.key.accepts(token):
-            raise HTTPError(403, "token refused: it is not TorchServe's current inference key "
-                            "(keys change at every start and rotation; see key_file.json)")  # fmt: skip
+            raise HTTPError(403, "token refused: it is not a current inference key "
+                            "(keys change at every start and rotation: key_file.json, or the keys Secret)")  # fmt: skip
 
     def check_served(self, model: str) -> str:
         if model not in self.settings.models:

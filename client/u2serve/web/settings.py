@@ -16,6 +16,7 @@ from u2net_client.connection import (
 )
 from u2serve.core.imaging import DEFAULT_MAX_PIXELS
 
+CALLER_KEYS_ENV = "U2SERVE_CALLER_KEYS"
 DEFAULT_PORT = 7000  # rembg's `rembg s` port, so a rembg user changes only the host
 MODELS = ("u2netp", "u2net")
 REMBG_DEFAULT_MODEL = "u2net"  # rembg's default session
@@ -30,8 +31,12 @@ class Settings:
     """Everything the app needs to know, validated on construction.
 
     Attributes:
-        key_file: TorchServe's key_file.json: its current inference key is the one key the app accepts,
-            and the app's own gRPC calls use its keys. Re-read whenever TorchServe rewrites it.
+        key_file: TorchServe's key_file.json: its current inference key is the one key the app accepts
+            (unless caller_keys), and the app's own gRPC calls use its keys. Re-read whenever TorchServe
+            rewrites it. None: TorchServe runs without token authorization (reachable from its pod alone,
+            deploy/k8s), and the app's calls carry no key.
+        caller_keys: A file of the keys callers may send, one a line (a mounted Kubernetes Secret), accepted
+            instead of TorchServe's; re-read whenever it changes, so a rotated Secret needs no restart.
         target: TorchServe's gRPC inference API (host:port).
         management_target: TorchServe's gRPC management API (host:port).
         models: The models offered, the first being /v1's default.
@@ -46,7 +51,8 @@ class Settings:
         url_max_redirects: Redirects followed, each checked as the first URL was.
     """
 
-    key_file: Path
+    key_file: Path | None
+    caller_keys: Path | None = None
     target: str = DEFAULT_TARGET
     management_target: str = DEFAULT_MANAGEMENT_TARGET
     models: tuple[str, ...] = MODELS
@@ -60,6 +66,8 @@ class Settings:
     url_max_redirects: int = 3
 
     def __post_init__(self) -> None:
+        if self.key_file is None and self.caller_keys is None:
+            raise SettingsError("no keys: give TorchServe's key_file, or caller_keys (a file of keys, one a line)")
         if not self.models:
             raise SettingsError("models is empty; name at least one served model, e.g. u2netp")
         if self.rembg_default_model not in self.models:
@@ -98,6 +106,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--management-target", default=DEFAULT_MANAGEMENT_TARGET, help="gRPC management host:port")
     p.add_argument("--key-file", help=f"TorchServe's key_file.json (default ${KEY_FILE_ENV}, else var/key_file.json)")
     p.add_argument(
+        "--caller-keys", metavar="FILE",
+        help=f"accept the keys in FILE (one a line; a mounted Secret, re-read when it changes) instead of "
+        f"TorchServe's (default ${CALLER_KEYS_ENV}); then TorchServe's key file only with --key-file",
+    )  # fmt: skip
+    p.add_argument(
         "--models", nargs="+", default=list(MODELS), help=f"the models offered (default: {' '.join(MODELS)})"
     )
     p.add_argument(
@@ -123,9 +136,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def from_args(args: argparse.Namespace) -> Settings:
+def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    caller_keys = args.caller_keys or env.get(CALLER_KEYS_ENV) or None
+    if caller_keys is not None and not Path(caller_keys).is_file():
+        raise SettingsError(f"no caller-keys file at {caller_keys} (--caller-keys or ${CALLER_KEYS_ENV})")
+    # With caller keys, TorchServe's own key file only where named: in a pod it runs without one.
+    key_file = find_key_file(args.key_file, env) if caller_keys is None or args.key_file else None
     return Settings(
-        key_file=find_key_file(args.key_file),
+        key_file=key_file,
+        # Not resolved: a Secret's file is a link through ..data, which the kubelet swaps at every update.
+        caller_keys=Path(caller_keys).absolute() if caller_keys else None,
         target=args.target,
         management_target=args.management_target,
         models=tuple(args.models),

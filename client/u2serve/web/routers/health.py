@@ -22,7 +22,9 @@ async def healthz() -> dict[str, str]:
 async def readyz(gw: GatewayDep) -> JSONResponse:
     async def ready(model: str) -> bool:
         try:
-            return (await gw.client.describe(model, timeout=5.0)).ready_workers >= 1
+            # The frontend's view alone: a describe through the worker waits behind its batch (or its loading),
+            # and TorchServe 0.12 loses the worker when it answers such a call the probe's timeout cancelled.
+            return (await gw.client.describe(model, handler=False, timeout=5.0)).ready_workers >= 1
         except U2NetError:  # not ready is the answer here, not a failure
             return False
 
