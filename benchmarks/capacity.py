@@ -64,9 +64,9 @@ def render_capacity(records: list[R.Record]) -> str:
         rss = max(x for p in run.sweep for x in p.worker_rss_mib) if any(p.worker_rss_mib for p in run.sweep) else 0
         fleet = " | ".join(str(replicas(load, per_core["cutout"] * cores)) for load in TARGET_LOADS)
         lines.append(
-            f"| {run.kind} | {run.served.model} | {run.served.engine} | {run.served.batch_size} "
-            f"({run.served.max_batch_delay_ms} ms) | {run.machine.cores} | {per_core['cutout']:.2f} "
-            f"| {per_core['mask']:.2f} | {rss:.0f} | {fleet} |"
+            f"| {R.KIND_SHORT.get(run.kind, run.kind)} | {run.served.model} | {run.served.engine} "
+            f"| {run.served.batch_size} ({run.served.max_batch_delay_ms} ms) | {run.machine.cores} "
+            f"| {per_core['cutout']:.2f} | {per_core['mask']:.2f} | {rss:.0f} | {fleet} |"
         )
     missing = [m for m in MODEL_ORDER if m not in models]
     notes = [
@@ -80,8 +80,16 @@ def render_capacity(records: list[R.Record]) -> str:
     return "\n".join((lines if runs else [NO_RECORD]) + notes + ["", render_engine_rates(records)])
 
 
+def fails_gate(row: R.StudyRow, settings: R.StudySettings) -> bool:
+    """Whether the row's masks were checked and missed the gate in force when the study ran."""
+    if row.mae_mean is None or row.mae_max is None:
+        return False
+    return row.mae_mean > settings.gate_mean_mae or row.mae_max > settings.gate_max_mae
+
+
 def render_engine_rates(records: list[R.Record]) -> str:
-    """Model-only images per second per core of each engine, from the newest engine study of each kind and model."""
+    """Model-only images per second per core of each engine that passed the study's accuracy gate, from the newest
+    engine study of each kind and model."""
     newest: dict[tuple[str, str], R.EngineStudy] = {}
     for r in sorted((r for r in records if isinstance(r, R.EngineStudy)), key=lambda r: r.date):
         newest[r.kind, r.settings.model] = r
@@ -89,12 +97,15 @@ def render_engine_rates(records: list[R.Record]) -> str:
     for (kind, model), study in sorted(newest.items()):
         best: dict[str, tuple[float, int]] = {}  # engine -> (img/s per thread, batch) at its best batch
         for row in study.rows:
+            if fails_gate(row, study.settings):
+                continue  # not servable
             ms = statistics.median(row.ms) if row.ms else (row.recorded.ms if row.recorded else None)
             if ms:
                 rate = row.batch / (ms / 1000) / study.settings.threads
                 best[row.engine] = max(best.get(row.engine, (0.0, 0)), (rate, row.batch))
         for engine, (rate, batch) in sorted(best.items(), key=lambda item: -item[1][0]):
-            rows.append(f"| {kind} | {model} | {engine} | {batch} | {study.settings.threads} | {rate:.2f} |")
+            label = R.KIND_SHORT.get(kind, kind)
+            rows.append(f"| {label} | {model} | {engine} | {batch} | {study.settings.threads} | {rate:.2f} |")
     if not rows:
         return "No engine study recorded yet: `python -m benchmarks.engines` times every engine."
     head = ["| machine | model | engine (model only) | best batch | threads | img/s per thread |"]

@@ -34,13 +34,6 @@ KIND_TITLES = {
     "cpu-avx2": "CPU with AVX2 only: served with MNN's Winograd",
     "cpu": "CPU without AVX2",
 }
-KIND_SHORT = {
-    "cpu-bf16": "CPU, AMX",
-    "cpu-avx512": "CPU, AVX-512",
-    "cpu-avx2": "CPU, AVX2 only",
-    "cpu": "CPU",
-    "cuda": "GPU",
-}
 CPU_KINDS = ("cpu-bf16", "cpu-avx512", "cpu-avx2")  # always shown, with "no run" where none is recorded
 MODEL_ORDER = ("u2netp", "u2net")  # a kind's sections in this order (U2NETP was measured first and alone)
 HEADER = """# Benchmarks
@@ -514,7 +507,7 @@ def render_video(records: list[R.Record]) -> str:
     """The latest video record of each kind: rembg frame by frame against `u2net-client video`, with targets."""
     runs = sorted(
         (r for (study, _, _), r in latest(records).items() if study == R.VIDEO and isinstance(r, R.VideoRun)),
-        key=lambda r: list(KIND_SHORT).index(r.kind) if r.kind in KIND_SHORT else len(KIND_SHORT),
+        key=lambda r: list(R.KIND_SHORT).index(r.kind) if r.kind in R.KIND_SHORT else len(R.KIND_SHORT),
     )
     if not runs:
         return NO_RUN["video"]
@@ -532,22 +525,22 @@ def render_video(records: list[R.Record]) -> str:
     for run in runs:
         v = V.video_verdict(run)
         lines.append(
-            f"| {KIND_SHORT.get(run.kind, run.kind)} | {run.rembg.fps:.2f} | {run.served.fps:.2f} | {v.speedup:.2f} "
+            f"| {R.KIND_SHORT.get(run.kind, run.kind)} | {run.rembg.fps:.2f} | {run.served.fps:.2f} | {v.speedup:.2f} "
             f"| {run.served_smooth.fps:.2f} | {v.speedup_smooth:.2f} | {_num(run.served.mean_batch_size)} "
             f"| {run.mask_mae:.4f} "
             f"| {run.rembg.flicker:.4f} / {run.served.flicker:.4f} / {run.served_smooth.flicker:.4f} "
             f"| {_when(run.date):%Y-%m-%d}, {run.commit[:7]} |"
         )
     described = [
-        f"{KIND_SHORT.get(r.kind, r.kind)}: {r.machine.cpu}, {_cores(r.machine)}, a clip of {r.clip.frames} frames of "
-        f"{r.clip.width}x{r.clip.height} at {r.clip.fps} fps"
+        f"{R.KIND_SHORT.get(r.kind, r.kind)}: {r.machine.cpu}, {_cores(r.machine)}, a clip of {r.clip.frames} "
+        f"frames of {r.clip.width}x{r.clip.height} at {r.clip.fps} fps"
         for r in runs
     ]
     lines += ["", f"Machines: {'; '.join(described)}.", "", "Targets:", ""]
     for run in runs:
         v = V.video_verdict(run)
         lines += [
-            f"- {KIND_SHORT.get(run.kind, run.kind)}: ≥ {V.VIDEO_TARGET}× rembg's frame rate: {v.speedup:.2f}× "
+            f"- {R.KIND_SHORT.get(run.kind, run.kind)}: ≥ {V.VIDEO_TARGET}× rembg's frame rate: {v.speedup:.2f}× "
             f"({v.speedup_smooth:.2f}× with --smooth) — {'met' if v.met else 'NOT met'}; mask MAE ≤ "
             f"{V.VIDEO_MAE_TARGET}: {run.mask_mae:.4f} — {'met' if v.mae_met else 'NOT met'}"
         ]
@@ -573,7 +566,7 @@ def render_headline(records: list[R.Record]) -> str:
             video = videos.get(kind)
             lead = f"{V.video_verdict(video).speedup:.2f}" if video and video.model == run.served.model else "-"
             rows.append(
-                f"| {KIND_SHORT.get(kind, kind)} | {run.served.model} | {' | '.join(cells)} | {lead} "
+                f"| {R.KIND_SHORT.get(kind, kind)} | {run.served.model} | {' | '.join(cells)} | {lead} "
                 f"| {_when(run.date):%Y-%m-%d}, {run.commit[:7]} |"
             )
         if runs:
@@ -581,7 +574,7 @@ def render_headline(records: list[R.Record]) -> str:
                 sorted({f"{r.served.model} on {r.served.engine or 'an unreported engine'}" for r in runs})
             )
             machines.append(
-                f"{KIND_SHORT.get(kind, kind)}: {runs[0].machine.cpu}, {_cores(runs[0].machine)}, {engines}"
+                f"{R.KIND_SHORT.get(kind, kind)}: {runs[0].machine.cpu}, {_cores(runs[0].machine)}, {engines}"
             )
     if not rows:
         return NO_RUN["headline"]

@@ -99,6 +99,16 @@ def cpu_flags(flags_line: str | None) -> dict[str, bool] | None:
     return {flag: flag in present for flag in CPU_FLAGS}
 
 
+# Each kind as a table's machine column names it.
+KIND_SHORT = {
+    "cpu-bf16": "CPU, AMX",
+    "cpu-avx512": "CPU, AVX-512",
+    "cpu-avx2": "CPU, AVX2 only",
+    "cpu": "CPU",
+    "cuda": "GPU",
+}
+
+
 def device_kind(machine: Machine) -> str:
     """The kind of machine a record speaks for: BENCHMARKS.md keeps the latest record of each kind.
 

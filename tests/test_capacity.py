@@ -29,7 +29,8 @@ def test_each_row_is_the_newest_sweep_of_its_kind_and_model():
     runs = capacity.latest_runs(records)
     assert runs, "no end-to-end record with a sweep in benchmarks/results"
     for run in runs:
-        row = next(line for line in table.splitlines() if line.startswith(f"| {run.kind} | {run.served.model} |"))
+        label = R.KIND_SHORT[run.kind]
+        row = next(line for line in table.splitlines() if line.startswith(f"| {label} | {run.served.model} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         cores = run.machine.cores or 1
         assert float(cells[5]) == round(capacity.best_rate(run, "cutout") / cores, 2)
@@ -43,3 +44,21 @@ def test_each_row_is_the_newest_sweep_of_its_kind_and_model():
 def test_the_deployment_page_carries_the_section():
     text = (ROOT / "docs" / "deployment.md").read_text()
     assert re.search(r"<!-- bench:capacity -->\n(?:.*\n)??<!-- /bench:capacity -->", text)
+
+
+def test_the_engine_rates_leave_out_engines_that_fail_the_gate():
+    records = R.read_all([R.RESULTS_DIR])
+    newest: dict[tuple[str, str], R.EngineStudy] = {}
+    for r in sorted((r for r in records if isinstance(r, R.EngineStudy)), key=lambda r: r.date):
+        newest[r.kind, r.settings.model] = r
+    shown = {tuple(c.strip() for c in line.strip("|").split("|")[:3]) for line in capacity.render_engine_rates(records)
+             .splitlines()[2:]}  # fmt: skip
+    failing = {
+        (R.KIND_SHORT[kind], model, row.engine)
+        for (kind, model), study in newest.items()
+        for row in study.rows
+        if capacity.fails_gate(row, study.settings)
+    }
+    assert failing, "no recorded engine fails the gate: this test would check nothing"
+    assert not failing & shown
+    assert ("CPU, AVX-512", "u2netp", "mnn") in shown
