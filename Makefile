@@ -55,6 +55,9 @@ $(READY): pyproject.toml setup.py $(wildcard protos/*.proto) protos/generate.py
 	# our stubs. nvidia-pytriton only for the tritonserver 2.51 + Python backend it bundles (tools/triton.py);
 	# its numpy<2 pin would break opencv: the Python backend's stubs get numpy 1.26 in .venv-triton instead.
 	$(PIP) install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25 nvidia-pytriton==0.7.0
+	# kserve only for the OpenAPI-generated model sources of its release (tests/kserve_schema.py reads them with
+	# ast, the InferenceService schema offline); never imported, so none of its heavy dependencies.
+	$(PIP) install -q --no-deps kserve==0.21.0
 	# pymatting compiles its numba solvers on first import (minutes on a busy machine) and caches them:
 	# pay that here, not in the first refine="matting" request.
 	$(PY) -c "import pymatting"

@@ -13,9 +13,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from kserve_schema import InferenceServiceSchema, SchemaError, kserve_version
 from test_memory import LIMIT_MIB as WORKER_BOUND_MIB
 
 from benchmarks import results as R
+from handler.build import DEFAULTS
+from handler.model import VARIANTS
+from handler.triton import NETWORK_SUFFIX, TritonSettings
 from u2serve.web.auth import parse_caller_keys
 from u2serve.web.metrics import Metrics
 from u2serve.web.routers import ROUTERS
@@ -195,19 +199,90 @@ def test_memory_is_sized_from_the_workers_bound_and_the_bench_records(objects):
     assert mebibytes(limits["memory"]) >= workers + heap + JVM_AND_GATEWAY_MIB
 
 
-def test_kserve_inference_service_speaks_grpc_v2_to_torchserve():
-    (isvc,) = documents(DEPLOY / "kserve" / "inferenceservice.yaml")
+# ---- KServe (deploy/kserve): the InferenceServices on the TorchServe and Triton runtimes --------------
+
+KSERVE = DEPLOY / "kserve"
+INFERENCE_SERVICES = sorted(KSERVE.glob("inferenceservice*.yaml"))
+KSERVE_TRITON_GRPC_PORT = 9000  # kserve-tritonserver's --grpc-port: KServe's runtime, not in this repository
+
+
+@pytest.fixture(scope="module")
+def isvc_schema() -> InferenceServiceSchema:
+    return InferenceServiceSchema(K8S_VERSION)
+
+
+def test_the_kserve_models_read_are_the_makefiles_pin():
+    pin = re.search(r"\bkserve==(\S+)", (DEPLOY.parent / "Makefile").read_text()).group(1)
+    assert kserve_version() == pin
+
+
+@pytest.mark.parametrize("path", INFERENCE_SERVICES, ids=lambda p: p.name)
+def test_inference_services_validate_against_the_kserve_and_kubernetes_schemas(path, isvc_schema):
+    (isvc,) = documents(path)
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    isvc_schema.validate(isvc)
+
+
+def _model(isvc: dict) -> dict:
+    return isvc["spec"]["predictor"]["model"]
+
+
+# Each breaks the Triton InferenceService once; the one problem reported names its path.
+BREAKAGES = {
+    "unknown-field": (
+        lambda d: _model(d)["modelFormat"].update(flavour="x"),
+        r"spec\.predictor\.model\.modelFormat\.flavour: unknown field of V1beta1ModelFormat",
+    ),
+    "wrong-type": (
+        lambda d: d["spec"]["predictor"].update(minReplicas="two"),
+        r"spec\.predictor\.minReplicas: str 'two', expected int",
+    ),
+    "missing-required": (
+        lambda d: _model(d).pop("modelFormat"),
+        r"spec\.predictor\.model\.modelFormat: required by V1beta1ModelSpec",
+    ),
+    "missing-predictor": (
+        lambda d: d["spec"].pop("predictor"),
+        r"spec\.predictor: required by V1beta1InferenceServiceSpec",
+    ),
+    "kubernetes-field": (
+        lambda d: _model(d)["resources"].update(limit=_model(d)["resources"].pop("limits")),
+        r"spec\.predictor\.model\.resources: .*'limit' was unexpected.*io\.k8s\.api\.core\.v1\.ResourceRequirements",
+    ),
+    "kubernetes-port-type": (
+        lambda d: _model(d)["ports"][0].update(containerPort=str(_model(d)["ports"][0]["containerPort"])),
+        r"spec\.predictor\.model\.ports\[0\]\.containerPort: '\d+' is not of type 'integer'",
+    ),
+    "kubernetes-required": (
+        lambda d: _model(d)["env"][0].pop("name"),
+        r"spec\.predictor\.model\.env\[0\]: 'name' is a required property",
+    ),
+    "pod-level-kubernetes-field": (
+        lambda d: d["spec"]["predictor"]["volumes"][0]["emptyDir"].update(size="1Gi"),
+        r"spec\.predictor\.volumes\[0\]\.emptyDir: .*'size' was unexpected",
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_a_broken_inference_service_fails_naming_the_path(breakage, isvc_schema):
+    (isvc,) = documents(KSERVE / "inferenceservice-triton.yaml")
+    mutate, message = BREAKAGES[breakage]
+    mutate(isvc)
+    with pytest.raises(SchemaError, match=message) as caught:
+        isvc_schema.validate(isvc)
+    assert len(str(caught.value).splitlines()) == 1, str(caught.value)
+
+
+def test_kserve_inference_service_speaks_grpc_v2_to_torchserve():
+    (isvc,) = documents(KSERVE / "inferenceservice.yaml")
     model = isvc["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] == "grpc-v2"
     assert model["storageUri"]
     assert model["ports"] == [{"name": "h2c", "containerPort": 7070, "protocol": "TCP"}]
-    # The predictor's model is a Container: check its fields with the Pod schema.
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": {"containers": [
-        {"name": "kserve-container", "image": "placeholder", "ports": model["ports"], "resources": model["resources"]}
-    ]}}  # fmt: skip
-    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
-    config = properties((DEPLOY / "kserve" / "config.properties").read_text())
+    predictor = isvc["spec"]["predictor"]
+    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("concurrency", DEFAULTS["cuda"].batch_size)
+    config = properties((KSERVE / "config.properties").read_text())
     assert config["ts_open_inference_protocol"] == "true"
     assert int(config["grpc_inference_port"]) == model["ports"][0]["containerPort"]
     assert config["model_store"] == "/mnt/models/model-store"
@@ -313,3 +388,35 @@ def test_triton_hpa_scales_on_tritons_queue_metric(triton_objects):
     rule = rules[metric["pods"]["metric"]["name"]]
     assert "nv_inference_queue_duration_us" in rule["metricsQuery"]
     assert "nv_inference_request_success" in rule["metricsQuery"]
+
+
+def test_kserve_triton_inference_service_serves_the_repository_make_triton_repo_writes():
+    (isvc,) = documents(KSERVE / "inferenceservice-triton.yaml")
+    predictor, model = isvc["spec"]["predictor"], _model(isvc)
+    assert model["modelFormat"]["name"] == "triton" and model["protocolVersion"] == "grpc-v2"
+    assert model["storageUri"]
+    assert model["ports"] == [{"name": "h2c", "containerPort": KSERVE_TRITON_GRPC_PORT, "protocol": "TCP"}]
+    # Each variant's segment model and the network it calls by BLS, as handler.triton names them.
+    args = model["args"]
+    loaded = {a.removeprefix("--load-model=") for a in args if a.startswith("--load-model=")}
+    assert loaded == {name for variant in VARIANTS for name in (variant, f"{variant}{NETWORK_SUFFIX}")}
+    assert "--model-control-mode=explicit" in args
+    # KServe puts the runtime's args first (the model store, the ports): none here may replace them.
+    overriding = ("--model-store", "--model-repository", "--grpc-port", "--http-port")
+    assert not [a for a in args if a.startswith(overriding)]
+    assert (predictor["scaleMetric"], predictor["scaleTarget"]) == ("concurrency", TritonSettings().max_batch_size)
+    # deploy/triton's image with its keys, restrictions and shared memory; resources as both other GPU pods.
+    pod = documents(TRITON / "deployment.yaml")[0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert model["image"] == container["image"] and model["env"] == container["env"]
+    assert [a for a in args if "restricted" in a or "exit-on-error" in a] == [
+        a for a in container["args"] if "restricted" in a or "exit-on-error" in a
+    ]
+    assert model["volumeMounts"] == container["volumeMounts"] and predictor["volumes"] == pod["volumes"]
+    (torchserve,) = documents(KSERVE / "inferenceservice.yaml")
+    assert model["resources"] == container["resources"] == _model(torchserve)["resources"]
+    # That image's ENTRYPOINT serves its own /models; `command` is the NGC base image's entrypoint instead.
+    text = TRITON_DOCKERFILE.read_text()
+    assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:", text, re.M)
+    assert re.search(r'^ENTRYPOINT \["tritonserver"', text, re.M)
+    assert model["command"] == ["/opt/nvidia/nvidia_entrypoint.sh"]
