@@ -175,7 +175,7 @@ def test_the_callers_deadline_goes_upstream_and_none_stays_none(front, upstream)
     call(front, f"{INFERENCE}/Predictions", b"x", timeout=7.0)
     call(front, f"{INFERENCE}/Predictions", b"y")
     with_deadline, without = (seen["remaining"] for seen in upstream.seen)
-    assert 5.0 < with_deadline <= 7.0  # type: ignore[operator]
+    assert 5.0 < with_deadline < 7.5  # type: ignore[operator]  # the wire rounds a deadline up a little
     assert deadline(without) is None  # type: ignore[arg-type]  # gRPC's far future: no deadline upstream either
 
 
