@@ -106,9 +106,9 @@ RUN --mount=type=bind,target=/context \
         > /opt/u2serve/container.properties \
     && install -d -o u2serve -g u2serve -m 0700 /home/u2serve /home/u2serve/logs /home/u2serve/tmp
 
-# The web gateway; gRPC inference / management, REST inference / management, Prometheus metrics
-# (config.properties).
-EXPOSE 7000 7070 7071 8080 8081 8082
+# The web gateway (HTTP; its gRPC front when $U2SERVE_GRPC_PORT is set, as deploy/k8s does); gRPC inference /
+# management, REST inference / management, Prometheus metrics (config.properties).
+EXPOSE 7000 7001 7070 7071 8080 8081 8082
 
 USER 10001:10001
 # TorchServe writes key_file.json into its working directory; TMPDIR holds its pid file and unpacked models.

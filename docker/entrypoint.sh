@@ -30,7 +30,13 @@ if [[ -z "${U2SERVE_CALLER_KEYS:-}" ]]; then
     done
     keys=(--key-file "${U2SERVE_KEY_FILE}")
 fi
-python -m u2serve.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" "${keys[@]}" &
+# With $U2SERVE_GRPC_PORT (deploy/k8s) the gateway serves TorchServe's gRPC inference API there too, behind the
+# same keys: in the pod TorchServe's own ports are on loopback, so that is the SDK's way in.
+grpc=()
+if [[ -n "${U2SERVE_GRPC_PORT:-}" ]]; then
+    grpc=(--grpc-port "${U2SERVE_GRPC_PORT}")
+fi
+python -m u2serve.web --host 0.0.0.0 --port "${U2SERVE_WEB_PORT}" "${keys[@]}" "${grpc[@]}" &
 gateway=$!
 
 wait -n  # either one (bash 4.3+: the GPU base image is Ubuntu)

@@ -23,7 +23,8 @@ from handler.triton import NETWORK_SUFFIX, TritonSettings
 from u2serve.web.auth import parse_caller_keys
 from u2serve.web.metrics import Metrics
 from u2serve.web.routers import ROUTERS
-from u2serve.web.settings import CALLER_KEYS_ENV, Settings
+from u2serve.web.settings import CALLER_KEYS_ENV, GRPC_PORT_ENV, Settings
+from u2serve.web.settings import DEFAULT_GRPC_PORT as GRPC_PORT
 from u2serve.web.settings import DEFAULT_PORT as WEB_PORT
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
@@ -106,8 +107,10 @@ def test_the_gateway_is_the_pods_front_door_and_torchserve_listens_on_loopback(o
     assert pod["metadata"]["labels"] == deployment["spec"]["selector"]["matchLabels"] == LABELS
     (container,) = pod["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": WEB_PORT}  # the gateway's, as the image's entrypoint starts it
+    assert ports == {"http": WEB_PORT, "grpc": GRPC_PORT}  # the gateway's, as the image's entrypoint starts it
     assert f"U2SERVE_WEB_PORT={WEB_PORT}" in DOCKERFILE.read_text()
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env[GRPC_PORT_ENV] == str(GRPC_PORT)  # the gateway's gRPC front, the SDK's way in
     probes = {probe: container[probe]["httpGet"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert {p["port"] for p in probes.values()} == {"http"}
     assert [p["path"] for p in probes.values()] == ["/healthz", "/readyz", "/healthz"]
@@ -120,6 +123,7 @@ def test_the_gateway_is_the_pods_front_door_and_torchserve_listens_on_loopback(o
     script = (DOCKERFILE.parent / entrypoint[-1].removeprefix("/opt/u2serve/")).read_text()
     assert '--foreground --ncs --ts-config "${U2SERVE_CONFIG}"' in script
     assert f'"${{{CALLER_KEYS_ENV}:-}}"' in script
+    assert f'--grpc-port "${{{GRPC_PORT_ENV}}}"' in script
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == "config"]
     assert mount["mountPath"] == re.search(r"U2SERVE_CONFIG=(\S+)", DOCKERFILE.read_text()).group(1)
     user = re.findall(r"^USER (\d+):(\d+)$", DOCKERFILE.read_text(), re.M)[-1]
@@ -151,7 +155,7 @@ def test_callers_keys_come_from_the_secret_mounted_as_a_folder(objects):
     assert parse_caller_keys(secret["stringData"][data_key]), "the Secret's file has no key line"
 
 
-def test_only_the_gateway_port_is_in_a_service_or_open_to_the_network(objects):
+def test_only_the_gateways_ports_are_in_a_service_or_open_to_the_network(objects):
     config = properties(objects[("ConfigMap", "u2serve-config")]["data"]["config.properties"])
     torchserve = {int(urlsplit(config[a]).port) for a in ("inference_address", "management_address", "metrics_address")}
     torchserve |= {int(config["grpc_inference_port"]), int(config["grpc_management_port"])}
@@ -159,11 +163,14 @@ def test_only_the_gateway_port_is_in_a_service_or_open_to_the_network(objects):
     assert [s["metadata"]["name"] for s in services] == ["u2serve"]
     (service,) = services
     assert service["spec"]["selector"] == LABELS
-    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(WEB_PORT, "http")]
+    ports = [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]]
+    assert ports == [("http", WEB_PORT, "http"), ("grpc", GRPC_PORT, "grpc")]
+    assert [p.get("appProtocol") for p in service["spec"]["ports"]] == [None, "grpc"]
     assert not torchserve & {p["port"] for s in services for p in s["spec"]["ports"]}
+    assert GRPC_PORT not in torchserve
     policy = objects[("NetworkPolicy", "u2serve")]
     assert policy["spec"]["podSelector"]["matchLabels"] == LABELS
-    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {WEB_PORT}
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {WEB_PORT, GRPC_PORT}
     pdb = objects[("PodDisruptionBudget", "u2serve")]
     assert pdb["spec"]["selector"]["matchLabels"] == LABELS
     hpa = objects[("HorizontalPodAutoscaler", "u2serve")]

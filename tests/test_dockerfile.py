@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tools.torchserve import Ports, render_config
+from u2serve.web.settings import DEFAULT_GRPC_PORT as GRPC_PORT
 from u2serve.web.settings import DEFAULT_PORT as WEB_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,8 @@ def test_exposed_ports_are_the_configured_ones():
     assert config_ports(ROOT / "config.properties") == PORTS
     # The web gateway listens on rembg's port, as on the host (entrypoint.sh: --port $U2SERVE_WEB_PORT).
     assert int(env()["U2SERVE_WEB_PORT"]) == WEB_PORT
-    assert exposed == PORTS | {WEB_PORT}
+    # Its gRPC front, where $U2SERVE_GRPC_PORT asks for one (deploy/k8s).
+    assert exposed == PORTS | {WEB_PORT, GRPC_PORT}
 
 
 def test_image_runs_tokened_torchserve_as_a_numeric_non_root_user(tmp_path):

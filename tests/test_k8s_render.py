@@ -10,15 +10,19 @@ from tools import k8s_test
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
 
 
-def test_the_rendered_deployment_is_deploy_k8s_with_the_local_image_a_loopback_port_and_host_folders(tmp_path):
+def test_the_rendered_deployment_is_deploy_k8s_with_the_local_image_loopback_ports_and_host_folders(tmp_path):
     tmp_path.chmod(0o755)
-    out = k8s_test.render("localhost/u2serve:cpu", "u2serve-k8s-test-1", 43210, tmp_path, "the-key")
+    out = k8s_test.render("localhost/u2serve:cpu", "u2serve-k8s-test-1", {"http": 43210, "grpc": 43211}, tmp_path,
+                          "the-key")  # fmt: skip
     deployment = yaml.safe_load(out.read_text())
     kubernetes_validate.validate(deployment, "1.30.0", strict=True)
     assert deployment["spec"]["replicas"] == 1
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "localhost/u2serve:cpu"
-    assert [(p["hostIP"], p["hostPort"]) for p in container["ports"]] == [("127.0.0.1", 43210)]
+    # The gateway's HTTP and gRPC ports, each on its own loopback port.
+    assert [(p["name"], p["hostIP"], p["hostPort"]) for p in container["ports"]] == [
+        ("http", "127.0.0.1", 43210), ("grpc", "127.0.0.1", 43211)
+    ]  # fmt: skip
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert all("hostPath" in v for v in volumes.values()) and not any("subPath" in m for m in container["volumeMounts"])
     # The caller-keys path the container is told resolves, inside the mounted folder, to the generated key.

@@ -2,12 +2,13 @@
 
     python tools/k8s_test.py [--image u2serve:cpu] [--skip-build]
 
-Builds the image as docker-test does (its layers cached), renders the Deployment with that image, a hostPort
-on 127.0.0.1 and a generated key, plays it, and checks through the published port: /readyz, a mask and a
-cutout with the key, 401 without it, TorchServe's ports closed on the pod's address, a key rotation, and
-that a killed TorchServe comes back while an HTTP client retrying on 503 and refused connections rides
-through. Then `podman kube down` and nothing of it left. Each check prints PASS or FAIL; what it measured
-goes to build/k8s-test.json. Exit 1 when a check fails, 2 when podman cannot run here.
+Builds the image as docker-test does (its layers cached), renders the Deployment with that image, hostPorts
+on 127.0.0.1 for the gateway's HTTP and gRPC ports and a generated key, plays it, and checks through the
+published ports: /readyz, a mask and a cutout with the key over HTTP and through the SDK over gRPC, refused
+without it (401/403, UNAUTHENTICATED), TorchServe's ports closed on the pod's address, a key rotation, and
+that a killed TorchServe comes back while the SDK (`U2NetClient` and its RetryPolicy) rides through. Then
+`podman kube down` and nothing of it left. Each check prints PASS or FAIL; what it measured goes to
+build/k8s-test.json. Exit 1 when a check fails, 2 when podman cannot run here.
 
 What podman does not do as a kubelet does, and what the render does instead (docs/deployment.md):
 the Secret and ConfigMap volumes become host folders in the kubelet's layout (podman 4.3.1 crashes playing
@@ -21,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import io
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import shutil
@@ -38,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import httpx
 import yaml
 from PIL import Image
@@ -46,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.container import Engine, EngineError, apt_install, find_engine
 from tools.docker_test import CACHE, DEFAULT_TORCH_INDEX, build, reference_image
+from u2net_client import RetryPolicy, U2NetClient, U2NetError
 
 log = logging.getLogger("k8s_test")
 
@@ -55,17 +60,22 @@ RECORD = ROOT / "build" / "k8s-test.json"
 MODELS = ("u2netp", "u2net")
 READY_WITHIN_S = 600  # both models load on a shared 2-core machine
 RECOVER_WITHIN_S = 600
+# The rider's policy: retries (UNAVAILABLE while the container restarts, RESOURCE_EXHAUSTED while workers
+# start) until the call's deadline, RECOVER_WITHIN_S, at most 2 s apart: a restart of a minute or more rides.
+RIDE = RetryPolicy(max_attempts=1000, initial_backoff=0.5, max_backoff=2.0)
 JAVA_MAIN = b"org.pytorch.serve.ModelServer"
 
 
 @dataclass
 class Pod:
-    """The played pod: its name, its container, the gateway's published URL, the host folders it mounts."""
+    """The played pod: its name, its container, the gateway's published URL and gRPC target, the host folders
+    it mounts."""
 
     engine: Engine
     name: str
     container: str
     url: str
+    grpc_target: str
     keys_dir: Path
     manifest: Path
     key: str  # the Secret's key at the start
@@ -97,9 +107,10 @@ def write_secret_folder(folder: Path, keys: str, version: int) -> None:
         (folder / "keys").symlink_to("..data/keys")
 
 
-def render(image: str, name: str, port: int, work: Path, key: str) -> Path:
-    """deploy/k8s's Deployment for podman: the local image, one replica, the gateway's port on 127.0.0.1,
-    the Secret and ConfigMap as host folders (their files as the kubelet lays them out), emptyDirs too."""
+def render(image: str, name: str, ports: dict[str, int], work: Path, key: str) -> Path:
+    """deploy/k8s's Deployment for podman: the local image, one replica, the gateway's ports on 127.0.0.1
+    (`ports`: host port by container port name), the Secret and ConfigMap as host folders (their files as the
+    kubelet lays them out), emptyDirs too."""
     docs = {d["kind"]: d for p in sorted(DEPLOY.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d}
     deployment = copy.deepcopy(docs["Deployment"])
     deployment["metadata"]["name"] = name
@@ -108,7 +119,7 @@ def render(image: str, name: str, port: int, work: Path, key: str) -> Path:
     (container,) = pod["containers"]
     container["image"] = image
     for p in container["ports"]:
-        p.update(hostPort=port, hostIP="127.0.0.1")
+        p.update(hostPort=ports[p["name"]], hostIP="127.0.0.1")
     volumes = {}
     for volume in pod["volumes"]:
         folder = work / volume["name"]
@@ -185,6 +196,40 @@ def check_mask_and_cutout(run: Run) -> str:
     return f"with the Secret's key: {', '.join(seen)} {size[0]}x{size[1]}"
 
 
+def sdk(run: Run, key: str | None, retry: RetryPolicy | None = None) -> U2NetClient:
+    """The SDK pointed at the published gRPC port as at the Service: both APIs there, one key ("" sends none)."""
+    token = key or ""
+    return U2NetClient(run.pod.grpc_target, run.pod.grpc_target, token=token, management_token=token, retry=retry)
+
+
+def check_grpc_mask_and_cutout_with_the_sdk(run: Run) -> str:
+    seen = []
+    with Image.open(io.BytesIO(run.image)) as original:
+        size = original.size
+    with sdk(run, run.key) as client:
+        served = sorted(m.name for m in client.models())
+        assert served == sorted(MODELS), served
+        for model in MODELS:
+            mask, cutout = client.mask(run.image, model, timeout=120), client.cutout(run.image, model, timeout=120)
+            assert (mask.image.mode, mask.image.size) == ("L", size), (model, mask.image.mode, mask.image.size)
+            assert (cutout.image.mode, cutout.image.size) == ("RGBA", size), (model, cutout.image.mode)
+            seen.append(f"{model} mask L, cutout RGBA (batch {mask.batch_size})")
+    return f"U2NetClient at {run.pod.grpc_target} with the Secret's key: models {served}; {', '.join(seen)}"
+
+
+def check_grpc_refused_without_the_key(run: Run) -> str:
+    codes = []
+    for key in (None, "not-the-key"):
+        with sdk(run, key) as client:
+            try:
+                client.mask(run.image, "u2netp", timeout=60)
+                codes.append("answered")
+            except U2NetError as exc:
+                codes.append(exc.code.name)
+    assert codes == ["UNAUTHENTICATED", "UNAUTHENTICATED"], codes
+    return f"the SDK's U2NetError: no key {codes[0]}, another key {codes[1]} (the gateway answers as TorchServe)"
+
+
 def check_refused_without_the_key(run: Run) -> str:
     codes = (post(run, "/v1/models/u2netp/mask", None).status_code,
              post(run, "/v1/models/u2netp/mask", "not-the-key").status_code)  # fmt: skip
@@ -203,7 +248,9 @@ def check_torchserve_only_on_loopback(run: Run) -> str:
                 open_ports.append(port)
     assert not open_ports, f"TorchServe answers on the pod's address {address}: {open_ports}"
     assert httpx.get(f"http://{address}:7000/healthz", timeout=10).status_code == 200
-    return f"pod address {address}: the gateway's 7000 answers, TorchServe's 7070/7071/8080-8082 refuse"
+    with grpc.insecure_channel(f"{address}:7001") as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+    return f"pod address {address}: the gateway's 7000 and 7001 answer, TorchServe's 7070/7071/8080-8082 refuse"
 
 
 def check_key_rotation_without_restart(run: Run) -> str:
@@ -215,10 +262,22 @@ def check_key_rotation_without_restart(run: Run) -> str:
     write_secret_folder(run.pod.keys_dir, f"{new}\n", 3)
     after = (post(run, "/v1/models/u2netp/mask", run.key).status_code,
              post(run, "/v1/models/u2netp/mask", new).status_code)  # fmt: skip
+    grpc_after = tuple(grpc_answer(run, key) for key in (run.key, new))
     assert overlap == (200, 200) and after == (403, 200), f"overlap {overlap}, after {after}"
+    assert grpc_after == ("UNAUTHENTICATED", "OK"), f"gRPC after {grpc_after}"
     assert run.pod.inspect("{{.RestartCount}}") == restarts, "the container restarted"
     run.key = new
-    return f"overlap old/new {overlap}, then old/new {after}, no restart (the kubelet's swap, made on the folder)"
+    return (f"overlap old/new {overlap}, then old/new {after} (gRPC {grpc_after}), no restart "
+            "(the kubelet's swap, made on the folder)")  # fmt: skip
+
+
+def grpc_answer(run: Run, key: str) -> str:
+    with sdk(run, key) as client:
+        try:
+            client.mask(run.image, "u2netp", timeout=60)
+        except U2NetError as exc:
+            return exc.code.name
+    return "OK"
 
 
 def java_pids(container_id: str) -> list[int]:
@@ -247,24 +306,38 @@ def check_killed_torchserve_recovers(run: Run) -> str:
     after = int(run.pod.inspect("{{.RestartCount}}"))
     run.measured.update(recovery_s=round(recovered - killed, 1), restarts=after - restarts, rider=rider.summary())
     assert after == restarts + 1, f"restart count {restarts} -> {after}"
-    assert rider.failed == 0, f"{rider.failed} requests failed after their retries: {rider.errors[:3]}"
+    assert rider.failed == 0, f"{rider.failed} SDK calls failed after their retries: {rider.errors[:3]}"
     assert rider.answered_after(killed) and rider.answered_after(recovered), rider.summary()
     s = rider.summary()
     return (f"java {pid} killed; the container restarted ({restarts} -> {after}) and /readyz was 200 again after "
-            f"{recovered - killed:.0f} s; the client: {s['answered']} answered, 0 failed, {s['retries']} retries, "
-            f"longest wait {s['longest_s']:.0f} s")  # fmt: skip
+            f"{recovered - killed:.0f} s; the SDK over gRPC (U2NetClient, {RIDE.max_backoff:g} s max backoff): "
+            f"{s['answered']} answered, 0 failed, {s['retries']} retries, longest call {s['longest_s']:.0f} s"
+            )  # fmt: skip
+
+
+class CountingRandom(random.Random):
+    """The RetryPolicy's source of jitter, which it draws once before each retry: the draws are the retries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draws = 0
+
+    def uniform(self, a: float, b: float) -> float:
+        self.draws += 1
+        return super().uniform(a, b)
 
 
 class Rider:
-    """One caller sending masks back to back over HTTP, retrying refused connections and 503s (Retry-After)
-    for up to RECOVER_WITHIN_S: what a client of the Service does while a pod restarts."""
+    """One caller sending masks back to back through the SDK's gRPC, which retries UNAVAILABLE and
+    RESOURCE_EXHAUSTED (RIDE) within each call's deadline of RECOVER_WITHIN_S: what an SDK user of the Service
+    sees while a pod restarts. A call that still fails counts as failed."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.answered: list[tuple[float, float]] = []  # (sent, answered)
-        self.retries = 0
+        self.jitter = CountingRandom()
         self.failed = 0
         self.errors: list[str] = []
 
@@ -276,24 +349,20 @@ class Rider:
         self.thread.join(timeout=RECOVER_WITHIN_S)
 
     def _loop(self) -> None:
-        while not self.done.is_set():
-            sent = time.monotonic()
-            while True:
+        policy = dataclasses.replace(RIDE, rng=self.jitter)
+        with sdk(self.run, self.run.key, retry=policy) as client:
+            while not self.done.is_set():
+                sent = time.monotonic()
                 try:
-                    answer = post(self.run, "/v1/models/u2netp/mask", self.run.key, timeout=60)
-                    if answer.status_code == 200:
-                        self.answered.append((sent, time.monotonic()))
-                        break
-                    retry = answer.status_code in (502, 503, 504)
-                    error = f"{answer.status_code} {answer.text[:120]}"
-                except httpx.TransportError as exc:
-                    retry, error = True, repr(exc)
-                if not retry or time.monotonic() - sent > RECOVER_WITHIN_S:
+                    client.mask(self.run.image, "u2netp", timeout=RECOVER_WITHIN_S)
+                    self.answered.append((sent, time.monotonic()))
+                except U2NetError as exc:
                     self.failed += 1
-                    self.errors.append(error)
-                    break
-                self.retries += 1
-                time.sleep(1)
+                    self.errors.append(str(exc)[:300])
+
+    @property
+    def retries(self) -> int:
+        return self.jitter.draws
 
     def answered_after(self, moment: float) -> bool:
         return any(sent > moment for sent, _ in self.answered)
@@ -322,6 +391,8 @@ CHECKS: tuple[Callable[[Run], str], ...] = (
     check_ready,
     check_mask_and_cutout,
     check_refused_without_the_key,
+    check_grpc_mask_and_cutout_with_the_sdk,
+    check_grpc_refused_without_the_key,
     check_torchserve_only_on_loopback,
     check_memory_under_the_limit,
     check_key_rotation_without_restart,
@@ -333,15 +404,16 @@ CHECKS: tuple[Callable[[Run], str], ...] = (
 
 
 def play(engine: Engine, image: str, work: Path, name: str) -> Pod:
-    port = free_port()
+    ports = {"http": free_port(), "grpc": free_port()}
     key = secrets.token_hex(16)
-    manifest = render(image, name, port, work, key)
+    manifest = render(image, name, ports, work, key)
     engine("kube", "play", str(manifest), timeout=300)
     # podman names a Deployment's pod <name>-pod-0 (4.3; other versions differ) and its containers <pod>-<container>.
     (container,) = [c for c in engine("ps", "-a", "--filter", f"name={name}", "--format", "{{.Names}}").stdout.split()
                     if c.endswith("-u2serve")]  # fmt: skip
     pod = container.removesuffix("-u2serve")
-    return Pod(engine, pod, container, f"http://127.0.0.1:{port}", work / "keys", manifest, key)
+    url, grpc_target = f"http://127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}"
+    return Pod(engine, pod, container, url, grpc_target, work / "keys", manifest, key)
 
 
 def leftovers(engine: Engine, name: str) -> list[str]:
@@ -364,7 +436,8 @@ def play_and_check(
         for check in CHECKS:
             try:
                 results.append((check.__name__, True, check(run)))
-            except (AssertionError, OSError, EngineError, httpx.HTTPError, KeyError, ValueError) as exc:
+            except (AssertionError, OSError, EngineError, httpx.HTTPError, U2NetError, grpc.FutureTimeoutError,
+                    KeyError, ValueError) as exc:  # fmt: skip
                 results.append((check.__name__, False, str(exc)))
     except (AssertionError, EngineError, OSError) as exc:
         results.append(("play", False, str(exc)))
@@ -415,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'PASS' if ok else 'FAIL'} {check_name}: {said}")
     failed = sum(not ok for _, ok, _ in results)
     times = f"build {measured['build_s']} s, ready {measured.get('ready_s', '-')} s"
-    times += f", recovery {measured.get('recovery_s', '-')} s"
+    times += f", recovery {measured.get('recovery_s', '-')} s, the SDK rider {measured.get('rider', '-')}"
     print(f"k8s-test (podman kube play, {measured['total_s']} s in all: {times}; {RECORD}):")
     print(f"{len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0

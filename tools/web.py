@@ -40,6 +40,14 @@ class Web(ServerHandle):
     home: Path
     host: str = "127.0.0.1"
     port: int = 7000
+    grpc_port: int | None = None  # the gRPC front's (--grpc-port); None: none
+
+    @property
+    def grpc_target(self) -> str:
+        if self.grpc_port is None:
+            raise WebError("this gateway was started without a gRPC port")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.grpc_port}"
 
     @property
     def pid_file(self) -> Path:
@@ -78,8 +86,9 @@ def start(web: Web, extra_args: list[str] | None = None, timeout: float = 60.0) 
     key_file = web.home / "key_file.json"
     if not key_file.is_file():
         raise WebError(f"no {key_file}: start TorchServe first (it writes the key the gateway accepts)")
+    grpc_port = ["--grpc-port", str(web.grpc_port)] if web.grpc_port is not None else []
     cmd = [sys.executable, "-m", MODULE, "--host", web.host, "--port", str(web.port), "--key-file", str(key_file),
-           *(extra_args or [])]  # fmt: skip
+           *grpc_port, *(extra_args or [])]  # fmt: skip
     proc = web.process.start(cmd)
     try:
         web.process.wait_until(web.answers, timeout, what=f"an answer on {web.url}/healthz", interval=0.3)

@@ -2,11 +2,13 @@
 
 Nothing here loads a model: every image goes to TorchServe through one `AsyncU2NetClient` (one gRPC
 channel), so concurrent HTTP requests become concurrent gRPC calls that TorchServe batches. Each surface
-is a router of its own (`routers/`); every error type maps to its response once (`errors.py`).
+is a router of its own (`routers/`); every error type maps to its response once (`errors.py`). With a gRPC
+port, the lifespan also runs the gRPC front (`grpc_front.py`): TorchServe's gRPC API behind the same keys.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -17,6 +19,7 @@ from u2net_client import RetryPolicy
 from u2net_client.aio import AsyncU2NetClient
 from u2serve.web.errors import add_exception_handlers
 from u2serve.web.gateway import Gateway
+from u2serve.web.grpc_front import GrpcFront
 from u2serve.web.metrics import BodyLimit, Metrics
 from u2serve.web.routers import ROUTERS
 from u2serve.web.routers.page import STATIC
@@ -43,10 +46,17 @@ def create_app(settings: Settings, client_factory: ClientFactory = sdk_client) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = client_factory(settings)  # inside the loop: grpc.aio channels belong to it
-        app.state.gateway = Gateway(settings, client, metrics)
+        app.state.gateway = gateway = Gateway(settings, client, metrics)
+        # The gRPC front runs on threads of its own, beside the loop; it checks the very keys HTTP does.
+        front = None if settings.grpc_port is None else GrpcFront(settings, gateway.key, metrics)
+        app.state.grpc_front = front
         try:
+            if front is not None:
+                front.start()
             yield
         finally:
+            if front is not None:
+                await asyncio.to_thread(front.stop)  # its grace period, without holding up the loop
             await client.close()
 
     app = FastAPI(

@@ -20,31 +20,36 @@ class KeyUnavailable(Exception):
 class InferenceKey:
     """The accepted keys, from a file re-read whenever it changes (a rotation).
 
-    Either TorchServe's key_file.json (its inference key), or with `caller_keys` a file of keys, one a line
-    (blank lines and `#` comments skipped): a mounted Secret, which the kubelet updates in place.
+    Either TorchServe's key_file.json (its inference key; its `api` key), or with `caller_keys` a file of
+    keys, one a line (blank lines and `#` comments skipped): a mounted Secret, which the kubelet updates in
+    place. Safe to share between the event loop and threads.
     """
 
-    def __init__(self, key_file: Path, caller_keys: bool = False) -> None:
+    def __init__(self, key_file: Path, caller_keys: bool = False, api: str = "inference") -> None:
         self._path = key_file
         self._caller_keys = caller_keys
+        self._api = api  # the entry of TorchServe's key file: the gRPC front sends its management key upstream
         self._what = "the caller-keys file" if caller_keys else "TorchServe's key file"
-        self._seen: tuple[int, int, int] | None = None
-        self._keys: tuple[str, ...] = ()
+        # (stamp, keys) in one attribute: the event loop and the gRPC front's threads read it at once, and
+        # a single assignment never shows one file's stamp with another's keys.
+        self._cache: tuple[tuple[int, int, int] | None, tuple[str, ...]] = (None, ())
 
     def current(self) -> tuple[str, ...]:
         try:
             stat = self._path.stat()
             # The inode too: the kubelet swaps a Secret's files in whole (a symlink to a new folder).
             stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-            if stamp != self._seen:
+            if stamp != self._cache[0]:
                 text = self._path.read_text()
-                keys = parse_caller_keys(text) if self._caller_keys else (parse_key_file(text).get("inference", ""),)
-                self._seen, self._keys = stamp, tuple(k for k in keys if k)
+                keys = parse_caller_keys(text) if self._caller_keys else (parse_key_file(text).get(self._api, ""),)
+                self._cache = (stamp, tuple(k for k in keys if k))
         except (OSError, ValueError) as exc:
             raise KeyUnavailable(f"cannot read {self._what} {self._path}: {exc}") from exc
-        if not self._keys:
-            raise KeyUnavailable(f"{self._what} {self._path} has no {'key' if self._caller_keys else 'inference key'}")
-        return self._keys
+        keys = self._cache[1]
+        if not keys:
+            what = "key" if self._caller_keys else f"{self._api} key"
+            raise KeyUnavailable(f"{self._what} {self._path} has no {what}")
+        return keys
 
     def accepts(self, token: str | None) -> bool:
         """Whether `token` is one of the current keys, each compared in constant time."""
@@ -61,8 +66,11 @@ def parse_caller_keys(text: str) -> tuple[str, ...]:
 
 def presented(conn: HTTPConnection) -> str | None:
     """The token a request carries: `Authorization: Bearer`, `X-Api-Key` (rembg clients), or the page's cookie."""
-    header = conn.headers.get("authorization", "")
+    header = bearer(conn.headers.get("authorization", ""))
+    return header or conn.headers.get("x-api-key") or conn.cookies.get(COOKIE) or None
+
+
+def bearer(header: str) -> str | None:
+    """The key of an `Authorization: Bearer <key>` value (HTTP header or gRPC metadata); None otherwise."""
     scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return conn.headers.get("x-api-key") or conn.cookies.get(COOKIE) or None
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None

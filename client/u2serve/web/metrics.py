@@ -19,12 +19,21 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "u2serve_web_requests", "HTTP requests answered", ["route", "method", "status"], registry=self.registry
+            "u2serve_web_requests",
+            "HTTP requests and gRPC calls (method GRPC, status the code's name) answered",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "u2serve_web_request_seconds", "Time to answer an HTTP request", ["route"], registry=self.registry
+            "u2serve_web_request_seconds",
+            "Time to answer an HTTP request or a gRPC call",
+            ["route"],
+            registry=self.registry,
         )
-        self.in_flight = Gauge("u2serve_web_requests_in_flight", "HTTP requests being answered", registry=self.registry)
+        # One gauge for both fronts: the HPA (deploy/k8s/hpa.yaml) scales on the pod's whole load.
+        self.in_flight = Gauge(
+            "u2serve_web_requests_in_flight", "HTTP requests and gRPC calls being answered", registry=self.registry
+        )
         self.batch_size = Histogram(
             "u2serve_web_batch_size", "The TorchServe batch each image ran in", ["model"],
             buckets=BATCH_BUCKETS, registry=self.registry,

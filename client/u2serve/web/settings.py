@@ -17,7 +17,10 @@ from u2net_client.connection import (
 from u2serve.core.imaging import DEFAULT_MAX_PIXELS
 
 CALLER_KEYS_ENV = "U2SERVE_CALLER_KEYS"
+GRPC_PORT_ENV = "U2SERVE_GRPC_PORT"
 DEFAULT_PORT = 7000  # rembg's `rembg s` port, so a rembg user changes only the host
+# The gRPC front's port where one is wanted (deploy/k8s): beside the HTTP port, clear of TorchServe's 7070/7071.
+DEFAULT_GRPC_PORT = 7001
 MODELS = ("u2netp", "u2net")
 REMBG_DEFAULT_MODEL = "u2net"  # rembg's default session
 
@@ -49,6 +52,9 @@ class Settings:
         url_hosts: Hosts GET /api/remove?url= may fetch from ("example.com", "*.example.com"); empty: off.
         url_max_bytes: The largest image fetched from a URL.
         url_max_redirects: Redirects followed, each checked as the first URL was.
+        grpc_port: Where the gRPC front listens (grpc_front.py: TorchServe's inference API and read-only
+            management calls, behind the same keys); None: no gRPC front. 0: any free port (tests).
+        grpc_host: The address the gRPC front listens on (the HTTP side's --host).
     """
 
     key_file: Path | None
@@ -64,6 +70,8 @@ class Settings:
     url_hosts: tuple[str, ...] = field(default_factory=tuple)
     url_max_bytes: int = 16 * 1024 * 1024
     url_max_redirects: int = 3
+    grpc_port: int | None = None
+    grpc_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.key_file is None and self.caller_keys is None:
@@ -77,6 +85,8 @@ class Settings:
                 raise SettingsError(f"{name}={getattr(self, name)!r}; accepted: a whole number >= 1")
         if self.timeout <= 0:
             raise SettingsError(f"timeout={self.timeout!r}; accepted: seconds > 0")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise SettingsError(f"grpc_port={self.grpc_port!r}; accepted: a port 1-65535 (0: any free one)")
 
 
 def find_key_file(given: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -132,6 +142,11 @@ def parser() -> argparse.ArgumentParser:
         "--allow-url-host", action="append", default=[], metavar="HOST",
         help="let GET /api/remove?url= fetch from HOST (or *.domain); repeat; off by default",
     )  # fmt: skip
+    p.add_argument(
+        "--grpc-port", metavar="PORT",
+        help=f"also serve TorchServe's gRPC inference API on PORT, behind the same keys (default ${GRPC_PORT_ENV}; "
+        f"off without it; deploy/k8s: {DEFAULT_GRPC_PORT})",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", help="uvicorn's log level (default %(default)s)")
     return p
 
@@ -156,4 +171,15 @@ def from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         max_in_flight=args.max_in_flight,
         timeout=args.timeout,
         url_hosts=tuple(args.allow_url_host),
+        grpc_port=grpc_port(args.grpc_port or env.get(GRPC_PORT_ENV) or None),
+        grpc_host=args.host,
     )
+
+
+def grpc_port(text: str | None) -> int | None:
+    """The gRPC front's port from --grpc-port or $U2SERVE_GRPC_PORT; None (no front) when neither is set."""
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise SettingsError(f"grpc port {text!r} (--grpc-port or ${GRPC_PORT_ENV}); accepted: a port number 1-65535")
+    return int(text)
