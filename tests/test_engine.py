@@ -89,12 +89,15 @@ def test_engine_output_equals_eager(engine: str, archive: tuple[U2Net, Path, str
 
 
 @needs_native_bf16
-def test_bf16_engine_stays_close_to_eager_fp32_and_runs_any_batch(archive: tuple[U2Net, Path, str, int]) -> None:
+def test_bf16_engine_stays_close_to_eager_fp32_and_runs_any_batch(
+    archive: tuple[U2Net, Path, str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     model, directory, name, size = archive
+    # Whether it is fast here (AMX) is the chain's business; its numbers are checked wherever bf16 is native.
+    monkeypatch.setattr(cpu, "amx", lambda: True)
     if name not in precision.PLANS:  # no plan, so no bf16 file: the worker serves the next engine
         assert not (directory / f"{name}.bf16.pt").exists()
-        # MNN next, but a CPU with native bf16 has AVX-512, where OpenVINO serves fp32
-        assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.OPENVINO
+        assert E.load(E.TORCHSCRIPT_BF16, directory, name, CPU).name == E.runnable(E.MNN, CPU)
         return
     loaded = E.load(E.TORCHSCRIPT_BF16, directory, name, CPU, threads=2)
     assert isinstance(loaded, E.TorchScriptBF16Engine) and loaded.name == E.TORCHSCRIPT_BF16

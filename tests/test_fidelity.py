@@ -56,8 +56,8 @@ def test_every_engine_of_the_chain_reproduces_the_published_masks(
     if engine_name not in E.chain(configured):
         pytest.fail(f"{name}.mar is configured with {configured}, whose chain lacks {engine_name}")
     kind = E.ENGINES[engine_name]
-    if engine_name == E.TORCHSCRIPT_BF16 and (why := kind.unavailable(CPU)):
-        pytest.skip(f"{engine_name}: {why}")
+    if engine_name == E.TORCHSCRIPT_BF16 and not precision.native_bf16():  # emulated: hours, and never served
+        pytest.skip(f"{engine_name}: this CPU has no native bf16 (AVX512_BF16 or AMX)")
     # Whether it runs here at all, fast or not (its hardware check only says which CPUs it serves fastest).
     why = dataclasses.replace(kind, hardware=None).unavailable(CPU)
     if why is not None:

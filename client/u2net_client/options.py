@@ -21,3 +21,7 @@ class Options(_core.Options):
     def __post_init__(self) -> None:
         with sdk_errors():
             super().__post_init__()
+
+    def check_task(self, mask: bool) -> None:
+        with sdk_errors():
+            super().check_task(mask)

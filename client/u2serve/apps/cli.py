@@ -536,8 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"u2net-client: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except U2NetError as exc:
-        print(f"u2net-client: {exc}", file=sys.stderr)
-        return EXIT_USAGE if exc.code == grpc.StatusCode.INVALID_ARGUMENT else exit_code(exc)
+    except CoreError as exc:  # the SDK's U2NetError, or the core's from a check the command makes itself
+        error = U2NetError.from_core(exc)
+        print(f"u2net-client: {error}", file=sys.stderr)
+        return EXIT_USAGE if error.code == grpc.StatusCode.INVALID_ARGUMENT else exit_code(error)
     except KeyboardInterrupt:
         return 130
