@@ -120,16 +120,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
 @pytest.fixture(scope="session")
 def web(server):
     """The web gateway (`python -m u2serve.web`) on free ports (HTTP, gRPC) in front of the session's TorchServe."""
-    import socket
-
+    from tools.torchserve import free_ports
     from tools.web import Web, start
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    gateway = Web(server.home, port=free_port(), grpc_port=free_port())  # its gRPC front too
+    http_port, grpc_port = free_ports(2)
+    gateway = Web(server.home, port=http_port, grpc_port=grpc_port)  # its gRPC front too
     # A generous deadline: the test machines are shared and slow; the 504 path has its own unit test.
     targets = ["--target", server.grpc_target, "--management-target", server.grpc_management_target, "--timeout", "300"]
     start(gateway, targets)

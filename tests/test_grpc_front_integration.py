@@ -90,15 +90,11 @@ def test_the_asyncio_client_through_the_gateway(web, key, photo):
 
 def test_an_unreachable_torchserve_is_unavailable_to_the_sdk_and_retried(web, key, photo, tmp_path):
     """A second gateway whose TorchServe is gone: the SDK's retry sees UNAVAILABLE, tries again, reports it."""
-    import socket
 
+    from tools.torchserve import free_ports
     from tools.web import Web, start
 
-    ports = []
-    for _ in range(3):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = free_ports(3)
     home = tmp_path / "home"
     home.mkdir()
     (home / "key_file.json").write_text((web.home / "key_file.json").read_text())

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.container import Engine, EngineError, apt_install, find_engine
 from tools.docker_test import CACHE, DEFAULT_TORCH_INDEX, build, reference_image
+from tools.torchserve import free_ports
 from u2net_client import RetryPolicy, U2NetClient, U2NetError
 
 log = logging.getLogger("k8s_test")
@@ -144,12 +145,6 @@ def render(image: str, name: str, ports: dict[str, int], work: Path, key: str) -
     out = work / "deployment.yaml"
     out.write_text(yaml.safe_dump(deployment, sort_keys=False))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- checks: each returns what it saw, raises AssertionError when wrong ---------------------------------------
@@ -404,7 +399,7 @@ CHECKS: tuple[Callable[[Run], str], ...] = (
 
 
 def play(engine: Engine, image: str, work: Path, name: str) -> Pod:
-    ports = {"http": free_port(), "grpc": free_port()}
+    ports = dict(zip(("http", "grpc"), free_ports(2), strict=True))
     key = secrets.token_hex(16)
     manifest = render(image, name, ports, work, key)
     engine("kube", "play", str(manifest), timeout=300)
