@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -235,31 +234,26 @@ class GrpcFront:
     def _call(self, method: Method, context: grpc.ServicerContext) -> Iterator[tuple[Metadata, float | None]]:
         """The key check, then the upstream call's metadata and timeout; TorchServe's failure becomes the
         call's own status. Counted in the app's metrics while it runs."""
-        self._metrics.in_flight.inc()
-        began = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        with self._metrics.answering("GRPC") as answer:
+            answer.route, answer.status = method.path, grpc.StatusCode.OK.name
             try:
-                metadata = context.invocation_metadata()
-                denied = refusal(self._key, caller_key(metadata))
-                if denied is not None:
-                    raise _Abort(*denied)
-                yield forwarded(metadata, self._upstream_key(method.api)), deadline(context.time_remaining())
-            except grpc.RpcError as exc:
-                raise upstream_failure(exc) from exc
-            except grpc.FutureCancelledError as exc:  # cancelled by the caller, who hears nothing more
-                raise _Abort(grpc.StatusCode.CANCELLED, "cancelled by the caller") from exc
-        except _Abort as stop:
-            code = stop.code
-            context.set_trailing_metadata(tuple(stop.trailing))
-            context.abort(stop.code, stop.details)
-        except GeneratorExit:  # a streaming call's caller went away
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            self._metrics.in_flight.dec()
-            self._metrics.requests.labels(method.path, "GRPC", code.name).inc()
-            self._metrics.latency.labels(method.path).observe(time.perf_counter() - began)
+                try:
+                    metadata = context.invocation_metadata()
+                    denied = refusal(self._key, caller_key(metadata))
+                    if denied is not None:
+                        raise _Abort(*denied)
+                    yield forwarded(metadata, self._upstream_key(method.api)), deadline(context.time_remaining())
+                except grpc.RpcError as exc:
+                    raise upstream_failure(exc) from exc
+                except grpc.FutureCancelledError as exc:  # cancelled by the caller, who hears nothing more
+                    raise _Abort(grpc.StatusCode.CANCELLED, "cancelled by the caller") from exc
+            except _Abort as stop:
+                answer.status = stop.code.name
+                context.set_trailing_metadata(tuple(stop.trailing))
+                context.abort(stop.code, stop.details)
+            except GeneratorExit:  # a streaming call's caller went away
+                answer.status = grpc.StatusCode.CANCELLED.name
+                raise
 
     def _upstream_key(self, api: str) -> str | None:
         if api not in self._upstream_keys:

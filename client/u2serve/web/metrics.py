@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.responses import Response
@@ -11,6 +14,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from u2serve.web.errors import PayloadTooLarge, response
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class Answer:
+    """What one request or call was answered with, filled in by the front as it learns it."""
+
+    route: str = "other"
+    status: str = "500"
 
 
 class Metrics:
@@ -42,6 +53,20 @@ class Metrics:
     def response(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @contextmanager
+    def answering(self, method: str) -> Iterator[Answer]:
+        """Counts one HTTP request or gRPC call in flight while it runs; then as answered, by the route and
+        status the front set on the yielded Answer, with its time."""
+        answer = Answer()
+        start = time.perf_counter()
+        self.in_flight.inc()
+        try:
+            yield answer
+        finally:
+            self.in_flight.dec()
+            self.requests.labels(answer.route, method, answer.status).inc()
+            self.latency.labels(answer.route).observe(time.perf_counter() - start)
+
 
 class BodyLimit:
     """Refuses bodies over `max_bytes` with 413 before they are read: by Content-Length at once, else
@@ -61,30 +86,25 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-        status = {"code": 500}
+        with self.metrics.answering(scope["method"]) as answer:
 
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
+            async def counting_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    answer.status = str(message["status"])
+                await send(message)
 
-        self.metrics.in_flight.inc()
-        try:
-            declared = dict(scope["headers"]).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.limit:
-                # Refused unread: the body is discarded as it arrives (up to DRAIN), so that the client,
-                # still sending, reads the 413 instead of a reset connection; nothing of it is kept.
-                await self._drain(receive)
-                await response(self._too_large(int(declared)))(scope, receive, counting_send)
-            else:
-                await self.app(scope, self._capped(receive), counting_send)
-        finally:
-            self.metrics.in_flight.dec()
-            route = getattr(scope.get("route"), "path", None) or ("/static" if scope["path"].startswith("/static/")
-                                                                  else "other")  # fmt: skip
-            self.metrics.requests.labels(route, scope["method"], str(status["code"])).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+            try:
+                declared = dict(scope["headers"]).get(b"content-length", b"")
+                if declared.isdigit() and int(declared) > self.limit:
+                    # Refused unread: the body is discarded as it arrives (up to DRAIN), so that the client,
+                    # still sending, reads the 413 instead of a reset connection; nothing of it is kept.
+                    await self._drain(receive)
+                    await response(self._too_large(int(declared)))(scope, receive, counting_send)
+                else:
+                    await self.app(scope, self._capped(receive), counting_send)
+            finally:
+                answer.route = getattr(scope.get("route"), "path", None) or (
+                    "/static" if scope["path"].startswith("/static/") else "other")  # fmt: skip
 
     async def _drain(self, receive: Receive) -> None:
         seen = 0
